@@ -1,0 +1,1 @@
+"""KFP pipelines (DAGs) chaining tightfit components (installed as ``tightfit.pipelines``)."""

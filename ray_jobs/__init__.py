@@ -1,0 +1,1 @@
+"""Ray job entrypoints: fine-tuning (Ray Train) and serving (Ray Serve) (installed as ``tightfit.ray_jobs``)."""

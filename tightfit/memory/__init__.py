@@ -1,0 +1,1 @@
+"""Memory models: training (weights, grads, optimizer, activations) and serving (weights, activations, KV cache)."""
