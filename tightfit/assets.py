@@ -160,7 +160,7 @@ def load_model(
         )
     if path.is_file():
         state = _read_state_dict(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        _missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise ConfigError(f"checkpoint {path} does not match {config.model_type}: unexpected {unexpected[:5]}")
     model.eval()
