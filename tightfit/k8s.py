@@ -116,7 +116,9 @@ def _check_name(name: str) -> None:
 
 def _check_size(cpu: Any, memory: Any, gpu: Any, what: str) -> None:
     if not isinstance(memory, str) or not re.match(MEMORY_PATTERN, memory):
-        raise ConfigError(f"{what}.memory: {memory!r} is not a Kubernetes memory quantity with a unit; write e.g. '8Gi' or '512Mi'")
+        raise ConfigError(
+            f"{what}.memory: {memory!r} is not a Kubernetes memory quantity with a unit; write e.g. '8Gi' or '512Mi'"
+        )
     if not isinstance(cpu, str | int) or not re.match(CPU_PATTERN, str(cpu)):
         raise ConfigError(f"{what}.cpu: {cpu!r} is not a CPU quantity; write e.g. '2' or '500m'")
     if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
@@ -125,9 +127,15 @@ def _check_size(cpu: Any, memory: Any, gpu: Any, what: str) -> None:
 
 def _check_workers(w: WorkerGroupSpec) -> None:
     _check_size(w.cpu, w.memory, w.gpu, f"workers[{w.group_name}]")
-    for label, number in (("replicas", w.replicas), ("min_replicas", w.min_replicas), ("max_replicas", w.max_replicas)):
+    for label, number in (
+        ("replicas", w.replicas),
+        ("min_replicas", w.min_replicas),
+        ("max_replicas", w.max_replicas),
+    ):
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-            raise ConfigError(f"workers[{w.group_name}].{label}: expected a whole number >= 0, got {number!r}")
+            raise ConfigError(
+                f"workers[{w.group_name}].{label}: expected a whole number >= 0, got {number!r}"
+            )
     if not w.min_replicas <= w.replicas <= w.max_replicas:
         raise ConfigError(
             f"workers[{w.group_name}]: need min_replicas <= replicas <= max_replicas, "
@@ -229,7 +237,13 @@ def raycluster_spec(
         "headGroupSpec": {
             "rayStartParams": {k: str(v) for k, v in head_spec.ray_start_params.items()},
             "template": _pod_template(
-                pod_opts, "ray-head", head_spec.cpu, head_spec.memory, head_spec.gpu, head=True, labels=pod_labels
+                pod_opts,
+                "ray-head",
+                head_spec.cpu,
+                head_spec.memory,
+                head_spec.gpu,
+                head=True,
+                labels=pod_labels,
             ),
         },
         "workerGroupSpecs": [
@@ -240,8 +254,13 @@ def raycluster_spec(
                 "maxReplicas": worker_spec.max_replicas,
                 "rayStartParams": {k: str(v) for k, v in worker_spec.ray_start_params.items()},
                 "template": _pod_template(
-                    pod_opts, "ray-worker", worker_spec.cpu, worker_spec.memory, worker_spec.gpu,
-                    head=False, labels=pod_labels,
+                    pod_opts,
+                    "ray-worker",
+                    worker_spec.cpu,
+                    worker_spec.memory,
+                    worker_spec.gpu,
+                    head=False,
+                    labels=pod_labels,
                 ),
             }
         ],
@@ -289,7 +308,11 @@ def raycluster_manifest(
     """A RayCluster for interactive work and Ray Jobs API submissions (`tightfit finetune --address`)."""
     meta = _metadata(name, namespace, labels, "raycluster")
     spec = raycluster_spec(
-        head=head, workers=workers, pod=_pod(image, service_account, pod), cluster=cluster, labels=meta["labels"]
+        head=head,
+        workers=workers,
+        pod=_pod(image, service_account, pod),
+        cluster=cluster,
+        labels=meta["labels"],
     )
     return {"apiVersion": API_VERSION, "kind": "RayCluster", "metadata": meta, "spec": spec}
 
@@ -314,7 +337,9 @@ def rayjob_manifest(
     """A RayJob: KubeRay starts a cluster, runs `entrypoint` (e.g. `python -m tightfit.ray_jobs.finetune ...`)
     through the Jobs API from a submitter pod, and tears the cluster down `ttl_seconds_after_finished` later."""
     if not entrypoint or not entrypoint.strip():
-        raise ConfigError("entrypoint: give the command the job runs, e.g. 'python -m tightfit.ray_jobs.finetune'")
+        raise ConfigError(
+            "entrypoint: give the command the job runs, e.g. 'python -m tightfit.ray_jobs.finetune'"
+        )
     if ttl_seconds_after_finished < 0:
         raise ConfigError(f"ttl_seconds_after_finished must be >= 0, got {ttl_seconds_after_finished}")
     meta = _metadata(name, namespace, labels, "rayjob")
@@ -332,7 +357,9 @@ def rayjob_manifest(
         head=head, workers=workers, pod=pod_opts, cluster=cluster, labels=meta["labels"]
     )
     # The submitter pod (runs `ray job submit`; KubeRay fills in its command) gets the same hardening.
-    submitter = _pod_template(pod_opts, "ray-job-submitter", "500m", "512Mi", 0, head=False, labels=meta["labels"])
+    submitter = _pod_template(
+        pod_opts, "ray-job-submitter", "500m", "512Mi", 0, head=False, labels=meta["labels"]
+    )
     submitter["spec"]["restartPolicy"] = "Never"
     spec["submitterPodTemplate"] = submitter
     return {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": meta, "spec": spec}
@@ -354,12 +381,18 @@ def rayservice_manifest(
     """A RayService running the Serve config v2 `serve_config` (the serving plan's `to_serve_config()`:
     `applications` with deployments carrying `ray_actor_options.memory`, `max_ongoing_requests`, ...)."""
     if not isinstance(serve_config, Mapping) or not serve_config.get("applications"):
-        raise ConfigError("serve_config: expected a Serve config v2 mapping with a non-empty 'applications' list")
+        raise ConfigError(
+            "serve_config: expected a Serve config v2 mapping with a non-empty 'applications' list"
+        )
     meta = _metadata(name, namespace, labels, "rayservice")
     spec = {
         "serveConfigV2": yaml.safe_dump(_plain(serve_config), sort_keys=False),
         "rayClusterConfig": raycluster_spec(
-            head=head, workers=workers, pod=_pod(image, service_account, pod), cluster=cluster, labels=meta["labels"]
+            head=head,
+            workers=workers,
+            pod=_pod(image, service_account, pod),
+            cluster=cluster,
+            labels=meta["labels"],
         ),
     }
     return {"apiVersion": API_VERSION, "kind": "RayService", "metadata": meta, "spec": spec}

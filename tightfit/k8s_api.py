@@ -61,7 +61,9 @@ def _explain(exc: Any, kind: str, name: str, namespace: str, verb: str) -> Backe
             "or choose another name"
         )
     if status == 404 and verb != "create":
-        return BackendError(f"{kind} {namespace}/{name} not found ({message}); list them with `kubectl get {plural} -n {namespace}`")
+        return BackendError(
+            f"{kind} {namespace}/{name} not found ({message}); list them with `kubectl get {plural} -n {namespace}`"
+        )
     if status == 404:
         return BackendError(
             f"cannot {verb} {kind} {namespace}/{name}: the API answered 404 ({message}). Either the namespace "
@@ -92,7 +94,9 @@ def _create(manifest: Mapping[str, Any], namespace: str | None, api_client: Any)
 
     kind = str(manifest.get("kind", ""))
     if kind not in PLURALS or manifest.get("apiVersion") != f"{GROUP}/{VERSION}":
-        raise ConfigError(f"expected a {GROUP}/{VERSION} RayJob, RayService or RayCluster, got {manifest.get('apiVersion')} {kind}")
+        raise ConfigError(
+            f"expected a {GROUP}/{VERSION} RayJob, RayService or RayCluster, got {manifest.get('apiVersion')} {kind}"
+        )
     metadata = dict(manifest.get("metadata") or {})
     name = str(metadata.get("name", ""))
     ns = namespace or metadata.get("namespace") or "default"
@@ -113,7 +117,9 @@ def _create(manifest: Mapping[str, Any], namespace: str | None, api_client: Any)
     return dict(created)
 
 
-def create_rayjob(manifest: Mapping[str, Any], namespace: str | None = None, api_client: Any = None) -> dict[str, Any]:
+def create_rayjob(
+    manifest: Mapping[str, Any], namespace: str | None = None, api_client: Any = None
+) -> dict[str, Any]:
     """Create a RayJob (from `rayjob_manifest`) and return the object the API stored."""
     return _create(manifest, namespace, api_client)
 
@@ -166,5 +172,7 @@ def wait_for_rayjob(
                 f"RayJob {namespace}/{name} ended {status}: {message}; see `kubectl logs -n {namespace} job/{name}`"
             )
         if time.monotonic() > deadline:
-            raise BackendError(f"RayJob {namespace}/{name} still {status or 'pending'} after {timeout_s:.0f}s")
+            raise BackendError(
+                f"RayJob {namespace}/{name} still {status or 'pending'} after {timeout_s:.0f}s"
+            )
         time.sleep(poll_s)

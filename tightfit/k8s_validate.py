@@ -58,7 +58,11 @@ def _convert(node: Any) -> Any:
             out["required"] = keep
         else:
             out.pop("required")
-    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out.setdefault("additionalProperties", False)
     if node.get("nullable") and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]

@@ -106,13 +106,17 @@ def manifests_from_values(
             "image": pod["image"],
             "head": head,
             "workers": workers,
-            "labels": chart_labels(values, release, component, chart_version=chart_version, app_version=app_version),
+            "labels": chart_labels(
+                values, release, component, chart_version=chart_version, app_version=app_version
+            ),
             "pod": pod,
             "cluster": cluster,
         }
 
     if values["rayCluster"]["enabled"]:
-        out["RayCluster"] = raycluster_manifest(_trunc(f"{base}-train", 47), **common("rayCluster", "raycluster"))
+        out["RayCluster"] = raycluster_manifest(
+            _trunc(f"{base}-train", 47), **common("rayCluster", "raycluster")
+        )
     job = values["rayJob"]
     if job["enabled"]:
         out["RayJob"] = rayjob_manifest(
@@ -127,6 +131,8 @@ def manifests_from_values(
     service = values["rayService"]
     if service["enabled"]:
         out["RayService"] = rayservice_manifest(
-            _trunc(f"{base}-serve", 47), serve_config=service["serveConfig"], **common("rayService", "rayservice")
+            _trunc(f"{base}-serve", 47),
+            serve_config=service["serveConfig"],
+            **common("rayService", "rayservice"),
         )
     return out
