@@ -1,0 +1,224 @@
+"""The tightfit Ray Serve application: the best variant that fits a memory budget, behind one JSON API.
+
+Routes (JSON in, JSON out):
+- ``POST /v1/classify``  ``{"text": "..."}`` or ``{"texts": [...]}`` (+ optional ``"variant"``)
+- ``POST /v1/generate``  ``{"text": "...", "max_new_tokens": 16}`` (+ optional ``"variant"``)
+- ``GET /healthz``, ``GET /v1/plan``, ``GET /v1/stats`` (pid, RSS, peak RSS, batches, loaded variants)
+
+Every setting comes from a `ServePlan` (``tightfit.serving_plan``): `@serve.batch` size, the token cap,
+`max_ongoing_requests`/`max_queued_requests` (overload answers 503 with Retry-After),
+`ray_actor_options.memory`, the byte-bounded variant pool and the RSS-aware autoscaling policy.
+Start it with `tightfit serve`, `serve run tightfit.ray_jobs.serve:app_builder plan=...`, or a RayService
+whose ``serveConfigV2`` is `ServePlan.to_serve_config()`.
+"""
+
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import metrics
+
+from tightfit.serving_plan import DEPLOYMENT_NAME, ServePlan
+from tightfit.serving_runtime import (
+    LoadedVariant,
+    RequestError,
+    VariantPool,
+    check_tokens,
+    classify,
+    current_rss,
+    generate,
+    load_for_serving,
+    peak_rss,
+    trim_heap,
+    validate_request,
+)
+
+api = FastAPI(title="tightfit", description="Memory-aware model serving")
+BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class TightfitServer:
+    """One replica: a byte-bounded pool of variants, one batch queue, one model thread."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = ServePlan.from_dict(plan)
+        self.threads = max(1, int(self.plan.cpus_per_replica))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tightfit-model")
+        self.pool = VariantPool(self.plan.pool_bytes, lambda p: load_for_serving(p, self.threads))
+        self.started = time.time()
+        self.batches: dict[int, int] = {}
+        self.requests = 0
+        self.rejections = 0
+        primary = self.pool.get(self.plan.primary)
+        self._warm_up(primary)
+        batcher: Any = self.run_batch  # the @serve.batch wrapper carries the setters
+        batcher.set_max_batch_size(max(v.max_batch_size for v in self.plan.pool))
+        batcher.set_batch_wait_timeout_s(self.plan.batch_wait_timeout_s)
+        self.m_requests = metrics.Counter(
+            "tightfit_requests", description="Requests answered, by route and status.", tag_keys=("route", "status"),  # type: ignore[arg-type]
+        )
+        self.m_rejections = metrics.Counter(
+            "tightfit_rejections", description="Requests refused by validation, by reason.", tag_keys=("reason",)
+        )
+        self.m_batch = metrics.Histogram(
+            "tightfit_batch_size", description="Sequences per model call.", boundaries=BATCH_BOUNDARIES
+        )
+        self.m_rss = metrics.Gauge("tightfit_replica_rss_bytes", description="Replica resident memory (RSS).")
+        self.m_budget = metrics.Gauge("tightfit_replica_budget_bytes", description="Replica memory budget.")
+        self.m_variant = metrics.Gauge(
+            "tightfit_chosen_variant", description="1 for the variant the plan chose.", tag_keys=("variant",)
+        )
+        self.m_variant.set(1, tags={"variant": self.plan.primary.name})
+        self.m_budget.set(self.plan.budget_bytes)
+        self.m_rss.set(current_rss())
+
+    def _warm_up(self, loaded: LoadedVariant) -> None:
+        """One small forward so lazy allocations happen before traffic (and count in the idle RSS)."""
+        if loaded.plan.kind == "causal_lm":
+            generate(loaded, ["Hello"], 1)
+        else:
+            classify(loaded, ["warm up"])
+
+    # ---- routes -------------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "variant": self.plan.primary.name, "pid": os.getpid()}
+
+    @api.get("/v1/plan")
+    async def show_plan(self) -> dict[str, Any]:
+        return self.plan.to_dict()
+
+    @api.get("/v1/stats")
+    async def stats(self) -> dict[str, Any]:
+        rss = current_rss()
+        self.m_rss.set(rss)
+        return {
+            "pid": os.getpid(),
+            "rss_bytes": rss,
+            "peak_rss_bytes": peak_rss(),
+            "budget_bytes": self.plan.budget_bytes,
+            "predicted_peak_bytes": self.plan.predicted_peak_bytes,
+            "requests": self.requests,
+            "rejections": self.rejections,
+            "batches": {str(k): v for k, v in sorted(self.batches.items())},
+            "loaded_variants": self.pool.names(),
+            "evictions": self.pool.evictions,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    @api.post("/v1/classify")
+    async def classify_route(self, request: Request) -> JSONResponse:
+        return await self._handle(request, "classify")
+
+    @api.post("/v1/generate")
+    async def generate_route(self, request: Request) -> JSONResponse:
+        return await self._handle(request, "generate")
+
+    async def _handle(self, request: Request, route: str) -> JSONResponse:
+        self.requests += 1
+        try:
+            raw = await request.body()
+            parsed = validate_request(
+                raw, self.plan, KIND_OF_ROUTE[route], request.headers.get("serve_multiplexed_model_id")
+            )
+            items = [(parsed.variant.name, text, parsed.max_new_tokens) for text in parsed.texts]
+            results = await asyncio.gather(*(self.run_batch(item) for item in items))
+            for result in results:
+                if isinstance(result, RequestError):
+                    raise result
+        except RequestError as exc:
+            self.rejections += 1
+            self.m_rejections.inc(tags={"reason": str(exc.status)})
+            self.m_requests.inc(tags={"route": route, "status": str(exc.status)})
+            return _error(exc)
+        self.m_requests.inc(tags={"route": route, "status": "200"})
+        body: dict[str, Any] = {"variant": parsed.variant.name, "results": results}
+        if len(results) == 1:
+            body.update(results[0])
+        return JSONResponse(body)
+
+    # ---- batching -----------------------------------------------------------------------------
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def run_batch(self, items: list[tuple[str, str, int]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_items, items)
+
+    def _run_items(self, items: list[tuple[str, str, int]]) -> list[Any]:
+        """Group a batch by variant and run each group in chunks of that variant's planned batch size."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, (name, _text, _new) in enumerate(items):
+            groups.setdefault(name, []).append(i)
+        for name, indices in groups.items():
+            planned = self.plan.variant(name)
+            assert planned is not None  # validated before batching
+            try:
+                loaded = self.pool.get(planned)
+            except RequestError as exc:
+                for i in indices:
+                    results[i] = exc
+                continue
+            runnable = []
+            for i in indices:
+                try:
+                    check_tokens(loaded, [items[i][1]])
+                    runnable.append(i)
+                except RequestError as exc:
+                    results[i] = exc
+            step = planned.max_batch_size
+            for start in range(0, len(runnable), step):
+                chunk = runnable[start : start + step]
+                texts = [items[i][1] for i in chunk]
+                self.batches[len(chunk)] = self.batches.get(len(chunk), 0) + 1
+                self.m_batch.observe(len(chunk))
+                out: list[Any]
+                try:
+                    if planned.kind == "causal_lm":
+                        out = generate(loaded, texts, max(items[i][2] for i in chunk))
+                    else:
+                        out = classify(loaded, texts)
+                except Exception as exc:  # a model failure answers 500 and never kills the replica
+                    out = [RequestError(500, f"model call failed: {type(exc).__name__}: {exc}")] * len(chunk)
+                for i, result in zip(chunk, out, strict=True):
+                    results[i] = result
+        if len(items) >= 8:
+            trim_heap()
+        return results
+
+    # ---- autoscaling --------------------------------------------------------------------------
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Replica RSS for the memory-aware autoscaling policy (``tightfit.serving_autoscale``)."""
+        rss = current_rss()
+        self.m_rss.set(rss)
+        return {"rss_bytes": float(rss), "rss_fraction": rss / self.plan.budget_bytes}
+
+
+def build_app(plan: ServePlan) -> Any:
+    """The bound Serve application for a plan (deployment options straight from the plan)."""
+    deployment: Any = TightfitServer
+    return deployment.options(**plan.deployment_options()).bind(plan.to_dict())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve config entry point (``import_path: tightfit.ray_jobs.serve:app_builder``, ``args: {plan: ...}``)."""
+    plan = args.get("plan")
+    if isinstance(plan, str):
+        import json
+
+        plan = json.loads(plan)
+    if not isinstance(plan, dict):
+        raise ValueError("app_builder needs args.plan: the ServePlan dict from `tightfit serve --dry-run --json`")
+    return build_app(ServePlan.from_dict(plan))
