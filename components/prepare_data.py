@@ -1,0 +1,25 @@
+"""KFP component ``prepare_data``: load a dataset offline and write deterministic train/validation/test splits."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+from tightfit.components.image import TIGHTFIT_IMAGE
+
+
+@dsl.component(base_image=TIGHTFIT_IMAGE)
+def prepare_data(
+    dataset: str,
+    seed: int,
+    limit: int,
+    validation: float,
+    test: float,
+    data: Output[Dataset],
+    stats: Output[Metrics],
+):
+    """Split ``dataset`` (built-in name or .csv/.jsonl path) by ``seed``; ``limit`` rows per split (0 = all)."""
+    from tightfit.components.steps import prepare_data_step, quiet
+
+    quiet()
+    figures = prepare_data_step(dataset, seed, limit, validation, test, data.path)
+    data.metadata.update({"dataset": dataset, "seed": seed})
+    for key, value in figures.items():
+        stats.log_metric(key, value)

@@ -1,0 +1,34 @@
+"""KFP component ``profile``: measure a variant's footprint and quality, log it as an MLflow nested run."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from tightfit.components.image import TIGHTFIT_IMAGE
+
+
+@dsl.component(base_image=TIGHTFIT_IMAGE)
+def profile(
+    variant: Input[Model],
+    data: Input[Dataset],
+    variant_name: str,
+    chain: str,
+    kind: str,
+    baseline_footprint: str,
+    seq_len: int,
+    quick: bool,
+    memory_subprocess: bool,
+    tracking_uri: str,
+    parent_run_id: str,
+    metrics: Output[Metrics],
+) -> str:
+    """Returns the Footprint record as JSON (a failed compress passes through as a failed record)."""
+    from tightfit.components.steps import log_variant_run, profile_step, quiet, record_json
+
+    quiet()
+    record, figures = profile_step(
+        variant.path, data.path, variant_name, chain, kind, baseline_footprint, seq_len, quick, memory_subprocess
+    )
+    run_id = log_variant_run(record, variant.path, tracking_uri, parent_run_id)
+    for key, value in {**record.metrics(), **figures}.items():
+        metrics.log_metric(key, value)
+    metrics.metadata.update({"variant": variant_name, "status": record.status, "mlflow_run_id": run_id})
+    return record_json(record)

@@ -1,0 +1,34 @@
+"""KFP component ``select``: Pareto front + HardwareTarget constraints -> the chosen variant and a report."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Input, Metrics, Model, Output
+from tightfit.components.image import TIGHTFIT_IMAGE
+
+
+@dsl.component(base_image=TIGHTFIT_IMAGE)
+def select(
+    footprints: list[str],
+    variants: Input[list[Model]],
+    target: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    chosen: Output[Model],
+    report: Output[HTML],
+    stats: Output[Metrics],
+) -> NamedTuple("Selected", [("chosen_variant", str), ("found", bool), ("selection", str)]):
+    """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
+    from collections import namedtuple
+
+    from tightfit.components.steps import quiet, select_step
+
+    quiet()
+    name, selection_json, figures = select_step(
+        footprints, [v.path for v in variants], target, tracking_uri, parent_run_id, chosen.path, report.path
+    )
+    chosen.metadata.update({"variant": name or ""})
+    for key, value in figures.items():
+        stats.log_metric(key, value)
+    Selected = namedtuple("Selected", ["chosen_variant", "found", "selection"])
+    return Selected(name or "", name is not None, selection_json)

@@ -1,0 +1,361 @@
+"""The plain-Python bodies of the KFP components: parse inputs, call the tightfit library, write outputs.
+
+Each ``@dsl.component`` in this folder imports one function from here and calls it, so the component
+source that KFP ships stays a few lines and this glue is testable without KFP. Nothing here decides
+anything the library decides (compression, measuring, selection, tracking, serving plans).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tightfit.footprint import Footprint
+
+FAILED_RECORD = "FAILED.json"
+SPLITS_META = "splits.json"
+SPLIT_NAMES = ("train", "validation", "test")
+ELAPSED = "elapsed_s"
+
+
+@contextmanager
+def stopwatch(into: dict[str, float], key: str = ELAPSED) -> Iterator[None]:
+    """Record the wall time of the block in ``into[key]`` (every step reports its own compute time)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = round(time.perf_counter() - start, 3)
+
+
+def quiet() -> None:
+    """Quiet, bounded library logs inside a component process."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def tracking_uri(value: str) -> str | None:
+    """The tracking URI given to the task, else ``MLFLOW_TRACKING_URI`` (set from a Secret on a cluster)."""
+    return value or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def save_splits(splits: Any, out_dir: str | Path, **extra: Any) -> dict[str, Any]:
+    """Write a ``DatasetSplits`` as one parquet file per split plus a small JSON description."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLIT_NAMES:
+        getattr(splits, split).to_parquet(out / f"{split}.parquet", index=False)
+    meta = {"name": splits.name, "label_names": list(splits.label_names), "sizes": splits.sizes(), **extra}
+    (out / SPLITS_META).write_text(json.dumps(meta))
+    return meta
+
+
+def load_splits(path: str | Path) -> Any:
+    """Read the splits ``save_splits`` wrote back into a ``tightfit.data.DatasetSplits``."""
+    import pandas as pd
+
+    from tightfit.data import DatasetSplits
+
+    root = Path(path)
+    meta = json.loads((root / SPLITS_META).read_text())
+    frames = {s: pd.read_parquet(root / f"{s}.parquet") for s in SPLIT_NAMES}
+    return DatasetSplits(name=meta["name"], label_names=meta["label_names"], **frames)
+
+
+def prepare_data_step(
+    dataset: str, seed: int, limit: int, validation: float, test: float, out_dir: str
+) -> dict[str, Any]:
+    """Load and split the dataset (``limit`` <= 0 means every row) and save it as the data artifact."""
+    from tightfit.data import load_dataset
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        splits = load_dataset(dataset, seed=int(seed), validation=validation, test=test, limit=int(limit) or None)
+        meta = save_splits(splits, out_dir, seed=int(seed), limit=int(limit) or None)
+    stats.update({f"rows_{k}": v for k, v in meta["sizes"].items()})
+    return stats
+
+
+# ----------------------------------------------------------------------------------------- variants
+
+
+def failed_record(out_dir: str | Path) -> Footprint | None:
+    """The failed record a compress step left in its variant artifact, or None when it succeeded."""
+    path = Path(out_dir) / FAILED_RECORD
+    if not path.exists():
+        return None
+    return Footprint.from_dict(json.loads(path.read_text()))
+
+
+def _error_message(exc: BaseException) -> str:
+    from tightfit.errors import TightfitError
+
+    if isinstance(exc, TightfitError):
+        return f"{type(exc).__name__}: {exc}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def compress_step(
+    baseline_dir: str, data_dir: str, variant: str, chain: str, kind: str, out_dir: str
+) -> tuple[Footprint | None, dict[str, Any]]:
+    """Build one variant with ``tightfit.compress.build_variant``.
+
+    A spec that cannot be built does not fail the task: it leaves a failed ``Footprint`` record in the
+    artifact, so the record still reaches ``select`` (KFP skips a fan-in after a failed branch) and the
+    run reports it. Returns (failed record or None, stats).
+    """
+    from tightfit.compress import build_variant
+    from tightfit.spec import VariantSpec
+
+    stats: dict[str, Any] = {}
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    failure: Footprint | None = None
+    with stopwatch(stats):
+        try:
+            spec = VariantSpec.parse(chain, name=variant)
+            build_variant(baseline_dir, spec, out, data=load_splits(data_dir), teacher=baseline_dir, progress=False)
+        except Exception as exc:  # any failure becomes a failed record the run reports
+            message = _error_message(exc)
+            failure = Footprint(variant=variant, chain=chain, kind=kind, status="failed", error=message)
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            (out / FAILED_RECORD).write_text(json.dumps(failure.to_dict()))
+    return failure, stats
+
+
+def profile_step(
+    variant_dir: str,
+    data_dir: str,
+    variant: str,
+    chain: str,
+    kind: str,
+    baseline_json: str,
+    seq_len: int,
+    quick: bool,
+    memory_subprocess: bool,
+) -> tuple[Footprint, dict[str, Any]]:
+    """Measure one variant (``tightfit.measure.measure_variant``), or pass its failed record through."""
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        record = failed_record(variant_dir)
+        if record is None:
+            from tightfit.measure import measure_variant
+
+            baseline = Footprint.from_dict(json.loads(baseline_json)) if baseline_json else None
+            record = measure_variant(
+                variant_dir,
+                load_splits(data_dir),
+                seq_len=int(seq_len),
+                baseline=baseline,
+                memory_subprocess=bool(memory_subprocess),
+                quick=bool(quick),
+            )
+            record.variant, record.chain = variant, chain
+    return record, stats
+
+
+def record_json(record: Footprint) -> str:
+    return json.dumps(record.to_dict(), sort_keys=True)
+
+
+def records_from_json(items: list[str]) -> list[Footprint]:
+    """Footprint records from the JSON strings a fan-in collects (order kept)."""
+    return [Footprint.from_dict(json.loads(item) if isinstance(item, str) else dict(item)) for item in items]
+
+
+def copy_variant(src: str | Path, dst: str | Path) -> None:
+    """Copy a variant directory into an output artifact path."""
+    dst_path = Path(dst)
+    if dst_path.exists():
+        shutil.rmtree(dst_path)
+    shutil.copytree(src, dst_path)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+def import_model_step(model_name: str, kind: str, out_dir: str) -> dict[str, Any]:
+    """Save a built-in model or a local path as an HF-format directory (the baseline of a sweep)."""
+    from tightfit.assets import load_model
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        loaded = load_model(model_name, kind=kind or None)  # type: ignore[arg-type]
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        loaded.model.save_pretrained(out)
+        loaded.tokenizer.save_pretrained(out)
+    return stats
+
+
+def finetune_step(data_dir: str, out_dir: str, **settings: Any) -> dict[str, Any]:
+    """Fine-tune on Ray Train (``tightfit.train.run_finetune``) on the prepared dataset; copy the model out."""
+    import tempfile
+
+    from tightfit.train import FinetuneConfig, run_finetune
+
+    meta = json.loads((Path(data_dir) / SPLITS_META).read_text())
+    stats: dict[str, Any] = {}
+    with stopwatch(stats), tempfile.TemporaryDirectory(prefix="tightfit-finetune-") as work:
+        config = FinetuneConfig(
+            model=settings["base_model"],
+            dataset=meta["name"],
+            seed=int(meta.get("seed", settings["seed"])),
+            limit=meta.get("limit") or None,
+            workers=int(settings["workers"]),
+            cpus_per_worker=int(settings["cpus_per_worker"]),
+            epochs=int(settings["epochs"]),
+            global_batch=int(settings["batch_size"]),
+            lr=float(settings["lr"]),
+            max_length=int(settings["max_length"]),
+            memory_budget=settings["memory_budget"] or None,
+            address=settings["address"] or None,
+            tracking_uri=tracking_uri(settings["tracking_uri"]),
+            experiment=settings["experiment"],
+            out_dir=str(Path(work) / "out"),
+            log_model=False,
+        )
+        result = run_finetune(config)
+        copy_variant(result.model_dir, out_dir)
+    for key, value in result.metrics.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            stats[f"train.{key}"] = float(value)
+    stats["train.mlflow_run"] = 1.0
+    return stats
+
+
+# ----------------------------------------------------------------------------------------- choose
+
+
+def select_step(
+    footprints: list[str],
+    variant_dirs: list[str],
+    target_json: str,
+    tracking_uri_value: str,
+    parent_run_id: str,
+    chosen_dir: str,
+    report_path: str,
+) -> tuple[str | None, str, dict[str, Any]]:
+    """Choose with ``tightfit.select.select_variant``; copy the chosen variant out; write the HTML report.
+
+    Returns (chosen variant name or None, the selection as JSON, stats).
+    """
+    from tightfit.components.report import write_report
+
+    from tightfit.select import select_variant
+    from tightfit.spec import HardwareTarget
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        records = records_from_json(footprints)
+        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        selection = select_variant(records, target)
+        dirs = _dirs_by_variant(variant_dirs)
+        chosen = selection.chosen
+        if chosen is not None:
+            copy_variant(dirs[chosen.variant], chosen_dir)
+        else:
+            Path(chosen_dir).mkdir(parents=True, exist_ok=True)
+        report = selection.to_dict()
+        report["records"] = [r.to_dict() for r in records]
+        report["variant_dirs"] = dirs
+        report["report_path"] = str(report_path)
+        plot = Path(report_path).with_name("pareto.png")
+        log_selection(selection, records, tracking_uri_value, parent_run_id, plot)
+        write_report(report_path, selection, records, plot if plot.exists() else None)
+        report["pareto_path"] = str(plot) if plot.exists() else None
+    stats.update({"variants": len(records), "failed": len(selection.failed), "fitting": len(selection.fitting)})
+    return (chosen.variant if chosen else None), json.dumps(report, default=str), stats
+
+
+def _dirs_by_variant(variant_dirs: list[str]) -> dict[str, str]:
+    """Map variant name -> directory, read from each artifact's manifest or failed record."""
+    out: dict[str, str] = {}
+    for path in variant_dirs:
+        failed = failed_record(path)
+        if failed is not None:
+            out[failed.variant] = path
+            continue
+        manifest = Path(path) / "manifest.json"
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            name = data.get("name") or (data.get("spec") or {}).get("name")
+            if name:
+                out[str(name)] = path
+    return out
+
+
+# ----------------------------------------------------------------------------------------- serve
+
+DEFAULT_SERVE_BUDGET = 1 << 30
+
+
+def deploy_step(
+    chosen_dir: str,
+    selection_json: str,
+    model_uri: str,
+    target_json: str,
+    namespace: str,
+    out_dir: str,
+) -> tuple[str, dict[str, Any]]:
+    """Plan serving for the chosen variant (``tightfit.serving_plan.plan_serving``) within the target's
+    memory budget, and write ``plan.json``, ``serve_config.yaml`` and the KubeRay ``rayservice.yaml``."""
+    import yaml
+
+    from tightfit.k8s import rayservice_manifest
+    from tightfit.serving_plan import plan_serving
+    from tightfit.spec import HardwareTarget
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        selection = json.loads(selection_json)
+        record = Footprint.from_dict(selection["chosen_record"])
+        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        budget = target.memory_bytes or DEFAULT_SERVE_BUDGET
+        plan = plan_serving(
+            [record],
+            budget,
+            variant=record.variant,
+            latency_slo_ms=target.latency_ms,
+            min_accuracy=target.min_accuracy,
+            sources={record.variant: model_uri or chosen_dir},
+        )
+        serve_config = plan.to_serve_config()
+        manifest = rayservice_manifest(
+            f"tightfit-{record.variant}".lower().replace("_", "-").replace(".", "-")[:50],
+            namespace=namespace,
+            serve_config=serve_config,
+        )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2, default=str))
+        (out / "serve_config.yaml").write_text(yaml.safe_dump(serve_config, sort_keys=False))
+        (out / "rayservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    stats.update({"predicted_peak_bytes": plan.predicted_peak_bytes, "budget_bytes": budget,
+                  "max_batch_size": plan.primary.max_batch_size})
+    return plan.describe(), stats
+

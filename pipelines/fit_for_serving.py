@@ -1,0 +1,128 @@
+"""Pipeline ``fit_for_serving`` (the default, what ``tightfit run`` runs).
+
+prepare_data -> finetune (Ray Train) -> profile(baseline) -> ParallelFor(variants: compress -> profile)
+-> select under the HardwareTarget -> register (MLflow alias) -> deploy, behind ``dsl.If`` on a flag a
+component computes (a variant fits and deployment is on).
+"""
+
+from typing import Any
+
+from kfp import dsl
+from tightfit.components.deploy import deploy
+from tightfit.components.finetune import finetune
+from tightfit.components.prepare_data import prepare_data
+from tightfit.components.register import register
+from tightfit.components.should_deploy import should_deploy
+from tightfit.components.start_tracking import start_tracking
+from tightfit.pipelines.resources import apply_resources, task_resources
+from tightfit.pipelines.sweep import add_sweep
+
+from tightfit.config import PipelineConfig, load_config
+
+PIPELINE_NAME = "fit-for-serving"
+
+def build_fit_for_serving(config: PipelineConfig) -> Any:
+    """The ``fit_for_serving`` pipeline with defaults and resource requests from ``config``."""
+    res = task_resources(config)
+    ft = config.finetune
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Fine-tune on Ray, sweep compression variants, select under a hardware budget, register, deploy.",
+    )
+    def fit_for_serving(
+        model: str = config.model,
+        kind: str = config.kind,
+        dataset: str = config.dataset,
+        seed: int = config.seed,
+        data_limit: int = config.data.limit or 0,
+        validation: float = config.data.validation,
+        test: float = config.data.test,
+        max_length: int = config.data.max_length,
+        epochs: int = ft.epochs,
+        batch_size: int = ft.batch_size,
+        lr: float = ft.lr,
+        workers: int = ft.workers,
+        cpus_per_worker: int = ft.cpus_per_worker,
+        memory_budget: str = ft.memory_budget or "",
+        ray_address: str = ft.address or "",
+        variants: list = config.loop_items(),
+        target: str = config.target_json(),
+        seq_len: int = config.measure.seq_len,
+        quick: bool = config.measure.quick,
+        memory_subprocess: bool = config.measure.memory_subprocess,
+        tracking_uri: str = "",
+        experiment: str = config.tracking.experiment,
+        run_name: str = "fit-for-serving",
+        registered_model: str = config.tracking.registered_model,
+        alias: str = config.tracking.alias,
+        deploy_enabled: bool = config.deploy.enabled,
+        namespace: str = config.deploy.namespace,
+    ) -> str:
+        parent = start_tracking(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            run_name=run_name,
+            base_model=model,
+            dataset=dataset,
+            target=target,
+        )
+        apply_resources(parent, res["start_tracking"], config, mlflow=True)
+        data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
+        apply_resources(data, res["prepare_data"], config)
+        tuned = finetune(
+            data=data.outputs["data"],
+            base_model=model,
+            kind=kind,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            max_length=max_length,
+            memory_budget=memory_budget,
+            address=ray_address,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+        )
+        apply_resources(tuned, res["finetune"], config, mlflow=True)
+        chosen = add_sweep(
+            config=config,
+            resources=res,
+            baseline=tuned.outputs["model"],
+            data=data.outputs["data"],
+            variants=variants,
+            kind=kind,
+            seq_len=seq_len,
+            quick=quick,
+            memory_subprocess=memory_subprocess,
+            target=target,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent.outputs["Output"],
+        )
+        flag = should_deploy(found=chosen.outputs["found"], enabled=deploy_enabled)
+        apply_resources(flag, res["should_deploy"], config)
+        with dsl.If(chosen.outputs["found"] == True):  # noqa: E712 - KFP builds a condition from ==
+            registered = register(
+                chosen=chosen.outputs["chosen"],
+                selection=chosen.outputs["selection"],
+                tracking_uri=tracking_uri,
+                registered_model=registered_model,
+                alias=alias,
+            )
+            apply_resources(registered, res["register"], config, mlflow=True)
+            with dsl.If(flag.output == True):  # noqa: E712
+                served = deploy(
+                    chosen=chosen.outputs["chosen"],
+                    selection=chosen.outputs["selection"],
+                    model_uri=registered.outputs["Output"],
+                    target=target,
+                    namespace=namespace,
+                )
+                apply_resources(served, res["deploy"], config)
+        return chosen.outputs["selection"]
+
+    return fit_for_serving
+
+fit_for_serving = build_fit_for_serving(load_config())

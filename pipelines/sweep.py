@@ -1,0 +1,79 @@
+"""The sweep every pipeline shares: profile the baseline, ParallelFor(compress -> profile), fan-in -> select.
+
+Added to the pipeline being defined by calling ``add_sweep`` inside a ``@dsl.pipeline`` body, so
+``compress_sweep`` and ``fit_for_serving`` run the very same tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp import dsl
+from tightfit.components.compress import compress
+from tightfit.components.profile import profile
+from tightfit.components.select import select
+from tightfit.pipelines.resources import TaskResources, apply_resources
+
+from tightfit.config import PipelineConfig
+
+LOOP_PARALLELISM = 2
+
+
+def add_sweep(
+    *,
+    config: PipelineConfig,
+    resources: dict[str, TaskResources],
+    baseline: Any,
+    data: Any,
+    variants: Any,
+    kind: Any,
+    seq_len: Any,
+    quick: Any,
+    memory_subprocess: Any,
+    target: Any,
+    tracking_uri: Any,
+    parent_run_id: Any,
+) -> Any:
+    """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
+    base_profile = profile(
+        variant=baseline,
+        data=data,
+        variant_name="baseline",
+        chain="fp32",
+        kind=kind,
+        baseline_footprint="",
+        seq_len=seq_len,
+        quick=quick,
+        memory_subprocess=memory_subprocess,
+        tracking_uri=tracking_uri,
+        parent_run_id="",
+    ).set_display_name("profile-baseline")
+    apply_resources(base_profile, resources["profile"], config)
+
+    with dsl.ParallelFor(variants, parallelism=LOOP_PARALLELISM) as item:
+        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain, kind=kind)
+        apply_resources(built, resources["compress"], config)
+        measured = profile(
+            variant=built.outputs["variant"],
+            data=data,
+            variant_name=item.variant,
+            chain=item.chain,
+            kind=kind,
+            baseline_footprint=base_profile.outputs["Output"],
+            seq_len=seq_len,
+            quick=quick,
+            memory_subprocess=memory_subprocess,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+        )
+        apply_resources(measured, resources["profile"], config, mlflow=True)
+
+    chosen = select(
+        footprints=dsl.Collected(measured.outputs["Output"]),
+        variants=dsl.Collected(built.outputs["variant"]),
+        target=target,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+    )
+    apply_resources(chosen, resources["select"], config, mlflow=True)
+    return chosen

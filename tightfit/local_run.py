@@ -1,0 +1,274 @@
+"""Run a tightfit pipeline on this machine with ``kfp.local`` (what ``tightfit run`` does).
+
+Everything lives under one run directory (default ``./tightfit-runs``): the pipeline root and its task
+cache, the MLflow SQLite store and artifacts, and the log of every task. Caching is on, so an unchanged
+rerun is served from cache; a variant that failed is taken out of the cache so a rerun retries it.
+Ray runs locally inside the finetune task. Task logs go to a file; the console shows a status line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tightfit import names
+from tightfit.config import PipelineConfig
+from tightfit.errors import BackendError, ConfigError
+from tightfit.footprint import Footprint
+
+PIPELINES = ("fit_for_serving", "compress_sweep")
+
+
+@dataclass
+class RunSummary:
+    """What a local pipeline run produced, for the console and for tests."""
+
+    pipeline: str
+    run_dir: Path
+    wall_s: float
+    selection: dict[str, Any]
+    records: list[Footprint]
+    tracking_uri: str
+    log_file: Path
+    report_path: str | None = None
+    pareto_path: str | None = None
+    evicted_cache_entries: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> str | None:
+        return self.selection.get("chosen")
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return dict(self.selection.get("failed") or {})
+
+    def mlflow_ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def default_run_dir() -> Path:
+    """``$TIGHTFIT_HOME`` or ``./tightfit-runs``."""
+    return Path(os.environ.get(names.ENV_HOME, names.DEFAULT_HOME_DIR)).expanduser().resolve()
+
+
+def local_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{run_dir / names.LOCAL_DB_FILE}"
+
+
+def build_pipeline(name: str, config: PipelineConfig) -> Any:
+    """The pipeline function ``name`` (``fit_for_serving`` or ``compress_sweep``) built from ``config``."""
+    key = name.replace("-", "_")
+    if key == "fit_for_serving":
+        from tightfit.pipelines.fit_for_serving import build_fit_for_serving
+
+        return build_fit_for_serving(config)
+    if key == "compress_sweep":
+        from tightfit.pipelines.compress_sweep import build_compress_sweep
+
+        return build_compress_sweep(config)
+    raise ConfigError(f"unknown pipeline {name!r}; pipelines: {', '.join(PIPELINES)}")
+
+
+def pipeline_arguments(name: str, config: PipelineConfig, tracking_uri: str) -> dict[str, Any]:
+    """Arguments for one run: the config's values (the pipeline's defaults) plus where to track."""
+    args: dict[str, Any] = {
+        "model": config.model,
+        "kind": config.kind,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "data_limit": config.data.limit or 0,
+        "variants": config.loop_items(),
+        "target": config.target_json(),
+        "tracking_uri": tracking_uri,
+        "experiment": config.tracking.experiment,
+        "run_name": f"{name.replace('_', '-')}-{config.profile}",
+    }
+    return args
+
+
+class _TaskLog(io.TextIOBase):
+    """A stdout stand-in: every line goes to the log file; task starts/ends update the status line."""
+
+    def __init__(self, handle: Any, status: Any) -> None:
+        self._handle = handle
+        self._status = status
+        self._running: dict[str, float] = {}
+        self._done = 0
+        self._start = time.monotonic()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._handle.write(text)
+        for line in text.splitlines():
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            started = re.search(r"Executing task '([^']+)'", plain)
+            finished = re.search(r"Task '([^']+)' finished with status (\w+)", plain)
+            if started:
+                self._running[started.group(1)] = time.monotonic()
+            elif finished:
+                self._running.pop(finished.group(1), None)
+                self._done += 1
+            elif "cache hit" in plain:
+                self._done += 1
+            else:
+                continue
+            self._refresh()
+        return len(text)
+
+    def _refresh(self) -> None:
+        if self._status is None:
+            return
+        running = ", ".join(self._running) or "-"
+        elapsed = time.monotonic() - self._start
+        self._status.update(f"[bold]{elapsed:5.0f}s[/] tasks done {self._done}; running: {running}")
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def run_local(
+    config: PipelineConfig,
+    *,
+    pipeline: str = "fit_for_serving",
+    run_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    console: Any = None,
+    show_logs: bool = False,
+) -> RunSummary:
+    """Run ``pipeline`` with kfp.local (SubprocessRunner, use_venv=False, caching on) under ``run_dir``."""
+    import logging
+    import warnings
+
+    from kfp import local
+
+    root = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or os.environ.get(names.ENV_TRACKING_URI) or local_tracking_uri(root)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault(names.ENV_HOME, str(root))
+    workspace = root / "workspace"
+    workspace.mkdir(exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root / "pipeline"),
+        workspace_root=str(workspace),
+        enable_caching=True,
+        raise_on_error=True,
+    )
+    pipeline_func = build_pipeline(pipeline, config)
+    arguments = pipeline_arguments(pipeline, config, uri)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    log_file = logs / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    started = time.perf_counter()
+    with log_file.open("w") as handle, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        output = _execute(pipeline_func, arguments, handle, console, show_logs, logging)
+    wall = time.perf_counter() - started
+    selection = json.loads(output)
+    evicted = evict_failed(root / "pipeline" / ".kfp_cache", selection)
+    records = [Footprint.from_dict(r) for r in selection.get("records", [])]
+    return RunSummary(
+        pipeline=pipeline,
+        run_dir=root,
+        wall_s=wall,
+        selection=selection,
+        records=records,
+        tracking_uri=uri,
+        log_file=log_file,
+        report_path=selection.get("report_path"),
+        pareto_path=selection.get("pareto_path"),
+        evicted_cache_entries=evicted,
+    )
+
+
+def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console: Any, show: bool, logging: Any) -> str:
+    """Run the pipeline, sending task output to ``handle`` (and the console when ``show``)."""
+    if show:
+        task = pipeline_func(**arguments)
+        return str(task.output)
+    status_cm = console.status("starting pipeline ...") if console is not None else contextlib.nullcontext()
+    with status_cm as status:
+        sink = _TaskLog(handle, status)
+        kfp_handlers = []
+        for name in ("kfp", "root", ""):
+            logger = logging.getLogger(name)
+            for h in logger.handlers:
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    kfp_handlers.append((h, h.stream))
+                    h.setStream(sink)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                task = pipeline_func(**arguments)
+        except RuntimeError as exc:
+            raise BackendError(f"the local pipeline run failed: {exc}. Task logs: {handle.name}") from None
+        finally:
+            for h, stream in kfp_handlers:
+                h.setStream(stream)
+    return str(task.output)
+
+
+def evict_failed(cache_dir: Path, selection: dict[str, Any]) -> int:
+    """Delete cache entries that produced a failed variant, so the next run retries that variant."""
+    failed = selection.get("failed") or {}
+    dirs = selection.get("variant_dirs") or {}
+    targets = [dirs[name] for name in failed if name in dirs]
+    if not targets or not cache_dir.exists():
+        return 0
+    evicted = 0
+    for entry in cache_dir.glob("*.json"):
+        text = entry.read_text()
+        if any(json.dumps(t)[1:-1] in text for t in targets):
+            entry.unlink()
+            evicted += 1
+    return evicted
+
+
+def print_summary(summary: RunSummary, console: Any) -> None:
+    """The variant table (rich), the chosen variant for the budget, and where everything is."""
+    from rich.table import Table
+
+    from tightfit.components.report import COLUMNS, cell
+
+    front = set(summary.selection.get("front") or [])
+    reasons = summary.selection.get("reasons") or {}
+    table = Table(title=f"tightfit {summary.pipeline}: {len(summary.records)} variants", show_lines=False)
+    for _, label in COLUMNS:
+        table.add_column(label, justify="left" if label in ("variant", "chain", "status") else "right")
+    table.add_column("fits?")
+    for record in summary.records:
+        style = "bold green" if record.variant == summary.chosen else ("red" if not record.ok else None)
+        mark = "chosen" if record.variant == summary.chosen else ("yes" if record.variant in summary.selection.get("fitting", []) else "no")
+        if record.variant in front:
+            mark += " *"
+        table.add_row(*[cell(record, key) for key, _ in COLUMNS], mark, style=style)
+    console.print(table)
+    console.print("[dim]* on the Pareto front (accuracy vs disk, serving memory, latency)[/]")
+    console.print(f"target: {summary.selection.get('target_description', '-')}")
+    if summary.chosen:
+        console.print(f"[bold green]chosen variant:[/] {summary.chosen}")
+    else:
+        console.print("[bold red]no variant fits the target[/]")
+        for name, why in reasons.items():
+            console.print(f"  {name}: {'; '.join(why)}")
+    for name, error in summary.failed.items():
+        console.print(f"[red]failed variant[/] {name}: {error}")
+    if summary.evicted_cache_entries:
+        console.print(f"[dim]{summary.evicted_cache_entries} cache entries of failed variants removed; a rerun retries them[/]")
+    console.print(f"report:      {summary.report_path or '-'}")
+    console.print(f"pareto plot: {summary.pareto_path or '-'}")
+    console.print(f"MLflow UI:   {summary.mlflow_ui_command()}")
+    console.print(f"task logs:   {summary.log_file}")
+    console.print(f"wall time:   {summary.wall_s:.1f} s")
