@@ -30,7 +30,7 @@ def test_footprint_metrics_are_the_record_fields() -> None:
 
 
 def test_metric_names_are_unique_across_groups() -> None:
-    groups = [names.FOOTPRINT_METRICS, names.TRAINING_METRICS, names.SERVING_METRICS]
+    groups = [names.FOOTPRINT_METRICS, names.TRAINING_METRICS, names.SERVING_METRICS, names.PARENT_METRICS]
     flat = [n for g in groups for n in g]
     assert len(flat) == len(set(flat))
 

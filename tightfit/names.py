@@ -141,6 +141,14 @@ SERVING_METRICS: Final[tuple[str, ...]] = (
 )
 
 # --------------------------------------------------------------------------------------------------
+# Parent run metrics (one per pipeline run).
+# --------------------------------------------------------------------------------------------------
+VARIANTS_TOTAL: Final = "variants_total"
+VARIANTS_FAILED: Final = "variants_failed"
+VARIANTS_ON_FRONT: Final = "variants_on_front"
+PARENT_METRICS: Final[tuple[str, ...]] = (VARIANTS_TOTAL, VARIANTS_FAILED, VARIANTS_ON_FRONT)
+
+# --------------------------------------------------------------------------------------------------
 # Params. A variant's params are ``VariantSpec.to_params()`` (variant, chain, n_steps, step{i}.*).
 # --------------------------------------------------------------------------------------------------
 PARAM_VARIANT: Final = "variant"
@@ -190,8 +198,8 @@ TAG_PARETO: Final = "tightfit.pareto"
 """``true`` on variant runs that lie on the Pareto front of their parent run."""
 TAG_SELECTED: Final = "tightfit.selected"
 TAG_VARIANT_DIR: Final = "tightfit.variant_dir"
-TAG_FOOTPRINT_JSON: Final = "tightfit.footprint"
-"""The full Footprint record as JSON (extra fields included), so it reads back exactly."""
+TAG_FOOTPRINT_EXTRA: Final = "tightfit.footprint_extra"
+"""``Footprint.extra`` as JSON (the record's free-form figures), so a record reads back whole."""
 
 ROLE_PARENT: Final = "parent"
 ROLE_VARIANT: Final = "variant"
