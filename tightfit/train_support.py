@@ -60,8 +60,9 @@ def ray_dataset(frame: Any, model_dir: str, max_length: int, rows_per_block: int
 
     chunks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)] or [frame]
     dataset = ray.data.from_pandas([c[["text", "label"]].reset_index(drop=True) for c in chunks])
-    return dataset.map_batches(  # type: ignore[call-overload,arg-type,unused-ignore]
-        tokenize_batch,
+    tokenize: Any = tokenize_batch
+    return dataset.map_batches(
+        tokenize,
         batch_format="pandas",
         batch_size=rows_per_block,
         fn_kwargs={"model_dir": model_dir, "max_length": max_length},

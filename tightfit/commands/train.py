@@ -1,15 +1,80 @@
-"""CLI commands: finetune (placeholders until their issue lands)."""
+"""CLI command ``tightfit finetune``: fine-tune or distill on Ray Train, locally, on a Ray cluster or KubeRay."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 
-from tightfit.errors import TightfitError
+from tightfit.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
     @app.command("finetune", help="Fine-tune a model on Ray Train (local Ray, a Ray cluster, or a KubeRay RayJob).")
-    def finetune_command() -> None:
-        raise TightfitError("`tightfit finetune` is not implemented yet (issue #5)")
+    def finetune_command(
+        model: Annotated[str, typer.Option(help="minilm or an HF-format model directory (the student)")] = "minilm",
+        dataset: Annotated[str, typer.Option(help="rotten_tomatoes, sms_spam or a .csv/.jsonl file")] = "rotten_tomatoes",
+        workers: Annotated[int, typer.Option(help="Ray Train workers (data-parallel)")] = 2,
+        cpus_per_worker: Annotated[int, typer.Option(help="CPU threads per worker")] = 1,
+        epochs: Annotated[int, typer.Option()] = 2,
+        global_batch: Annotated[int, typer.Option(help="samples per optimizer step, over all workers")] = 32,
+        memory_budget: Annotated[
+            str | None, typer.Option(help="per-worker memory budget ('4GiB'): picks micro-batch + accumulation")
+        ] = None,
+        max_length: Annotated[int, typer.Option(help="tokens per example")] = 64,
+        lr: Annotated[float, typer.Option(help="peak learning rate")] = 5e-5,
+        seed: Annotated[int, typer.Option()] = 0,
+        limit: Annotated[int | None, typer.Option(help="cap each split to N rows (quick runs)")] = None,
+        teacher: Annotated[str | None, typer.Option(help="teacher model dir: distillation mode")] = None,
+        precision: Annotated[str, typer.Option(help="fp32, bf16 or auto")] = "fp32",
+        strategy: Annotated[str, typer.Option(help="ddp or fsdp")] = "ddp",
+        gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward")] = False,
+        gpu: Annotated[bool, typer.Option(help="one GPU per worker (NCCL)")] = False,
+        out: Annotated[str | None, typer.Option(help="output dir (model/, metrics.json, ray_results/)")] = None,
+        storage_path: Annotated[str | None, typer.Option(help="checkpoint storage: a dir or a URI (s3://...)")] = None,
+        max_failures: Annotated[int, typer.Option(help="worker-group restarts from the last checkpoint")] = 1,
+        tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default local SQLite)")] = None,
+        address: Annotated[
+            str | None, typer.Option(help="Ray Jobs API address (http://head:8265): submit there")
+        ] = None,
+        ray_token: Annotated[str | None, typer.Option(help="Ray auth token (default $RAY_AUTH_TOKEN)")] = None,
+        kuberay_namespace: Annotated[
+            str | None, typer.Option(help="create a KubeRay RayJob in this namespace instead")
+        ] = None,
+        image: Annotated[str | None, typer.Option(help="container image of the RayJob")] = None,
+    ) -> None:
+        from tightfit.train import FinetuneConfig
+
+        if address and kuberay_namespace:
+            raise ConfigError("give either --address (Ray Jobs API) or --kuberay-namespace (RayJob), not both")
+        config = FinetuneConfig.from_dict({
+            "model": model, "dataset": dataset, "workers": workers, "cpus_per_worker": cpus_per_worker,
+            "epochs": epochs, "global_batch": global_batch, "memory_budget": memory_budget,
+            "max_length": max_length, "lr": lr, "seed": seed, "limit": limit, "teacher_dir": teacher,
+            "precision": precision, "strategy": strategy, "gradient_checkpointing": gradient_checkpointing,
+            "use_gpu": gpu, "out_dir": out, "storage_path": storage_path, "max_failures": max_failures,
+            "tracking_uri": tracking_uri,
+        })
+        if kuberay_namespace:
+            from tightfit.train_launch import launch_kuberay
+
+            created = launch_kuberay(config, kuberay_namespace, image=image)
+            typer.echo(f"created RayJob {created['metadata']['name']} in namespace {kuberay_namespace}")
+            return
+        if address:
+            from tightfit.train_launch import submit_finetune
+
+            outcome = submit_finetune(config, address, token=ray_token)
+            typer.echo(outcome.logs[-4000:])
+            typer.echo(f"job {outcome.job_id}: {outcome.status}")
+            if outcome.status != "SUCCEEDED":
+                raise typer.Exit(1)
+            return
+        from tightfit.train import run_finetune  # plans the micro-batch (BudgetError) before Ray starts
+
+        result = run_finetune(config)
+        typer.echo(json.dumps({"model_dir": str(result.model_dir), "run_id": result.run_id,
+                               "metrics": result.metrics}, indent=2, default=str))
