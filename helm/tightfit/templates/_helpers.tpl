@@ -1,0 +1,221 @@
+{{/*
+Names, labels and the shared pod pieces. The KubeRay helpers mirror tightfit/k8s.py line for line
+(tests/test_helm.py renders the chart and compares with the Python-built objects): change both together.
+*/}}
+
+{{- define "tightfit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tightfit.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A KubeRay object name: KubeRay derives pod and service names from it, so keep it <= 47 characters. */}}
+{{- define "tightfit.rayName" -}}
+{{- printf "%s-%s" (include "tightfit.fullname" .root) .suffix | trunc 47 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tightfit.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels; call with (dict "root" $ "component" "mlflow"). */}}
+{{- define "tightfit.labels" -}}
+app.kubernetes.io/name: {{ include "tightfit.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "tightfit.chart" .root }}
+{{- end }}
+
+{{- define "tightfit.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tightfit.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tightfit.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tightfit.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tightfit.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+
+{{/* The PVC holds the SQLite file and/or the artifacts when either of them lives on a volume. */}}
+{{- define "tightfit.mlflowNeedsVolume" -}}
+{{- if or (eq .Values.mlflow.backendStore.type "sqlite") (eq .Values.mlflow.artifactStore.type "pvc") }}true{{ end }}
+{{- end }}
+
+{{- define "tightfit.mlflowClaimName" -}}
+{{- default (printf "%s-mlflow" (include "tightfit.fullname" .)) .Values.mlflow.persistence.existingClaim }}
+{{- end }}
+
+{{- define "tightfit.mlflowUri" -}}
+{{- printf "http://%s-mlflow:%v" (include "tightfit.fullname" .) .Values.mlflow.service.port }}
+{{- end }}
+
+{{/* Pod-level security settings of every pod (tightfit.k8s.pod_security_context). */}}
+{{- define "tightfit.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsUser }}
+fsGroup: {{ .Values.securityContext.runAsUser }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security settings of every container (tightfit.k8s.container_security_context). */}}
+{{- define "tightfit.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+{{- end }}
+
+{{/*
+One Ray pod template (tightfit.k8s._pod_template). Call with
+(dict "root" $ "container" "ray-head" "size" $head "head" true "component" "rayjob" "restartPolicy" "").
+*/}}
+{{- define "tightfit.rayPodTemplate" -}}
+{{- $root := .root }}
+{{- $env := dict "HOME" "/tmp" "RAY_USAGE_STATS_ENABLED" "0" "MLFLOW_DISABLE_TELEMETRY" "true" }}
+{{- range $k, $v := $root.Values.ray.env }}
+{{- $_ := set $env $k (toString $v) }}
+{{- end }}
+{{- if $root.Values.mlflow.enabled }}
+{{- $_ := set $env "MLFLOW_TRACKING_URI" (include "tightfit.mlflowUri" $root) }}
+{{- end }}
+metadata:
+  labels:
+    {{- include "tightfit.labels" (dict "root" $root "component" .component) | nindent 4 }}
+spec:
+  {{- with .restartPolicy }}
+  restartPolicy: {{ . }}
+  {{- end }}
+  serviceAccountName: {{ include "tightfit.serviceAccountName" $root }}
+  securityContext:
+    {{- include "tightfit.podSecurityContext" $root | nindent 4 }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with $root.Values.ray.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.ray.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ .container }}
+      image: {{ include "tightfit.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      env:
+        {{- range $k, $v := $env }}
+        - name: {{ $k }}
+          value: {{ $v | quote }}
+        {{- end }}
+      {{- if .head }}
+      ports:
+        - name: gcs
+          containerPort: 6379
+        - name: dashboard
+          containerPort: 8265
+        - name: client
+          containerPort: 10001
+        - name: serve
+          containerPort: 8000
+      {{- end }}
+      resources:
+        {{- range $which := list "requests" "limits" }}
+        {{ $which }}:
+          cpu: {{ $.size.cpu | toString | quote }}
+          memory: {{ $.size.memory | quote }}
+          {{- if gt (int (default 0 $.size.gpu)) 0 }}
+          nvidia.com/gpu: {{ int $.size.gpu }}
+          {{- end }}
+        {{- end }}
+      securityContext:
+        {{- include "tightfit.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        - name: dshm
+          mountPath: /dev/shm
+  volumes:
+    - name: tmp
+      emptyDir: {}
+    # Ray's object store lives in shared memory; the container default (64 MiB) is too small.
+    - name: dshm
+      emptyDir:
+        medium: Memory
+{{- end }}
+
+{{/*
+A RayCluster spec (tightfit.k8s.raycluster_spec) for one section of values: rayCluster, rayJob or rayService.
+Call with (dict "root" $ "section" .Values.rayJob "component" "rayjob"); the section's head/workers
+override ray.head/ray.workers key by key.
+*/}}
+{{- define "tightfit.rayClusterSpec" -}}
+{{- $root := .root }}
+{{- $ray := $root.Values.ray }}
+{{- $head := mergeOverwrite (deepCopy $ray.head) (deepCopy (default dict .section.head)) }}
+{{- $workers := mergeOverwrite (deepCopy $ray.workers) (deepCopy (default dict .section.workers)) }}
+{{- if or (lt (int $workers.replicas) (int $workers.minReplicas)) (gt (int $workers.replicas) (int $workers.maxReplicas)) }}
+{{- fail (printf "workers[%s]: need minReplicas <= replicas <= maxReplicas, got %v <= %v <= %v" $workers.groupName $workers.minReplicas $workers.replicas $workers.maxReplicas) }}
+{{- end }}
+rayVersion: {{ $ray.version | quote }}
+enableInTreeAutoscaling: {{ $ray.autoscaling.enabled }}
+{{- if $ray.autoscaling.enabled }}
+autoscalerOptions:
+  idleTimeoutSeconds: {{ int $ray.autoscaling.idleTimeoutSeconds }}
+  securityContext:
+    {{- include "tightfit.containerSecurityContext" $root | nindent 4 }}
+{{- end }}
+authOptions:
+  mode: {{ $ray.auth.mode }}
+  {{- with $ray.auth.secretName }}
+  secretName: {{ . }}
+  {{- end }}
+headGroupSpec:
+  rayStartParams:
+    {{- range $k, $v := $head.rayStartParams }}
+    {{ $k }}: {{ $v | toString | quote }}
+    {{- else }} {}
+    {{- end }}
+  template:
+    {{- include "tightfit.rayPodTemplate" (dict "root" $root "container" "ray-head" "size" $head "head" true "component" .component) | trim | nindent 4 }}
+workerGroupSpecs:
+  - groupName: {{ $workers.groupName }}
+    replicas: {{ int $workers.replicas }}
+    minReplicas: {{ int $workers.minReplicas }}
+    maxReplicas: {{ int $workers.maxReplicas }}
+    rayStartParams:
+      {{- range $k, $v := $workers.rayStartParams }}
+      {{ $k }}: {{ $v | toString | quote }}
+      {{- else }} {}
+      {{- end }}
+    template:
+      {{- include "tightfit.rayPodTemplate" (dict "root" $root "container" "ray-worker" "size" $workers "head" false "component" .component) | trim | nindent 6 }}
+{{- end }}
