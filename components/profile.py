@@ -17,6 +17,7 @@ def profile(
     quick: bool,
     memory_subprocess: bool,
     tracking_uri: str,
+    experiment: str,
     parent_run_id: str,
     metrics: Output[Metrics],
 ) -> str:
@@ -27,7 +28,7 @@ def profile(
     record, figures = profile_step(
         variant.path, data.path, variant_name, chain, kind, baseline_footprint, seq_len, quick, memory_subprocess
     )
-    run_id = log_variant_run(record, variant.path, tracking_uri, parent_run_id)
+    run_id = log_variant_run(record, variant.path, tracking_uri, experiment, parent_run_id)
     for key, value in {**record.metrics(), **figures}.items():
         metrics.log_metric(key, value)
     metrics.metadata.update({"variant": variant_name, "status": record.status, "mlflow_run_id": run_id})

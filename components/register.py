@@ -10,6 +10,8 @@ def register(
     chosen: Input[Model],
     selection: str,
     tracking_uri: str,
+    experiment: str,
+    parent_run_id: str,
     registered_model: str,
     alias: str,
     stats: Output[Metrics],
@@ -18,7 +20,7 @@ def register(
     from tightfit.components.steps import quiet, register_step
 
     quiet()
-    uri, figures = register_step(chosen.path, selection, tracking_uri, registered_model, alias)
+    uri, figures = register_step(selection, tracking_uri, experiment, parent_run_id, registered_model, alias)
     for key, value in figures.items():
         stats.log_metric(key, value)
     return uri

@@ -13,6 +13,7 @@ def select(
     variants: Input[list[Model]],
     target: str,
     tracking_uri: str,
+    experiment: str,
     parent_run_id: str,
     chosen: Output[Model],
     report: Output[HTML],
@@ -25,7 +26,7 @@ def select(
 
     quiet()
     name, selection_json, figures = select_step(
-        footprints, [v.path for v in variants], target, tracking_uri, parent_run_id, chosen.path, report.path
+        footprints, [v.path for v in variants], target, tracking_uri, experiment, parent_run_id, chosen.path, report.path
     )
     chosen.metadata.update({"variant": name or ""})
     for key, value in figures.items():

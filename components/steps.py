@@ -256,6 +256,7 @@ def select_step(
     variant_dirs: list[str],
     target_json: str,
     tracking_uri_value: str,
+    experiment: str,
     parent_run_id: str,
     chosen_dir: str,
     report_path: str,
@@ -285,7 +286,7 @@ def select_step(
         report["variant_dirs"] = dirs
         report["report_path"] = str(report_path)
         plot = Path(report_path).with_name("pareto.png")
-        log_selection(selection, records, tracking_uri_value, parent_run_id, plot)
+        log_selection(selection, records, tracking_uri_value, experiment, parent_run_id, plot)
         write_report(report_path, selection, records, plot if plot.exists() else None)
         report["pareto_path"] = str(plot) if plot.exists() else None
     stats.update({"variants": len(records), "failed": len(selection.failed), "fitting": len(selection.fitting)})
@@ -359,3 +360,78 @@ def deploy_step(
                   "max_batch_size": plan.primary.max_batch_size})
     return plan.describe(), stats
 
+
+
+# ----------------------------------------------------------------------------------------- tracking
+
+
+def _tracker(uri: str, experiment: str) -> Any:
+    from tightfit.tracking import Tracker
+
+    return Tracker(tracking_uri(uri), experiment or None)
+
+
+def start_parent_run(
+    uri: str, experiment: str, run_name: str, base_model: str, dataset: str, target_json: str
+) -> tuple[str, dict[str, Any]]:
+    """Open the pipeline run's MLflow parent run (``tightfit.tracking.start_parent``); returns its handle."""
+    from tightfit.spec import HardwareTarget
+    from tightfit.tracking import start_parent
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        handle = start_parent(
+            run_name, base_model=base_model, dataset=dataset, target=target, tracker=_tracker(uri, experiment)
+        )
+    return handle, stats
+
+
+def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, parent: str) -> str:
+    """Log one variant as a nested run of ``parent`` (``tightfit.tracking.log_variant``); '' without a parent."""
+    if not parent:
+        return ""
+    from tightfit.tracking import log_variant
+
+    directory = variant_dir if record.ok else None
+    return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
+
+
+def log_selection(
+    selection: Any, records: list[Footprint], uri: str, experiment: str, parent: str, plot_path: Path
+) -> None:
+    """Write the Pareto plot for the report, and log table + plot + selection on the parent run."""
+    from tightfit.plots import pareto_plot
+
+    chosen = selection.chosen.variant if selection.chosen is not None else None
+    if any(r.ok for r in records):
+        pareto_plot(records, plot_path, chosen=chosen)
+    if parent:
+        from tightfit.tracking import log_parent_summary
+
+        log_parent_summary(parent, records, selection=selection, tracker=_tracker(uri, experiment))
+
+
+def register_step(
+    selection_json: str, uri: str, experiment: str, parent: str, registered_model: str, alias: str
+) -> tuple[str, dict[str, Any]]:
+    """Register the chosen variant's run model with ``alias`` and its memory-tier alias; returns its URI."""
+    from tightfit import names
+    from tightfit.tracking import register_variant, variant_record_id
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        selection = json.loads(selection_json)
+        chosen = selection["chosen"]
+        aliases = [alias]
+        memory = (selection.get("target") or {}).get("memory_bytes")
+        tier_alias = names.alias_for_budget(int(memory)) if memory else None
+        if tier_alias and tier_alias not in aliases:
+            aliases.append(tier_alias)
+        register_variant(
+            variant_record_id(parent, chosen),
+            model_name=registered_model,
+            aliases=aliases,
+            tracker=_tracker(uri, experiment),
+        )
+    return names.model_uri(registered_model, alias), stats

@@ -64,6 +64,7 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             memory_subprocess=memory_subprocess,
             target=target,
             tracking_uri=tracking_uri,
+            experiment=experiment,
             parent_run_id=parent.outputs["Output"],
         )
         return chosen.outputs["selection"]

@@ -99,6 +99,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             memory_subprocess=memory_subprocess,
             target=target,
             tracking_uri=tracking_uri,
+            experiment=experiment,
             parent_run_id=parent.outputs["Output"],
         )
         flag = should_deploy(found=chosen.outputs["found"], enabled=deploy_enabled)
@@ -108,6 +109,8 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
                 chosen=chosen.outputs["chosen"],
                 selection=chosen.outputs["selection"],
                 tracking_uri=tracking_uri,
+                experiment=experiment,
+                parent_run_id=parent.outputs["Output"],
                 registered_model=registered_model,
                 alias=alias,
             )

@@ -32,6 +32,7 @@ def add_sweep(
     memory_subprocess: Any,
     target: Any,
     tracking_uri: Any,
+    experiment: Any,
     parent_run_id: Any,
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
@@ -46,6 +47,7 @@ def add_sweep(
         quick=quick,
         memory_subprocess=memory_subprocess,
         tracking_uri=tracking_uri,
+        experiment=experiment,
         parent_run_id="",
     ).set_display_name("profile-baseline")
     apply_resources(base_profile, resources["profile"], config)
@@ -64,6 +66,7 @@ def add_sweep(
             quick=quick,
             memory_subprocess=memory_subprocess,
             tracking_uri=tracking_uri,
+            experiment=experiment,
             parent_run_id=parent_run_id,
         )
         apply_resources(measured, resources["profile"], config, mlflow=True)
@@ -73,6 +76,7 @@ def add_sweep(
         variants=dsl.Collected(built.outputs["variant"]),
         target=target,
         tracking_uri=tracking_uri,
+        experiment=experiment,
         parent_run_id=parent_run_id,
     )
     apply_resources(chosen, resources["select"], config, mlflow=True)
