@@ -9,6 +9,8 @@ quantized modules and returns a GraphModule). The wrapper class itself is stored
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,8 @@ class VariantPyfunc(PythonModel):
             return [model_input]
         return [str(t) for t in list(model_input)]
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints on predict's inputs on purpose: MLflow would validate by them instead of the signature.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
         import torch
 
@@ -86,7 +89,7 @@ def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
+        inputs=Schema([ColSpec("string")]),
         params=ParamSchema(
             [
                 ParamSpec("max_length", "long", 64),
@@ -96,13 +99,15 @@ def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
         ),
     )
     out = Path(path)
-    mlflow.pyfunc.save_model(
-        path=str(out),
-        python_model=VariantPyfunc(),
-        artifacts={names.PYFUNC_VARIANT_ARTIFACT: str(Path(variant_dir).resolve())},
-        signature=signature,
-        pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no input example" / type-hint notes: the signature is explicit
+        mlflow.pyfunc.save_model(
+            path=str(out),
+            python_model=str(Path(__file__).with_name("tracking_pyfunc_code.py")),  # model from code: no pickle
+            artifacts={names.PYFUNC_VARIANT_ARTIFACT: str(Path(variant_dir).resolve())},
+            signature=signature,
+            pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
+        )
     return out
 
 
@@ -142,7 +147,9 @@ def load_registered(
     """Load ``models:/name@alias`` through ``mlflow.pyfunc`` (the variant comes back via ``load_variant``)."""
     import mlflow
 
-    from tightfit.tracking import resolve_tracking_uri
+    from tightfit.tracking_read import resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     mlflow.set_registry_uri(resolve_tracking_uri(tracking_uri))
