@@ -32,7 +32,16 @@ def upload_pipelines(
     import kfp
     from kfp_server_api.exceptions import ApiException
 
-    client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
+    def unreachable(exc: Exception) -> BackendError:
+        return BackendError(
+            f"cannot reach the KFP API at {host} ({type(exc).__name__}); set kfp.uploadJob.host to the "
+            "ml-pipeline service of your Kubeflow (e.g. http://ml-pipeline.kubeflow.svc.cluster.local:8888)"
+        )
+
+    try:  # the client checks the API's health on construction
+        client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise unreachable(exc) from exc
     report = []
     for path in files:
         name = path.stem
@@ -51,10 +60,7 @@ def upload_pipelines(
                 continue
             raise BackendError(f"KFP API at {host} refused {name}: {exc.status} {exc.reason}: {exc.body}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise BackendError(
-                f"cannot reach the KFP API at {host} ({type(exc).__name__}); set kfp.uploadJob.host to the "
-                "ml-pipeline service of your Kubeflow (e.g. http://ml-pipeline.kubeflow.svc.cluster.local:8888)"
-            ) from exc
+            raise unreachable(exc) from exc
     return report
 
 

@@ -54,12 +54,23 @@ def mlflow_uri(values: Mapping[str, Any], release: str) -> str:
     return f"http://{fullname(values, release)}-mlflow:{port}"
 
 
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Sprig's `mergeOverwrite`: nested mappings merge key by key, anything else in `override` wins."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _section_sizes(values: Mapping[str, Any], section: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """`ray.head`/`ray.workers` with the section's own `head`/`workers` overrides on top."""
     ray = values["ray"]
     own = values.get(section) or {}
-    head = {**ray["head"], **(own.get("head") or {})}
-    workers = {**ray["workers"], **(own.get("workers") or {})}
+    head = _deep_merge(ray["head"], own.get("head") or {})
+    workers = _deep_merge(ray["workers"], own.get("workers") or {})
     return head, workers
 
 

@@ -1,0 +1,227 @@
+"""tightfit.k8s: KubeRay manifests validate against the KubeRay v1.7.0 CRDs, go through a real HTTP
+Kubernetes API (kmock's in-memory emulator on 127.0.0.1) with the official client, and fail clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tightfit import k8s
+from tightfit.errors import BackendError, ConfigError
+
+SERVE_CONFIG = {
+    "applications": [
+        {
+            "name": "tightfit",
+            "route_prefix": "/",
+            "import_path": "tightfit.ray_jobs.serve:app_builder",
+            "args": {"plan": {"budget_bytes": 1 << 30}},
+            "deployments": [
+                {
+                    "name": "TightfitServer",
+                    "max_ongoing_requests": 32,
+                    "max_queued_requests": 64,
+                    "ray_actor_options": {"num_cpus": 1, "memory": 858074430},
+                }
+            ],
+        }
+    ]
+}
+
+
+class _ApiServer:
+    """A kmock KubernetesEmulator served over HTTP on 127.0.0.1 from a background asyncio thread."""
+
+    def __init__(self, emulator: Any) -> None:
+        self.emulator = emulator
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import kmock
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            async with self.emulator, kmock.Server(self.emulator, host="127.0.0.1") as server:
+                self.url = str(server.url).rstrip("/")
+                self._ready.set()
+                await self._stop.wait()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(serve())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> _ApiServer:
+        self._thread.start()
+        assert self._ready.wait(15), "kmock server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def client(self) -> Any:
+        from kubernetes import client
+
+        config = client.Configuration()
+        config.host = self.url
+        return client.ApiClient(config)
+
+
+@pytest.fixture
+def kube() -> Iterator[_ApiServer]:
+    import kmock
+
+    with _ApiServer(kmock.KubernetesEmulator()) as server:
+        yield server
+
+
+def _job(name: str = "finetune-1") -> dict[str, Any]:
+    return k8s.rayjob_manifest(
+        name,
+        namespace="ml",
+        image="ghcr.io/tightfit/tightfit:0.1.0-cpu",
+        entrypoint="python -m tightfit.ray_jobs.finetune --set workers=2",
+        workers=k8s.WorkerGroupSpec(replicas=2, min_replicas=2, max_replicas=2, cpu="2", memory="4Gi"),
+        runtime_env={"env_vars": {"TIGHTFIT_FINETUNE_CONFIG": "{}"}},
+        service_account="tightfit",
+    )
+
+
+def test_manifests_validate_against_kuberay_crds(kuberay_crd_dir: Path) -> None:
+    job = _job()
+    service = k8s.rayservice_manifest(
+        "serve-1", namespace="ml", serve_config=SERVE_CONFIG, workers={"replicas": 1, "memory": "2Gi", "gpu": 1}
+    )
+    cluster = k8s.raycluster_manifest("train", namespace="ml", head=k8s.HeadSpec(cpu="1", memory="2Gi"))
+    for obj in (job, service, cluster):
+        k8s.validate_kuberay(obj, kuberay_crd_dir)
+    workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+
+
+def test_crd_validation_rejects_what_the_api_server_would(kuberay_crd_dir: Path) -> None:
+    job = _job()
+    container = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["resource"] = container.pop("resources")  # a typo deep inside a pod template
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
+    errors = k8s.kuberay_errors(job, kuberay_crd_dir)
+    assert any("'resource' was unexpected" in e for e in errors), errors
+    assert any(e.startswith("spec.rayClusterSpec.workerGroupSpecs.0.replicas:") for e in errors), errors
+    with pytest.raises(ConfigError, match="does not match the KubeRay CRD schema"):
+        k8s.validate_kuberay(job, kuberay_crd_dir)
+    # int-or-string quantities: a plain integer CPU is as valid as "2"
+    ok = _job()
+    ok["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 2
+    assert k8s.kuberay_errors(ok, kuberay_crd_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": {"memory": "8"}}, "memory quantity with a unit"),
+        ({"workers": {"replicas": -1}}, "whole number >= 0"),
+        ({"workers": {"replicas": 5, "maxReplicas": 4}}, "min_replicas <= replicas <= max_replicas"),
+        ({"head": {"cpu": "two"}}, "not a CPU quantity"),
+        ({"workers": {"gpus": 1}}, "unknown key 'gpus'"),
+    ],
+)
+def test_bad_sizes_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        k8s.rayjob_manifest("job", namespace="ml", entrypoint="python -m x", **kwargs)
+
+
+def test_bad_names_and_serve_config_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="not a valid KubeRay object name"):
+        k8s.rayjob_manifest("Fine_Tune", namespace="ml", entrypoint="python -m x")
+    with pytest.raises(ConfigError, match="applications"):
+        k8s.rayservice_manifest("serve", namespace="ml", serve_config={"deployments": []})
+
+
+def test_create_rayjob_and_rayservice_over_http(kube: _ApiServer, kuberay_crd_dir: Path) -> None:
+    from kubernetes import client
+
+    api_client = kube.client()
+    job = _job()
+    service = k8s.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG)
+    for obj in (job, service):
+        k8s.validate_kuberay(obj, kuberay_crd_dir)
+    created_job = k8s.create_rayjob(job, "ml", api_client=api_client)
+    created_service = k8s.create_rayservice(service, "ml", api_client=api_client)
+    assert created_job["kind"] == "RayJob" and created_service["kind"] == "RayService"
+
+    api = client.CustomObjectsApi(api_client)
+    stored = api.get_namespaced_custom_object("ray.io", "v1", "ml", "rayservices", "serve-1")
+    assert stored["spec"] == service["spec"]
+    assert k8s.get_rayjob("finetune-1", "ml", api_client=api_client)["spec"] == job["spec"]
+    listed = api.list_namespaced_custom_object("ray.io", "v1", "ml", "rayjobs")
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["finetune-1"]
+
+    with pytest.raises(BackendError, match=r"RayJob ml/finetune-1 already exists; delete it first"):
+        k8s.create_rayjob(job, "ml", api_client=api_client)
+    with pytest.raises(BackendError, match=r"RayService ml/serve-1 already exists"):
+        k8s.create_rayservice(service, "ml", api_client=api_client)
+    with pytest.raises(BackendError, match="not found"):
+        k8s.get_rayjob("absent", "ml", api_client=api_client)
+
+
+def test_missing_kuberay_says_install_it() -> None:
+    import kmock
+
+    emulator = kmock.KubernetesEmulator()
+
+    def no_crd(request: Any) -> None:
+        raise kmock.KubernetesResourceNotFoundError()
+
+    emulator["post", re.compile(r"/apis/ray\.io/.*")] << no_crd
+    with _ApiServer(emulator) as server, pytest.raises(BackendError, match="install the KubeRay operator"):
+        k8s.create_rayjob(_job(), "ml", api_client=server.client())
+
+
+def test_unreachable_api_is_a_clear_error() -> None:
+    from kubernetes import client
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{port}"
+    config.retries = 0
+    with pytest.raises(BackendError, match="cannot reach the Kubernetes API"):
+        k8s.create_rayjob(_job(), "ml", api_client=client.ApiClient(config))
+
+
+def test_wrong_kind_or_namespace_is_refused() -> None:
+    job = _job()
+    with pytest.raises(ConfigError, match="differs from namespace"):
+        k8s.create_rayjob(job, "other", api_client=object())
+    with pytest.raises(ConfigError, match="RayJob, RayService or RayCluster"):
+        k8s.create_rayjob({"apiVersion": "v1", "kind": "Pod"}, "ml", api_client=object())
+
+
+def test_kfp_upload_unreachable_host_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tightfit.k8s_kfp_upload import main, upload_pipelines
+
+    with pytest.raises(ConfigError, match="compile it first"):
+        upload_pipelines("http://127.0.0.1:9", [tmp_path / "absent.yaml"])
+    pipeline = tmp_path / "fit_for_serving.yaml"
+    pipeline.write_text("pipelineInfo:\n  name: fit-for-serving\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["--host", f"http://127.0.0.1:{port}", str(pipeline)]) == 2
+    assert "cannot reach the KFP API" in capsys.readouterr().err
