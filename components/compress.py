@@ -9,7 +9,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
-@dsl.component(base_image=TIGHTFIT_IMAGE)
+@dsl.component(base_image=TIGHTFIT_IMAGE, install_kfp_package=False)
 def compress(
     baseline: Input[Model],
     data: Input[Dataset],

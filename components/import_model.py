@@ -5,7 +5,7 @@ from kfp.dsl import Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
-@dsl.component(base_image=TIGHTFIT_IMAGE)
+@dsl.component(base_image=TIGHTFIT_IMAGE, install_kfp_package=False)
 def import_model(model_name: str, kind: str, model: Output[Model], stats: Output[Metrics]):
     """Save ``model_name`` (``minilm``, ``smollm2`` or a path) as the baseline of a sweep, without training."""
     from tightfit.components.steps import import_model_step, quiet

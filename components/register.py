@@ -5,7 +5,7 @@ from kfp.dsl import Input, Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
-@dsl.component(base_image=TIGHTFIT_IMAGE)
+@dsl.component(base_image=TIGHTFIT_IMAGE, install_kfp_package=False)
 def register(
     chosen: Input[Model],
     selection: str,

@@ -7,7 +7,7 @@ from kfp.dsl import HTML, Input, Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
-@dsl.component(base_image=TIGHTFIT_IMAGE)
+@dsl.component(base_image=TIGHTFIT_IMAGE, install_kfp_package=False)
 def select(
     footprints: list[str],
     variants: Input[list[Model]],
@@ -18,7 +18,7 @@ def select(
     chosen: Output[Model],
     report: Output[HTML],
     stats: Output[Metrics],
-) -> NamedTuple("Selected", [("chosen_variant", str), ("found", bool), ("selection", str)]):
+) -> NamedTuple("Selected", [("chosen_variant", str), ("found", bool), ("selection", str)]):  # type: ignore[valid-type]
     """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
     from collections import namedtuple
 

@@ -43,7 +43,7 @@ def test_profile_deep_merges_and_unknown_profile_is_clear() -> None:
     raw = _base(data={"limit": 1000, "test": 0.25}, profiles={"tiny": {"data": {"limit": 10}}})
     cfg = config_from_dict(raw, profile="tiny")
     assert cfg.data.limit == 10 and cfg.data.test == 0.25
-    with pytest.raises(ConfigError, match="unknown profile 'huge'.*tiny"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'huge'.*tiny"):
         config_from_dict(raw, profile="huge")
 
 
@@ -55,13 +55,13 @@ def test_unknown_method_lists_known_ones() -> None:
 
 def test_parameter_out_of_range_names_the_variant() -> None:
     raw = _base(variants=[{"variant": "bad-sparsity", "chain": "prune_unstructured:sparsity=1.5"}])
-    with pytest.raises(ConfigError, match="bad-sparsity.*prune_unstructured"):
+    with pytest.raises(ConfigError, match=r"bad-sparsity.*prune_unstructured"):
         config_from_dict(raw)
 
 
 def test_unknown_parameter_lists_the_methods_parameters() -> None:
     raw = _base(variants=[{"variant": "q", "chain": "int8_dynamic:bits=3"}])
-    with pytest.raises(ConfigError, match="has no parameter.*bits"):
+    with pytest.raises(ConfigError, match=r"has no parameter.*bits"):
         config_from_dict(raw)
 
 
@@ -115,11 +115,11 @@ def test_dataset_file_columns_are_checked(tmp_path: Path) -> None:
 
 
 def test_other_fields_are_validated(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="finetune.workers must be >= 1"):
+    with pytest.raises(ConfigError, match=r"finetune.workers must be >= 1"):
         config_from_dict(_base(finetune={"workers": 0}))
     with pytest.raises(ConfigError, match=r"finetune.memory_budget.*no unit"):
         config_from_dict(_base(finetune={"memory_budget": "4"}))
-    with pytest.raises(ConfigError, match="data.limit must be positive"):
+    with pytest.raises(ConfigError, match=r"data.limit must be positive"):
         config_from_dict(_base(data={"limit": -3}))
     with pytest.raises(ConfigError, match="modle: unknown key"):
         config_from_dict({**_base(), "modle": "minilm"})

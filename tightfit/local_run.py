@@ -213,7 +213,8 @@ def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 task = pipeline_func(**arguments)
         except RuntimeError as exc:
-            raise BackendError(f"the local pipeline run failed: {exc}. Task logs: {handle.name}") from None
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+            raise BackendError(f"the local pipeline run failed: {plain} Task logs: {handle.name}") from None
         finally:
             for h, stream in kfp_handlers:
                 h.setStream(stream)
