@@ -83,7 +83,7 @@ def test_finetune_budget_error_before_ray_starts(tmp_path) -> None:
 
     config = FinetuneConfig(workers=2, memory_budget="256MiB", limit=32, out_dir=str(tmp_path / "out"),
                             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(BudgetError, match="256.0 MiB"):
+    with pytest.raises(BudgetError, match=r"256\.0 MiB"):
         run_finetune(config)
     assert not ray.is_initialized()
     assert not (tmp_path / "out").exists()

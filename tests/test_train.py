@@ -1,0 +1,99 @@
+"""Ray Train fine-tuning end to end: real MiniLM, real Rotten Tomatoes slice, 2 workers, MLflow, faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tightfit import names
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 320  # rows per split: 320 train, 320 validation, 320 test
+
+
+def _config(tmp: Path, **overrides):
+    from tightfit.train import FinetuneConfig
+
+    values = dict(
+        model="minilm", dataset="rotten_tomatoes", workers=2, cpus_per_worker=1, epochs=2, global_batch=16,
+        lr=1e-4, seed=0, limit=LIMIT, max_length=64, out_dir=str(tmp / "out"),
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", target_accuracy=0.55,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """One unfaulted 2-worker run shared by the accuracy, tracking and fault tests."""
+    from tightfit.train import run_finetune
+
+    tmp = tmp_path_factory.mktemp("baseline")
+    return run_finetune(_config(tmp)), tmp
+
+
+def _untrained_accuracy(tmp: Path, frame) -> float:
+    import torch
+
+    from tightfit.assets import load_model
+    from tightfit.train_support import evaluate_classifier
+
+    torch.manual_seed(0)
+    loaded = load_model("minilm")
+    loaded.model.save_pretrained(tmp / "untrained")
+    loaded.tokenizer.save_pretrained(tmp / "untrained")
+    return evaluate_classifier(tmp / "untrained", frame, max_length=64)["accuracy"]
+
+
+def test_two_workers_learn_well_above_untrained_head_and_majority(baseline, tmp_path) -> None:
+    from tightfit.data import load_dataset
+
+    result, _ = baseline
+    test = load_dataset("rotten_tomatoes", seed=0, limit=LIMIT).test
+    majority = float(test["label"].value_counts(normalize=True).max())
+    untrained = _untrained_accuracy(tmp_path, test)
+    accuracy = result.metrics[names.TEST_ACCURACY]
+    assert accuracy >= majority + 0.05, (accuracy, majority)
+    assert accuracy >= untrained + 0.08, (accuracy, untrained)
+    # The HF-format model dir loads back on its own, tokenizer included.
+    assert (result.model_dir / "config.json").exists() and (result.model_dir / "tokenizer.json").exists()
+    assert result.metrics["workers"] == 2 and result.metrics["epoch"] == 2
+
+
+def test_every_rank_and_the_footprint_reach_mlflow(baseline) -> None:
+    from mlflow import MlflowClient
+
+    result, tmp = baseline
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[names.TAG_ROLE] == names.ROLE_TRAINING
+    for rank in (0, 1):
+        peaks = client.get_metric_history(result.run_id, names.worker_metric(rank, names.PEAK_RSS_BYTES))
+        assert [m.step for m in peaks] == [1, 2] and all(m.value > 2e8 for m in peaks)
+        speed = client.get_metric_history(result.run_id, names.worker_metric(rank, names.SAMPLES_PER_S))
+        assert all(m.value > 0 for m in speed)
+    metrics = run.data.metrics
+    assert metrics[names.MICRO_BATCH] * metrics[names.ACCUMULATION_STEPS] * metrics[names.WORKERS] >= 16
+    assert 0 < metrics[names.MEMORY_PREDICTION_ERROR] < 1
+    assert metrics[names.TEST_ACCURACY] == pytest.approx(result.metrics[names.TEST_ACCURACY])
+    assert names.TIME_TO_TARGET_S in metrics
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, names.ARTIFACT_MODEL)}
+    assert f"{names.ARTIFACT_MODEL}/model.safetensors" in artifacts
+
+
+def test_fault_at_epoch_two_resumes_from_checkpoint_and_matches(baseline, tmp_path) -> None:
+    from tightfit.train import run_finetune
+
+    clean, _ = baseline
+    faulted = run_finetune(_config(tmp_path, fail_at_epoch=2, max_failures=1))
+    marker = tmp_path / "out" / "fault-injected.marker"
+    assert marker.exists(), "the fault was never injected"
+    assert faulted.metrics["epoch"] == 2
+    # Resumed, not restarted: epoch 1 was reported once (before the fault), then epoch 2.
+    assert [h["epoch"] for h in faulted.history] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert faulted.metrics[key] == pytest.approx(clean.metrics[key], abs=1e-3), key
+    assert faulted.metrics[names.TEST_ACCURACY] == pytest.approx(clean.metrics[names.TEST_ACCURACY], abs=0.01)
