@@ -1,0 +1,178 @@
+"""Tracking against a local SQLite store: run layout, names, read-back, outbox, idempotent resync.
+
+The footprint records here are hand-built inputs (the real measured sweep is in test_tracking_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tightfit import names, tracking
+from tightfit.footprint import Footprint
+from tightfit.select import select_variant
+from tightfit.spec import HardwareTarget, VariantSpec
+from tightfit.tracking_server import free_port
+
+MiB = 2**20
+
+
+def _records() -> list[Footprint]:
+    return [
+        Footprint(variant="fp32", accuracy=0.81, f1_macro=0.8, params_total=22_713_986, params_nonzero=22_713_986,
+                  disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB, latency_ms_b1_p95=10.5, seq_len=64),
+        Footprint(variant="bf16", chain="bf16", accuracy=0.80, disk_bytes=44 * MiB, peak_rss_serve_bytes=420 * MiB,
+                  latency_ms_b1_p95=4.0, compression_ratio=1.98, extra={"note": "cast"}),
+        Footprint(variant="pruned", chain="prune_unstructured:sparsity=0.5", accuracy=0.7, disk_bytes=60 * MiB,
+                  peak_rss_serve_bytes=500 * MiB, latency_ms_b1_p95=9.0),
+        Footprint(variant="int4", chain="int4_weight_only", status="failed", error="UnsupportedError: needs a GPU"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module (creating its tables takes seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _runs(uri: str, experiment: str = names.DEFAULT_EXPERIMENT) -> list:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([exp.experiment_id], max_results=1000)) if exp else []
+
+
+def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(names.ENV_TRACKING_URI, raising=False)
+    monkeypatch.setenv(names.ENV_HOME, str(tmp_path / "home"))
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'home' / names.LOCAL_DB_FILE}"
+    monkeypatch.setenv(names.ENV_TRACKING_URI, "http://127.0.0.1:1")
+    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:1"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_sweep_layout_names_and_read_back(tmp_path: Path, store_uri: str) -> None:
+    t = tracking.Tracker(store_uri, "sweep", outbox_dir=tmp_path / "run")
+    records = _records()
+    parent = tracking.start_parent("sweep-1", pipeline_run_id="p1", base_model="minilm", dataset="rotten_tomatoes",
+                                   target=HardwareTarget.parse(memory="512MiB"), tracker=t)
+    for r in records:
+        tracking.log_variant(r, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+    selection = select_variant(records, HardwareTarget.parse(memory="512MiB"))
+    tracking.log_parent_summary(parent, records, selection=selection, tracker=t)
+    assert t.outbox.pending() == []
+
+    runs = _runs(store_uri, "sweep")
+    parents = [r for r in runs if r.data.tags[names.TAG_ROLE] == names.ROLE_PARENT]
+    children = [r for r in runs if r.data.tags[names.TAG_ROLE] == names.ROLE_VARIANT]
+    assert len(parents) == 1 and len(children) == len(records)
+    parent_run = parents[0]
+    assert parent_run.info.status == "FINISHED"
+    assert parent_run.data.params[names.PARAM_TARGET] == "memory <= 512.0 MiB"
+    assert parent_run.data.metrics[names.VARIANTS_FAILED] == 1
+    assert parent_run.data.tags[names.TAG_SELECTED] == "bf16"
+    by_name = {r.data.tags[names.TAG_VARIANT]: r for r in children}
+    for record in records:
+        run = by_name[record.variant]
+        assert run.data.tags[names.MLFLOW_PARENT_RUN_ID_TAG] == parent_run.info.run_id
+        assert run.data.params == VariantSpec.parse(record.chain, name=record.variant).to_params()
+        for tag in (names.TAG_METHOD, names.TAG_BASE_MODEL, names.TAG_DATASET, names.TAG_VERSION, names.TAG_GIT_SHA):
+            assert run.data.tags[tag], tag
+        for metric, value in record.metrics().items():
+            assert run.data.metrics[metric] == pytest.approx(value), metric
+        assert run.info.status == ("FINISHED" if record.ok else "FAILED")
+    assert by_name["pruned"].data.tags[names.TAG_METHOD] == "prune_unstructured"
+    assert by_name["int4"].data.tags[names.TAG_ERROR] == "UnsupportedError: needs a GPU"
+    assert {v for v, r in by_name.items() if r.data.tags[names.TAG_PARETO] == "true"} == {"fp32", "bf16"}
+
+    back = tracking.read_footprints("sweep", tracking_uri=store_uri)
+    assert [b.variant for b in back] == [r.variant for r in records]
+    for original, read in zip(records, back, strict=True):
+        assert read.metrics() == pytest.approx(original.metrics())
+        assert (read.chain, read.status, read.error) == (original.chain, original.status, original.error)
+        assert isinstance(read.params_total, int | None) and isinstance(read.disk_bytes, int | None)
+    assert back[1].extra["note"] == "cast"
+    assert tracking.read_footprints("sweep", parent, tracking_uri=store_uri)[0].variant == "fp32"
+    assert [b.variant for b in tracking.read_footprints("sweep", tracking_uri=store_uri, include_failed=False)] == [
+        "fp32", "bf16", "pruned"]
+
+    client = _client(store_uri)
+    artifacts = {a.path for a in client.list_artifacts(parent_run.info.run_id)}
+    assert {names.ARTIFACT_FOOTPRINT_TABLE, names.ARTIFACT_PARETO_PLOT, names.ARTIFACT_SELECTION} <= artifacts
+    table = json.loads(Path(client.download_artifacts(parent_run.info.run_id, names.ARTIFACT_FOOTPRINT_TABLE,
+                                                      str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert [r["variant"] for r in rows] == [r.variant for r in records]
+    assert rows[1]["chosen"] is True and rows[0]["pareto"] is True and rows[2]["pareto"] is False
+    assert rows[0][names.PARAMS_TOTAL] == 22_713_986
+    assert not list((t.outbox.artifact_dir / parent).glob("*")), "synced artifact copies are dropped"
+
+
+def test_training_run_per_worker_metrics(tmp_path: Path, store_uri: str) -> None:
+    t = tracking.Tracker(store_uri, "train", outbox_dir=tmp_path)
+    run = tracking.start_run(names.ROLE_TRAINING, "finetune", params={names.PARAM_EPOCHS: 2}, tracker=t)
+    for epoch in range(2):
+        tracking.log_metrics(run, {names.EPOCH: epoch, names.VAL_ACCURACY: 0.6 + 0.1 * epoch,
+                                   names.worker_metric(0, names.PEAK_RSS_BYTES): 1e9 + epoch,
+                                   names.worker_metric(1, names.PEAK_RSS_BYTES): 2e9}, step=epoch, tracker=t)
+    tracking.end_run(run, tracker=t)
+    run_id = t.run_id(run)
+    assert run_id is not None
+    history = _client(store_uri).get_metric_history(run_id, names.VAL_ACCURACY)
+    assert [(m.step, round(m.value, 3)) for m in history] == [(0, 0.6), (1, 0.7)]
+    data = _client(store_uri).get_run(run_id).data
+    assert data.metrics["worker1.peak_rss_bytes"] == 2e9
+    assert data.tags[names.TAG_ROLE] == names.ROLE_TRAINING
+    with pytest.raises(Exception, match="unknown run role"):
+        tracking.start_run("bogus", "x", tracker=t)
+
+
+def test_offline_buffers_with_one_warning_then_syncs_without_duplicates(tmp_path: Path, store_uri: str) -> None:
+    outbox_dir = tmp_path / "run"
+    dead = tracking.Tracker(f"http://127.0.0.1:{free_port()}", "offline", outbox_dir=outbox_dir, retry_interval_s=0)
+    records = _records()
+    with pytest.warns(tracking.TrackingUnavailableWarning, match="unreachable"):
+        parent = tracking.start_parent("offline", pipeline_run_id="p-off", tracker=dead)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tracking.TrackingUnavailableWarning)  # only one warning per outage
+        for r in records:
+            tracking.log_variant(r, parent=parent, tracker=dead)
+        tracking.log_parent_summary(parent, records, tracker=dead)
+    assert dead.offline and len(dead.outbox.pending()) > 10
+    assert dead.run_id(parent) is None
+
+    # The store is back (here: a SQLite one); the same outbox syncs into it.
+    back = tracking.Tracker(store_uri, "offline", outbox_dir=outbox_dir)
+    report = back.sync()
+    assert report.complete and report.applied > 10
+    assert len(_runs(store_uri, "offline")) == len(records) + 1
+
+    # A crash after applying but before acknowledging: replaying every op must not duplicate a run.
+    lines = back.outbox.path.read_text().splitlines()
+    back.outbox.path.write_text("\n".join(line for line in lines if '"done"' not in line) + "\n")
+    assert back.sync().complete
+    assert len(_runs(store_uri, "offline")) == len(records) + 1
+
+    # Logging the same variant again under the same parent updates its run instead of adding one.
+    tracking.log_variant(records[0], parent=parent, tracker=back)
+    assert len(_runs(store_uri, "offline")) == len(records) + 1
+    assert [r.variant for r in tracking.read_footprints("offline", tracking_uri=store_uri)] == [
+        r.variant for r in records]
+
+
+def test_read_errors_are_clear(tmp_path: Path, store_uri: str) -> None:
+    from tightfit.errors import BackendError, ConfigError
+
+    with pytest.raises(BackendError, match="unreachable"):
+        tracking.read_footprints("x", tracking_uri=f"http://127.0.0.1:{free_port()}")
+    tracking.Tracker(store_uri, "exists", outbox_dir=tmp_path).sync()
+    with pytest.raises(ConfigError, match="no MLflow experiment 'missing'"):
+        tracking.read_footprints("missing", tracking_uri=store_uri)
