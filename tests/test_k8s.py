@@ -146,8 +146,15 @@ def test_bad_sizes_are_clear_errors(kwargs: dict[str, Any], message: str) -> Non
 
 
 def test_bad_names_and_serve_config_are_clear_errors() -> None:
-    with pytest.raises(ConfigError, match="not a valid KubeRay object name"):
+    with pytest.raises(ConfigError, match="not a valid RayJob name") as info:
         k8s.rayjob_manifest("Fine_Tune", namespace="ml", entrypoint="python -m x")
+    assert "gives 'fine-tune'" in str(info.value)
+    with pytest.raises(ConfigError, match="at most 47 characters"):
+        k8s.rayservice_manifest("s" * 48, namespace="ml", serve_config=SERVE_CONFIG)
+    assert k8s.raycluster_manifest("c" * 53, namespace="ml")["metadata"]["name"] == "c" * 53
+    long_name = k8s.kuberay_name("tightfit-Structured_Heads.FFN-50-distilled-int8-dynamic-v2", "RayService")
+    assert len(long_name) <= 47 and k8s.rayservice_manifest(long_name, namespace="ml", serve_config=SERVE_CONFIG)
+    assert k8s.kuberay_name("3-layer student") == "tf-3-layer-student"
     with pytest.raises(ConfigError, match="applications"):
         k8s.rayservice_manifest("serve", namespace="ml", serve_config={"deployments": []})
 

@@ -31,7 +31,10 @@ RUN_AS_USER = 1000
 # carries the same patterns (a test checks they match).
 MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)$"
 CPU_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# KubeRay's own limits (ray-operator utils): DNS-1035 labels; a RayJob/RayService gets a 6-character
+# suffix for its RayCluster, and the longest service suffix ("-serve-svc") must still fit 63 characters.
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME_LENGTH = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
 HEAD_PORTS = (("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("serve", 8000))
 
 
@@ -106,11 +109,22 @@ def _coerce(cls: type, value: Any, what: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 47:
+def kuberay_name(text: str, kind: str = "RayJob") -> str:
+    """A valid `kind` name from any text ("Fit_Student.v2" -> "fit-student-v2"), cut to KubeRay's limit."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = f"tf-{name}"
+    return name[: MAX_NAME_LENGTH.get(kind, 47)].rstrip("-")
+
+
+def _check_name(name: str, kind: str) -> None:
+    limit = MAX_NAME_LENGTH.get(kind, 47)
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > limit:
         raise ConfigError(
-            f"name {name!r} is not a valid KubeRay object name: use lowercase letters, digits and '-', "
-            "start and end alphanumeric, at most 47 characters (KubeRay derives longer pod names from it)"
+            f"name {name!r} is not a valid {kind} name: use lowercase letters, digits and '-', start with a "
+            f"letter, end alphanumeric, at most {limit} characters (KubeRay derives pod and service names "
+            f"from it); tightfit.k8s.kuberay_name({name!r}, {kind!r}) gives {kuberay_name(str(name), kind)!r}"
         )
 
 
@@ -278,7 +292,7 @@ def raycluster_spec(
 
 
 def _metadata(name: str, namespace: str, labels: Mapping[str, str] | None, component: str) -> dict[str, Any]:
-    _check_name(name)
+    _check_name(name, {"rayjob": "RayJob", "rayservice": "RayService"}.get(component, "RayCluster"))
     merged = {"app.kubernetes.io/name": "tightfit", "app.kubernetes.io/component": component}
     merged.update(labels or {})
     return {"name": name, "namespace": namespace, "labels": merged}
@@ -430,6 +444,7 @@ __all__ = [
     "create_rayservice",
     "get_rayjob",
     "kuberay_errors",
+    "kuberay_name",
     "load_api_client",
     "manifests_from_values",
     "pod_security_context",
