@@ -146,9 +146,6 @@ def run_local(
     show_logs: bool = False,
 ) -> RunSummary:
     """Run ``pipeline`` with kfp.local (SubprocessRunner, use_venv=False, caching on) under ``run_dir``."""
-    import logging
-    import warnings
-
     from kfp import local
 
     root = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir()
@@ -156,7 +153,6 @@ def run_local(
     uri = tracking_uri or os.environ.get(names.ENV_TRACKING_URI) or local_tracking_uri(root)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault(names.ENV_HOME, str(root))
     workspace = root / "workspace"
     workspace.mkdir(exist_ok=True)
     local.init(
@@ -172,10 +168,16 @@ def run_local(
     logs.mkdir(exist_ok=True)
     log_file = logs / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
-    with log_file.open("w") as handle, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        output = _execute(pipeline_func, arguments, handle, console, show_logs, logging)
+    # Tasks inherit the environment: the tracking outbox and Ray/finetune files land in this run dir.
+    previous_home = os.environ.get(names.ENV_HOME)
+    os.environ[names.ENV_HOME] = str(root)
+    try:
+        output = _run_logged(pipeline_func, arguments, log_file, console, show_logs)
+    finally:
+        if previous_home is None:
+            os.environ.pop(names.ENV_HOME, None)
+        else:
+            os.environ[names.ENV_HOME] = previous_home
     wall = time.perf_counter() - started
     selection = json.loads(output)
     evicted = evict_failed(root / "pipeline" / ".kfp_cache", selection)
@@ -192,6 +194,16 @@ def run_local(
         pareto_path=selection.get("pareto_path"),
         evicted_cache_entries=evicted,
     )
+
+
+def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, console: Any, show: bool) -> str:
+    import logging
+    import warnings
+
+    with log_file.open("w") as handle, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        return _execute(pipeline_func, arguments, handle, console, show, logging)
 
 
 def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console: Any, show: bool, logging: Any) -> str:
