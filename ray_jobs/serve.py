@@ -64,8 +64,9 @@ class TightfitServer:
         self.rejections = 0
         primary = self.pool.get(self.plan.primary)
         self._warm_up(primary)
+        self.batch_limits = self._fit_batches_to_measured_idle()
         batcher: Any = self.run_batch  # the @serve.batch wrapper carries the setters
-        batcher.set_max_batch_size(max(v.max_batch_size for v in self.plan.pool))
+        batcher.set_max_batch_size(max(self.batch_limits.values()))
         batcher.set_batch_wait_timeout_s(self.plan.batch_wait_timeout_s)
         self.m_requests = metrics.Counter(
             "tightfit_requests", description="Requests answered, by route and status.", tag_keys=("route", "status"),  # type: ignore[arg-type]
@@ -92,6 +93,18 @@ class TightfitServer:
         else:
             classify(loaded, ["warm up"])
 
+    def _fit_batches_to_measured_idle(self) -> dict[str, int]:
+        """Per-variant batch limits, lowered where this replica's measured idle RSS leaves less room for
+        activations than the plan predicted (activations grow about linearly with the batch)."""
+        idle = current_rss()
+        limits = {}
+        for v in self.plan.pool:
+            room = self.plan.usable_bytes - idle - (v.resident_bytes if v is not self.plan.primary else 0)
+            per_seq = (v.activation_bytes + v.kv_cache_bytes) / max(1, v.max_batch_size)
+            fit = int(room // per_seq) if per_seq > 0 else v.max_batch_size
+            limits[v.name] = max(1, min(v.max_batch_size, fit))
+        return limits
+
     # ---- routes -------------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -116,6 +129,7 @@ class TightfitServer:
             "batches": {str(k): v for k, v in sorted(self.batches.items())},
             "loaded_variants": self.pool.names(),
             "evictions": self.pool.evictions,
+            "batch_limits": self.batch_limits,
             "uptime_s": round(time.time() - self.started, 1),
         }
 
@@ -178,7 +192,7 @@ class TightfitServer:
                     runnable.append(i)
                 except RequestError as exc:
                     results[i] = exc
-            step = planned.max_batch_size
+            step = self.batch_limits.get(name, planned.max_batch_size)
             for start in range(0, len(runnable), step):
                 chunk = runnable[start : start + step]
                 texts = [items[i][1] for i in chunk]

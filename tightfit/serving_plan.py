@@ -171,6 +171,14 @@ class Candidate:
     source: str
     arch: ArchInfo
     weight_bytes: int
+    load_rss_bytes: int | None = None
+
+
+def load_rss_of(record: Footprint) -> int | None:
+    """The variant's load RSS measured in a fresh process (profiler's figure, else serving's own)."""
+    extra = record.extra or {}
+    value = extra.get("serving_load_rss_bytes") or record.peak_rss_load_bytes
+    return int(value) if value else None
 
 
 def weight_bytes_of(record: Footprint) -> int | None:
@@ -216,7 +224,7 @@ def resolve_candidates(
         except ConfigError as exc:
             rejected[record.variant] = str(exc)
             continue
-        out.append(Candidate(record=record, source=source, arch=arch, weight_bytes=weights))
+        out.append(Candidate(record=record, source=source, arch=arch, weight_bytes=weights, load_rss_bytes=load_rss_of(record)))
     return out, rejected
 
 
@@ -249,7 +257,10 @@ def plan_variant(
     new = max_new_tokens if cand.arch.kind == "causal_lm" else 0
     best = None
     for batch in [b for b in BATCH_LADDER if b <= max_batch]:
-        pred = model.predict(cand.weight_bytes, cand.arch, batch=batch, seq_len=max_tokens, dtype_bytes=dtype, new_tokens=new)
+        pred = model.predict(
+            cand.weight_bytes, cand.arch, batch=batch, seq_len=max_tokens, dtype_bytes=dtype, new_tokens=new,
+            load_rss_bytes=cand.load_rss_bytes,
+        )
         if pred.total > usable:
             if best is None:
                 return (
@@ -364,6 +375,7 @@ def plan_serving(
                 cand.weight_bytes, cand.arch, batch=1, seq_len=tokens,
                 dtype_bytes=activation_dtype_bytes(cand.record.chain),
                 new_tokens=max_new_tokens if cand.arch.kind == "causal_lm" else 0,
+                load_rss_bytes=cand.load_rss_bytes,
             ).total
             needs.append((need, cand.record.variant))
         else:
@@ -386,7 +398,7 @@ def plan_serving(
                 f"fits, but {'slower' if _quality_key(v) >= best_quality - accuracy_tolerance else 'less accurate'} "
                 f"than {primary.name}"
             )
-    runtime = model.runtime_bytes
+    runtime = primary.predicted_peak_bytes - primary.resident_bytes - primary.activation_bytes - primary.kv_cache_bytes
     act_set = primary.activation_bytes + primary.kv_cache_bytes
     pool_bytes = usable - runtime - act_set
     pool = [primary]

@@ -1,18 +1,19 @@
 """The serving memory model: how much memory one Ray Serve replica needs to serve a variant.
 
-predicted peak = runtime overhead (Python + torch + transformers + tokenizer + the Ray replica itself)
-               + resident weights (weight bytes x a measured load factor)
+predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
+               + the variant's load RSS (runtime: Python + torch + transformers + tokenizer, and the resident
+                 weights; the profiler measures it in a fresh process, ``Footprint.peak_rss_load_bytes``)
                + activations(batch, seq_len) (+ the KV cache for causal LMs)
 
-The runtime overhead, the load factor and the activation scale are calibrated from real measurements
-(peak RSS of a fresh replica-like process serving batches of 2-3 sizes, see ``tightfit.serving_calibrate``);
+The replica overhead, the activation scale and a fallback for unmeasured load RSS are calibrated from
+real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serving_calibrate``);
 the activation and KV-cache shapes come from the model's config. Everything here is pure arithmetic.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +118,19 @@ class Prediction:
 class ServingMemoryModel:
     """Calibrated coefficients of the serving memory model (see the module docstring).
 
-    ``runtime_bytes``: RSS of an idle replica before any weights (Ray worker + torch + transformers +
-    tokenizer + first-forward allocations). ``weight_factor``: resident bytes per byte of weights
-    (load copies and allocator slack). ``activation_scale``: measured peak bytes per modelled
-    activation byte (allocator caches, temporaries).
+    A replica's idle memory is the variant's load RSS (measured by the profiler in a fresh process:
+    ``Footprint.peak_rss_load_bytes``) plus ``replica_overhead_bytes`` (the Ray worker, Serve and FastAPI
+    on top of a plain process). Where no load RSS was measured, ``runtime_bytes + weight_factor x
+    weights`` stands in for it. ``activation_scale``: measured peak bytes per modelled activation byte.
     """
 
-    runtime_bytes: int = 470 * 2**20
-    weight_factor: float = 1.25
-    activation_scale: float = 2.0
+    # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
+    # torch 2.13); replica overhead set between the variants' measured 6-155 MiB. Recalibrate with
+    # `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
+    runtime_bytes: int = 250 * 2**20
+    replica_overhead_bytes: int = 100 * 2**20
+    weight_factor: float = 2.5
+    activation_scale: float = 1.05
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
@@ -138,6 +143,7 @@ class ServingMemoryModel:
         seq_len: int,
         dtype_bytes: int = 4,
         new_tokens: int = 0,
+        load_rss_bytes: int | None = None,
     ) -> Prediction:
         """Predicted peak of a replica serving ``batch`` sequences of ``seq_len`` tokens (+ ``new_tokens``)."""
         if batch < 1 or seq_len < 1:
@@ -145,9 +151,11 @@ class ServingMemoryModel:
         total_len = seq_len + max(0, new_tokens)
         acts = self.activation_scale * activation_elements(arch, batch, total_len) * dtype_bytes
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
+        base = load_rss_bytes if load_rss_bytes else int(self.runtime_bytes + self.weight_factor * weight_bytes)
+        weights = min(int(weight_bytes), base)
         return Prediction(
-            runtime=int(self.runtime_bytes),
-            weights=int(self.weight_factor * weight_bytes),
+            runtime=int(self.replica_overhead_bytes + base - weights),
+            weights=weights,
             activations=int(acts),
             kv_cache=int(kv),
         )
@@ -157,7 +165,7 @@ class ServingMemoryModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServingMemoryModel:
-        known = {"runtime_bytes", "weight_factor", "activation_scale", "source", "calibration_points"}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | Path) -> Path:
@@ -179,7 +187,11 @@ class ServingMemoryModel:
 
 @dataclass(frozen=True)
 class CalibrationPoint:
-    """One measurement: a fresh process with ``weight_bytes`` of weights served ``batch`` x ``seq_len``."""
+    """One measurement of a variant: a fresh replica served ``batch`` x ``seq_len`` tokens.
+
+    ``load_rss_bytes`` and ``process_base_bytes`` come from a fresh plain process (load + warm-up peak,
+    and RSS after importing torch/transformers), ``idle_rss_bytes`` and ``peak_rss_bytes`` from the replica.
+    """
 
     weight_bytes: int
     arch: ArchInfo
@@ -187,45 +199,47 @@ class CalibrationPoint:
     batch: int
     seq_len: int
     peak_rss_bytes: int
-    idle_rss_bytes: int  # RSS after load + a batch-1 warm-up forward
+    idle_rss_bytes: int
+    load_rss_bytes: int
+    process_base_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "arch": asdict(self.arch)}
 
 
 def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrated") -> ServingMemoryModel:
-    """Fit runtime, weight factor and activation scale to measured points (least squares, clamped).
+    """Fit the coefficients to measured points.
 
-    Activation scale: slope of (peak - idle) against modelled activation bytes. Runtime and weight
-    factor: a line through (weight bytes, idle RSS) over the variants; with one weight size the weight
-    factor stays 1.0 and the runtime takes the rest.
+    Activation scale: least squares of the peak growth over each variant's smallest batch against the
+    modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
+    Fallback runtime and weight factor (for records without a load RSS): the plain process's baseline
+    and the mean of (load RSS - baseline) / weight bytes.
     """
     if not points:
         raise ConfigError("no calibration points: measure at least one variant at two batch sizes")
-    xs, ys = [], []
+    by_variant: dict[int, list[CalibrationPoint]] = {}
     for p in points:
-        modelled = activation_elements(p.arch, p.batch, p.seq_len) * p.dtype_bytes
-        xs.append(modelled)
-        ys.append(max(0, p.peak_rss_bytes - p.idle_rss_bytes))
+        by_variant.setdefault(p.weight_bytes, []).append(p)
+    xs, ys = [], []
+    for group in by_variant.values():
+        first = min(group, key=lambda q: q.batch)
+        a0 = activation_elements(first.arch, first.batch, first.seq_len) * first.dtype_bytes
+        for p in group:
+            if p is first:
+                continue
+            xs.append(activation_elements(p.arch, p.batch, p.seq_len) * p.dtype_bytes - a0)
+            ys.append(max(0, p.peak_rss_bytes - first.peak_rss_bytes))
     denom = sum(x * x for x in xs)
     scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / denom if denom else 1.0
-    scale = min(max(scale, 0.5), 8.0)
-    # one (weights, idle) pair per variant
-    per_variant: dict[int, int] = {}
-    for p in points:
-        per_variant[p.weight_bytes] = min(per_variant.get(p.weight_bytes, p.idle_rss_bytes), p.idle_rss_bytes)
-    ws, idles = list(per_variant), list(per_variant.values())
-    if len(ws) >= 2 and max(ws) - min(ws) > 0.1 * max(ws):
-        mean_w, mean_i = sum(ws) / len(ws), sum(idles) / len(idles)
-        cov = sum((w - mean_w) * (i - mean_i) for w, i in zip(ws, idles, strict=True))
-        var = sum((w - mean_w) ** 2 for w in ws)
-        factor = min(max(cov / var, 0.8), 3.0)
-    else:
-        factor = 1.0
-    runtime = max(int(i - factor * w) for w, i in zip(ws, idles, strict=True))
+    scale = min(max(scale, 0.25), 8.0)
+    firsts = [min(g, key=lambda q: q.batch) for g in by_variant.values()]
+    overhead = max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))
+    runtime = int(sum(p.process_base_bytes for p in firsts) / len(firsts))
+    factor = sum((p.load_rss_bytes - p.process_base_bytes) / p.weight_bytes for p in firsts) / len(firsts)
     return ServingMemoryModel(
         runtime_bytes=runtime,
-        weight_factor=round(factor, 4),
+        replica_overhead_bytes=overhead,
+        weight_factor=round(max(1.0, factor), 4),
         activation_scale=round(scale, 4),
         source=source,
         calibration_points=[p.to_dict() for p in points],

@@ -1,0 +1,86 @@
+"""The serving memory model: shapes from real configs, KV-cache arithmetic, fitting real-looking points."""
+
+from __future__ import annotations
+
+import pytest
+
+from tightfit.errors import ConfigError
+from tightfit.memory.serving import (
+    ArchInfo,
+    CalibrationPoint,
+    ServingMemoryModel,
+    activation_dtype_bytes,
+    activation_elements,
+    fit_serving_model,
+    kv_cache_bytes,
+    prediction_error,
+)
+
+MIB = 2**20
+
+
+def test_arch_from_the_packaged_minilm_config():
+    from tightfit.assets import minilm_path
+
+    arch = ArchInfo.from_dir(minilm_path())
+    assert (arch.kind, arch.layers, arch.hidden, arch.heads, arch.ffn, arch.vocab) == (
+        "classifier", 6, 384, 12, 1536, 30522,
+    )
+    assert arch.head_dim == 32
+
+
+def test_kv_cache_follows_the_formula_for_smollm2_shape():
+    arch = ArchInfo.default_for("causal_lm")
+    # 2 (K, V) x 30 layers x 3 kv heads x 64 dims x 4 bytes = 46,080 bytes per token per sequence
+    assert kv_cache_bytes(arch, sequences=1, tokens_per_sequence=1, dtype_bytes=4) == 46_080
+    assert kv_cache_bytes(arch, sequences=8, tokens_per_sequence=160, dtype_bytes=2) == 46_080 // 2 * 8 * 160
+    assert kv_cache_bytes(ArchInfo(), 8, 160, 4) == 0  # encoders keep no cache
+
+
+def test_prediction_grows_with_batch_and_halves_activations_in_bf16():
+    model = ServingMemoryModel()
+    arch = ArchInfo()
+    small = model.predict(90 * MIB, arch, batch=1, seq_len=64, load_rss_bytes=460 * MIB)
+    big = model.predict(90 * MIB, arch, batch=32, seq_len=64, load_rss_bytes=460 * MIB)
+    assert big.total > small.total
+    assert big.activations == pytest.approx(32 * small.activations, rel=0.01)
+    half = model.predict(45 * MIB, arch, batch=32, seq_len=64, dtype_bytes=activation_dtype_bytes("bf16"))
+    assert half.activations == pytest.approx(big.activations / 2, rel=0.01)
+    # the measured load RSS replaces the fallback formula; the replica overhead is added on top
+    assert small.total - small.activations == 460 * MIB + model.replica_overhead_bytes
+    with pytest.raises(ConfigError):
+        model.predict(1, arch, batch=0, seq_len=64)
+
+
+def test_activation_dtype_from_the_chain():
+    assert activation_dtype_bytes("bf16") == 2
+    assert activation_dtype_bytes("prune_structured:heads=0.5|int8_dynamic") == 4
+
+
+def test_fit_recovers_known_coefficients():
+    """Points generated from known coefficients (plus a load spike at batch 1) fit back to them."""
+    arch = ArchInfo()
+    truth_scale, overhead = 1.4, 120 * MIB
+    points = []
+    for weights, load, dtype in ((90 * MIB, 460 * MIB, 4), (45 * MIB, 560 * MIB, 2)):
+        idle = load + overhead
+        for batch in (1, 16, 48):
+            acts = truth_scale * activation_elements(arch, batch, 64) * dtype
+            points.append(CalibrationPoint(weights, arch, dtype, batch, 64, int(idle + acts), idle, load, 250 * MIB))
+    fitted = fit_serving_model(points)
+    assert fitted.activation_scale == pytest.approx(truth_scale, rel=0.02)
+    assert fitted.replica_overhead_bytes == pytest.approx(overhead, rel=0.01)
+    for p in points:
+        predicted = fitted.predict(p.weight_bytes, arch, batch=p.batch, seq_len=64, dtype_bytes=p.dtype_bytes,
+                                   load_rss_bytes=p.load_rss_bytes).total
+        assert prediction_error(predicted, p.peak_rss_bytes) < 0.01
+    with pytest.raises(ConfigError):
+        fit_serving_model([])
+
+
+def test_model_round_trips_through_a_file(tmp_path):
+    model = ServingMemoryModel(replica_overhead_bytes=7 * MIB, activation_scale=1.3, source="test")
+    path = model.save(tmp_path / "cal.json")
+    assert ServingMemoryModel.load(path) == model
+    with pytest.raises(ConfigError, match="does not exist"):
+        ServingMemoryModel.load(tmp_path / "missing.json")

@@ -1,0 +1,201 @@
+"""The serving planner, pool, request schema and autoscaling decision (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tightfit.errors import BudgetError, ConfigError
+from tightfit.footprint import Footprint, save_footprints
+from tightfit.memory.serving import ServingMemoryModel
+from tightfit.serving_autoscale import desired_replicas
+from tightfit.serving_plan import footprint_for_source, plan_serving
+from tightfit.serving_runtime import LoadedVariant, RequestError, VariantPool, validate_request
+
+MIB = 2**20
+MODEL = ServingMemoryModel()
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    from tightfit.assets import minilm_path
+
+    return str(minilm_path())
+
+
+@pytest.fixture(scope="module")
+def records(minilm_dir):
+    """fp32 / bf16 / int8 records as the profiler writes them (sizes and load RSS as measured here)."""
+    common = {"kind": "classifier", "extra": {"variant_dir": minilm_dir}}
+    return [
+        Footprint(variant="fp32", chain="fp32", disk_bytes=90_868_376, peak_rss_load_bytes=462 * MIB,
+                  accuracy=0.80, latency_ms_b1_p95=9.0, latency_ms_b32_p95=120.0, **common),
+        Footprint(variant="bf16", chain="bf16", disk_bytes=45_440_084, peak_rss_load_bytes=579 * MIB,
+                  accuracy=0.799, latency_ms_b1_p95=6.0, latency_ms_b32_p95=45.0, **common),
+        Footprint(variant="int8", chain="int8_dynamic", disk_bytes=58_726_933, peak_rss_load_bytes=661 * MIB,
+                  accuracy=0.77, latency_ms_b1_p95=7.0, latency_ms_b32_p95=50.0, **common),
+        Footprint(variant="broken", status="failed", error="compress crashed", **common),
+    ]
+
+
+def test_budget_too_small_names_the_smallest_variant(records):
+    with pytest.raises(BudgetError) as info:
+        plan_serving(records, 500 * MIB, model=MODEL)
+    message = str(info.value)
+    assert "'fp32'" in message  # the smallest predicted need (lowest load RSS)
+    assert "needs about" in message and "--memory-budget" in message
+
+
+def test_picks_the_best_accuracy_that_fits_and_the_largest_batch(records):
+    plan = plan_serving(records, 1 * 2**30, model=MODEL)
+    # bf16 is within the 0.5-point tolerance of fp32 and faster at its batch
+    assert plan.primary.name == "bf16"
+    assert plan.predicted_peak_bytes <= plan.usable_bytes < plan.budget_bytes
+    assert plan.primary.max_batch_size == 64
+    assert "broken" in plan.rejected and "int8" in plan.rejected
+    strict = plan_serving(records, 1 * 2**30, model=MODEL, accuracy_tolerance=0.0)
+    assert strict.primary.name == "fp32"
+    # a tighter budget: fp32 still fits but with a smaller batch whose predicted peak stays inside
+    tight = plan_serving(records, 640 * MIB, model=MODEL, accuracy_tolerance=0.0)
+    assert tight.primary.name == "fp32"
+    assert 1 <= tight.primary.max_batch_size < strict.primary.max_batch_size
+    assert tight.predicted_peak_bytes <= tight.usable_bytes
+
+
+def test_min_accuracy_latency_slo_and_explicit_variant(records):
+    with pytest.raises(BudgetError):
+        plan_serving(records, 1 * 2**30, model=MODEL, min_accuracy=0.9)
+    slo = plan_serving(records, 1 * 2**30, model=MODEL, latency_slo_ms=40.0)
+    assert slo.primary.latency_ms_batch is not None and 2 * slo.primary.latency_ms_batch <= 40.0
+    assert slo.primary.max_batch_size < 64
+    chosen = plan_serving(records, 1 * 2**30, model=MODEL, variant="int8")
+    assert chosen.primary.name == "int8"
+    with pytest.raises(ConfigError, match="not among"):
+        plan_serving(records, 1 * 2**30, model=MODEL, variant="nope")
+
+
+def test_backpressure_and_replica_memory_come_from_the_plan(records):
+    plan = plan_serving(records, 1 * 2**30, model=MODEL, max_replicas=3)
+    options = plan.deployment_options()
+    batch = plan.primary.max_batch_size
+    assert options["max_ongoing_requests"] == 2 * batch and options["max_queued_requests"] == 2 * batch
+    assert options["ray_actor_options"]["memory"] == plan.predicted_peak_bytes
+    assert options["backpressure_config"]["status_code"] == 503 and options["backpressure_config"]["retry_after_s"] >= 1
+    policy = options["autoscaling_config"]["policy"]["policy_function"]
+    assert policy == "tightfit.serving_autoscale:memory_aware_policy"
+    assert "fp32" in plan.describe() or "bf16" in plan.describe()
+
+
+def test_serve_config_validates_with_rays_schema(records):
+    from ray.serve.schema import ServeDeploySchema
+
+    plan = plan_serving(records, 1 * 2**30, model=MODEL, max_replicas=2)
+    config = plan.to_serve_config()
+    json.dumps(config)  # plain JSON, as a RayService embeds it
+    schema = ServeDeploySchema.model_validate(config)
+    deployment = schema.applications[0].deployments[0]
+    assert deployment.ray_actor_options.memory == plan.predicted_peak_bytes
+    assert schema.applications[0].import_path == "tightfit.ray_jobs.serve:app_builder"
+
+
+def test_rayservice_manifest_from_the_same_plan(records, kuberay_crd_dir):
+    import yaml
+
+    from tightfit.k8s_validate import validate_kuberay
+    from tightfit.serving import rayservice_for_plan
+
+    plan = plan_serving(records, 1 * 2**30, model=MODEL)
+    manifest = rayservice_for_plan(plan, name="tf-serve", namespace="ml")
+    validate_kuberay(manifest, kuberay_crd_dir)
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert embedded["applications"] == plan.to_serve_config()["applications"]
+
+
+def test_pool_holds_variants_while_their_bytes_fit(records):
+    plan = plan_serving(records, 2 * 2**30, model=MODEL, accuracy_tolerance=0.0, pool_size=3)
+    assert plan.pool[0].name == "fp32" and len(plan.pool) == 3
+    assert sum(v.resident_bytes for v in plan.pool) <= plan.pool_bytes
+    loads: list[str] = []
+
+    def loader(planned):
+        loads.append(planned.name)
+        return LoadedVariant(plan=planned, model=None, tokenizer=None, labels=[])
+
+    a, b, c = plan.pool
+    pool = VariantPool(a.resident_bytes + max(b.resident_bytes, c.resident_bytes), loader)  # room for two
+    assert a.resident_bytes + b.resident_bytes + c.resident_bytes > pool.capacity_bytes
+    pool.get(a)
+    pool.get(b)
+    pool.get(a)  # a is now the most recently used
+    pool.get(c)  # evicts b (least recently used) to fit c's bytes
+    assert pool.names() == ["fp32", c.name] and pool.evictions >= 1
+    assert pool.used_bytes <= pool.capacity_bytes
+    assert loads == ["fp32", b.name, c.name]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"text": ""}', 422, "empty"),
+        (b'{"text": "   "}', 422, "empty"),
+        (b'{"text": 42}', 422, "must be a string"),
+        (b'{"texts": ["ok", 3]}', 422, "must be a string"),
+        (b'{"texts": []}', 422, "non-empty list"),
+        (b'{"nope": "x"}', 422, "unknown field"),
+        (b'{"text": "x", "variant": "ghost"}', 404, "unknown variant"),
+        (b'{"text": "' + b"a" * 70_000 + b'"}', 413, "payload"),
+    ],
+)
+def test_each_malformed_request_gets_its_4xx(records, body, status, fragment):
+    plan = plan_serving(records, 1 * 2**30, model=MODEL)
+    with pytest.raises(RequestError) as info:
+        validate_request(body, plan, "classifier")
+    assert info.value.status == status and fragment in info.value.message
+
+
+def test_generation_endpoint_without_a_language_model_is_a_404(records):
+    plan = plan_serving(records, 1 * 2**30, model=MODEL)
+    with pytest.raises(RequestError) as info:
+        validate_request(b'{"text": "hi"}', plan, "causal_lm")
+    assert info.value.status == 404
+    parsed = validate_request(b'{"texts": ["a", "b"]}', plan, "classifier")
+    assert parsed.variant.name == plan.primary.name and parsed.texts == ["a", "b"]
+
+
+def test_language_model_plan_accounts_for_the_kv_cache(tmp_path):
+    """SmolLM2's shape (written as its config.json): concurrent sequences x tokens must fit."""
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_attention_heads": 9,
+              "num_key_value_heads": 3, "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    record = Footprint(variant="smol", kind="causal_lm", disk_bytes=538 * MIB, peak_rss_load_bytes=900 * MIB,
+                       perplexity=12.0, extra={"variant_dir": str(tmp_path)})
+    plan = plan_serving([record], 2 * 2**30, model=MODEL, max_new_tokens=64)
+    p = plan.primary
+    assert p.kind == "causal_lm" and p.kv_cache_bytes == 46_080 * (128 + 64) * p.max_batch_size
+    assert plan.predicted_peak_bytes <= plan.usable_bytes
+    with pytest.raises(BudgetError, match="'smol'"):
+        plan_serving([record], 1 * 2**30, model=MODEL)
+
+
+def test_footprint_file_and_direct_variant(records, tmp_path, minilm_dir):
+    from tightfit.serving import make_plan
+
+    path = tmp_path / "footprints.json"
+    save_footprints(path, records)
+    plan = make_plan("1GiB", footprints=path, calibration=MODEL.save(tmp_path / "cal.json"))
+    assert plan.primary.name == "bf16"
+    direct = footprint_for_source("minilm")
+    assert direct.disk_bytes and direct.disk_bytes > 80 * MIB and direct.extra["variant_dir"] == minilm_dir
+    with pytest.raises(ConfigError, match="say what to serve"):
+        make_plan("1GiB")
+
+
+def test_autoscaling_decision_reads_rss_beside_load():
+    assert desired_replicas(1, total_requests=10, target_per_replica=16, rss_fractions=[0.5]) == 1
+    assert desired_replicas(1, total_requests=40, target_per_replica=16, rss_fractions=[0.5]) == 3
+    assert desired_replicas(2, total_requests=4, target_per_replica=16, rss_fractions=[0.9, 0.4]) == 3
+    assert desired_replicas(3, total_requests=4, target_per_replica=16, rss_fractions=[0.7, 0.7]) == 3
+    assert desired_replicas(0, total_requests=0, target_per_replica=16, rss_fractions=[]) == 1
