@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def minilm_dir():
 @pytest.fixture(scope="module")
 def records(minilm_dir):
     """fp32 / bf16 / int8 records as the profiler writes them (sizes and load RSS as measured here)."""
-    common = {"kind": "classifier", "extra": {"variant_dir": minilm_dir}}
+    common: dict[str, Any] = {"kind": "classifier", "extra": {"variant_dir": minilm_dir}}
     return [
         Footprint(variant="fp32", chain="fp32", disk_bytes=90_868_376, peak_rss_load_bytes=462 * MIB,
                   accuracy=0.80, latency_ms_b1_p95=9.0, latency_ms_b32_p95=120.0, **common),
