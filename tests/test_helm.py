@@ -358,3 +358,30 @@ def test_default_serve_config_is_a_real_serving_plan() -> None:
     from tightfit.units import parse_bytes
 
     assert parse_bytes(worker_memory["resources"]["limits"]["memory"]) >= plan.predicted_peak_bytes
+
+
+def test_image_and_versions_agree_across_chart_package_and_dockerfile() -> None:
+    import importlib.metadata
+    import tomllib
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    image = f"{values['image']['repository']}:{values['image']['tag']}"
+    assert image == k8s.DEFAULT_IMAGE  # the KFP components' base image is the chart's default image
+    assert values["image"]["tag"].startswith(chart["appVersion"] + "-")
+    assert chart["appVersion"] == importlib.metadata.version("tightfit")
+    assert values["ray"]["version"] == k8s.RAY_VERSION == importlib.metadata.version("ray")
+
+    pins = {
+        dep.split("==")[0]: dep.split("==")[1]
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if "==" in dep
+    }
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG TORCH_VERSION={pins['torch']}" in dockerfile
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", dockerfile, re.M), "pinned base image"
+    assert re.search(r"^USER \$\{UID\}", dockerfile, re.M), "the image runs as the non-root user"
+    makefile_assets = re.search(r"^ASSET_PKGS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    docker_assets = re.search(r'^ARG ASSET_PKGS="(.+)"$', dockerfile, re.M)
+    assert makefile_assets and docker_assets and makefile_assets.group(1) == docker_assets.group(1)

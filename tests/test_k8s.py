@@ -232,3 +232,91 @@ def test_kfp_upload_unreachable_host_is_a_clear_error(tmp_path: Path, capsys: py
         port = sock.getsockname()[1]
     assert main(["--host", f"http://127.0.0.1:{port}", str(pipeline)]) == 2
     assert "cannot reach the KFP API" in capsys.readouterr().err
+
+
+class _FakeKfpApi:
+    """The four KFP v2beta1 endpoints the upload Job uses (healthz, list, upload, upload_version), on
+    127.0.0.1, keeping pipelines and versions in memory; a duplicate version name answers 409 like KFP."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json as _json
+        import urllib.parse
+
+        self.pipelines: dict[str, str] = {}  # display name -> id
+        self.versions: dict[str, list[str]] = {}  # pipeline id -> version names
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: dict[str, Any]) -> None:
+                data = _json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                if url.path == "/apis/v2beta1/healthz":
+                    return self._reply(200, {"multi_user": False})
+                if url.path == "/apis/v2beta1/pipelines":
+                    wanted = _json.loads(urllib.parse.parse_qs(url.query)["filter"][0])["predicates"][0]["stringValue"]
+                    found = [{"pipeline_id": i, "display_name": n} for n, i in api.pipelines.items() if n == wanted]
+                    return self._reply(200, {"pipelines": found} if found else {})
+                return self._reply(404, {"message": "not found"})
+
+            def do_POST(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if url.path == "/apis/v2beta1/pipelines/upload":
+                    pipeline_id = f"p{len(api.pipelines) + 1}"
+                    api.pipelines[query["name"]] = pipeline_id
+                    api.versions[pipeline_id] = [query["name"]]
+                    return self._reply(200, {"pipeline_id": pipeline_id, "display_name": query["name"]})
+                if url.path == "/apis/v2beta1/pipelines/upload_version":
+                    versions = api.versions[query["pipelineid"]]
+                    if query["name"] in versions:
+                        return self._reply(409, {"message": f"version {query['name']} already exists"})
+                    versions.append(query["name"])
+                    return self._reply(200, {"pipeline_id": query["pipelineid"], "pipeline_version_id": query["name"]})
+                return self._reply(404, {"message": "not found"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FakeKfpApi:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_kfp_upload_creates_then_versions_then_is_idempotent(tmp_path: Path) -> None:
+    """What the chart's upload Job does on install and each upgrade: create, new version, no-op."""
+    from tightfit.k8s_kfp_upload import upload_pipelines
+
+    package = tmp_path / "tiny.yaml"
+    package.write_text("pipelineInfo:\n  name: tiny\nroot: {}\n")
+    with _FakeKfpApi() as api:
+        assert upload_pipelines(api.url, [package]) == ["tiny: created"]
+        assert upload_pipelines(api.url, [package]) == [f"tiny: new version tiny-{_sha(package)}"]
+        assert upload_pipelines(api.url, [package]) == [f"tiny: unchanged (tiny-{_sha(package)} exists)"]
+        package.write_text("pipelineInfo:\n  name: tiny\nroot: {dag: {}}\n")
+        assert upload_pipelines(api.url, [package]) == [f"tiny: new version tiny-{_sha(package)}"]
+    assert api.pipelines == {"tiny": "p1"}
+    assert len(api.versions["p1"]) == 3
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
