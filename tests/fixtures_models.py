@@ -19,3 +19,52 @@ def minilm():
     from tightfit.assets import load_model
 
     return load_model("minilm")
+
+
+FINETUNED_MINILM_VERSION = "v1-rt3200-s250-b16"
+
+
+def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
+    """Fine-tune MiniLM on a Rotten Tomatoes slice once and cache the fp32 variant dir (file-locked)."""
+    import fcntl
+    from pathlib import Path
+
+    from tightfit.assets import cache_dir
+    from tightfit.variant import MANIFEST
+
+    target = Path(root or cache_dir() / "test-models") / f"minilm-rt-{version}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / MANIFEST).exists():
+            import torch
+
+            from tightfit.assets import load_model
+            from tightfit.compress import quick_finetune
+            from tightfit.data import load_dataset
+            from tightfit.spec import VariantSpec
+            from tightfit.variant import save_variant
+
+            torch.set_num_threads(2)
+            torch.manual_seed(0)
+            data = load_dataset("rotten_tomatoes", seed=0)
+            loaded = load_model("minilm")
+            model = quick_finetune(
+                loaded.model, loaded.tokenizer, data.train.head(train_rows), steps=steps, batch_size=16,
+                lr=1e-4, seed=0,
+            )
+            save_variant(
+                model, loaded.tokenizer, target, VariantSpec.parse("fp32"), base_model="minilm",
+                kind="classifier", extra={"finetune": {"rows": train_rows, "steps": steps, "dataset": "rotten_tomatoes"}},
+            )
+    return target
+
+
+@pytest.fixture(scope="session")
+def finetuned_minilm_dir():
+    """MiniLM fine-tuned 250 steps (batch 16) on 3,200 Rotten Tomatoes training rows, as an fp32 variant dir.
+
+    Cached under $TIGHTFIT_CACHE/test-models, so reruns reuse it (about 2 minutes the first time on 2 cores).
+    Its test accuracy is well above the majority class (about 0.58).
+    """
+    return _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=250)

@@ -5,7 +5,8 @@ here with ``@register_method``. Adding a method touches one family file and one 
 ``cast.py``, ``quantize.py``, ``prune.py`` and ``distill.py`` beside this file.
 
 Stages order a chain: structure changes (pruning, layer dropping) come first, then recovery training
-(distillation), then precision changes (casts, quantization). A chain that goes backwards, such as
+(distillation), then precision changes (casts, quantization), then runtime markers (``compile``: the
+variant is meant to run under torch.compile; the weights are unchanged). A chain that goes backwards, such as
 quantize then prune, cannot work and is refused by ``VariantSpec.validate``.
 """
 
@@ -22,9 +23,15 @@ from tightfit.errors import ConfigError
 STAGE_STRUCTURE = 0
 STAGE_RECOVERY = 1
 STAGE_PRECISION = 2
-STAGE_NAMES = {STAGE_STRUCTURE: "structure", STAGE_RECOVERY: "recovery", STAGE_PRECISION: "precision"}
+STAGE_RUNTIME = 3
+STAGE_NAMES = {
+    STAGE_STRUCTURE: "structure",
+    STAGE_RECOVERY: "recovery",
+    STAGE_PRECISION: "precision",
+    STAGE_RUNTIME: "runtime",
+}
 
-FAMILY_MODULES = ("cast", "quantize", "prune", "distill")
+FAMILY_MODULES = ("cast", "quantize", "prune", "distill", "runtime")
 
 
 @dataclass
