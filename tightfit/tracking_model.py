@@ -60,14 +60,11 @@ class VariantPyfunc(PythonModel):
                     generated = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
                     outputs.append(tokenizer.decode(generated[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
             return np.array(outputs, dtype=object)
-        labels: list[int] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                enc = tokenizer(
-                    texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                )
-                logits = model(**enc).logits
-                labels.extend(int(x) for x in logits.argmax(dim=-1).tolist())
+        from tightfit.evaluate import predict_logits
+
+        # The same fixed-shape tokenization and batching as evaluation, so labels match the measured accuracy.
+        logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+        labels = [int(x) for x in logits.argmax(dim=-1).tolist()]
         return np.array(labels, dtype=np.int64)
 
 

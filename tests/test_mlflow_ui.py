@@ -1,0 +1,143 @@
+"""The MLflow UI in headless Chromium shows the variants and their footprint metrics side by side.
+
+Logs the real measured sweep to a real ``mlflow server`` on 127.0.0.1, opens the experiment's runs page
+(expands the pipeline's parent run to its variant runs) and the run comparison page, and finds each
+variant with its footprint metrics. Screenshots go to .build/ as test artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from test_tracking_support import real_sweep
+
+from tightfit import names, tracking
+from tightfit.tracking_server import LocalMlflowServer
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1600,2400",
+)
+SHOWN_METRICS = (names.ACCURACY, names.DISK_BYTES, names.PEAK_RSS_SERVE_BYTES, names.LATENCY_MS_B1_P95)
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".build" / "test-artifacts"
+EXPERIMENT = "ui-sweep"
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(
+        "headless UI test needs Debian chromium + chromium-driver at /usr/bin "
+        "(apt-get install -y chromium chromium-driver; scripts/setup.sh does it)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Path):
+    records = [r for r, _ in real_sweep(Path(finetuned_minilm_dir))]
+    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-ui-server"))
+    server.start()
+    try:
+        t = tracking.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+        parent = tracking.start_parent("minilm-sweep", base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+        for record in records:
+            tracking.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+        tracking.log_parent_summary(parent, records, tracker=t)
+        assert t.outbox.pending() == []
+        yield server, t, parent, records
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_texts(driver, texts: list[str], timeout: float = 60.0) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def all_shown(d) -> str | bool:
+        body = d.find_element(By.TAG_NAME, "body").text
+        return body if all(t in body for t in texts) else False
+
+    return str(WebDriverWait(driver, timeout, poll_frequency=0.5).until(all_shown))
+
+
+def test_runs_page_shows_the_variants(logged_ui, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    server, _, _, records = logged_ui
+    from mlflow import MlflowClient
+
+    exp_id = MlflowClient(server.uri).get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
+    browser.get(f"{server.uri}/#/experiments/{exp_id}/runs")
+    _wait_for_texts(browser, ["minilm-sweep"])
+    row = browser.find_element(By.XPATH, "//*[@role='row'][.//*[normalize-space(text())='minilm-sweep']]")
+    row.find_element(By.XPATH, ".//button[contains(@data-component-id, 'runnamecellrenderer')]").click()
+    body = _wait_for_texts(browser, [r.variant for r in records])
+    assert f"{len(records) + 1} matching runs" in body
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-runs.png"))
+
+
+def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
+    server, _, parent, records = logged_ui
+    from mlflow import MlflowClient
+
+    exp_id = MlflowClient(server.uri).get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
+    back = tracking.read_footprints(EXPERIMENT, parent, tracking_uri=server.uri)
+    run_ids = [r.extra["mlflow_run_id"] for r in back]
+    url = (
+        f"{server.uri}/#/compare-runs?runs={urllib.parse.quote(json.dumps(run_ids))}"
+        f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}"
+    )
+    browser.get(url)
+    body = _wait_for_texts(browser, [f"Comparing {len(records)} Runs", "Metrics", *SHOWN_METRICS])
+    for record in records:
+        assert record.variant in body
+    # Every footprint metric the profiler measured is listed by its name.
+    measured = set().union(*(r.metrics() for r in records))
+    for metric in measured:
+        assert re.search(rf"^{re.escape(metric)}$", body, re.MULTILINE), metric
+    # The values shown are the measured ones (the page prints each run's number in the metrics table).
+    shown = _page_numbers(body)
+    for record in records:
+        assert _shown(shown, float(record.disk_bytes or 0)), (record.variant, record.disk_bytes)
+        assert _shown(shown, float(record.accuracy or 0)), (record.variant, record.accuracy)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
+    shutil.copy(ARTIFACTS / "mlflow-ui-compare.png", ARTIFACTS / "mlflow-ui.png")
+
+
+def _page_numbers(body: str) -> list[float]:
+    return [float(tok) for tok in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])", body)]
+
+
+def _shown(numbers: list[float], value: float) -> bool:
+    return any(abs(n - value) <= max(1e-3 * abs(value), 1e-4) for n in numbers)
+

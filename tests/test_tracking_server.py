@@ -1,0 +1,127 @@
+"""A real variant sweep logged to a real ``mlflow server`` on 127.0.0.1; outage mid-run; champion loads back."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from test_tracking_support import SAMPLE_TEXTS, labels_before_logging, real_sweep
+
+from tightfit import names, tracking
+from tightfit.footprint import Footprint
+from tightfit.select import select_variant
+from tightfit.spec import HardwareTarget
+from tightfit.tracking_server import LocalMlflowServer
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "server-sweep"
+MODEL_NAME = "tightfit-test-classifier"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def sweep(finetuned_minilm_dir: Path) -> list[tuple[Footprint, Path]]:
+    return real_sweep(Path(finetuned_minilm_dir))
+
+
+@pytest.fixture(scope="module")
+def logged(server: LocalMlflowServer, sweep, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Log the sweep with its models under one parent, the summary, and the registry aliases."""
+    t = tracking.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+    records = [r for r, _ in sweep]
+    target = HardwareTarget.parse(min_accuracy=0.5)
+    parent = tracking.start_parent("real-sweep", base_model="minilm", dataset="rotten_tomatoes", target=target, tracker=t)
+    for record, variant_dir in sweep:
+        tracking.log_variant(record, parent=parent, variant_dir=variant_dir, base_model="minilm",
+                             dataset="rotten_tomatoes", tracker=t)
+    selection = select_variant(records, target)
+    tracking.log_parent_summary(parent, records, selection=selection, tracker=t)
+    aliases = tracking.register_selection(parent, records, target, model_name=MODEL_NAME, tracker=t)
+    assert t.outbox.pending() == []
+    return {"tracker": t, "parent": parent, "selection": selection, "aliases": aliases}
+
+
+def test_every_metric_reads_back_by_name(server: LocalMlflowServer, sweep, logged: dict) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    back = {r.variant: r for r in tracking.read_footprints(EXPERIMENT, logged["parent"], tracking_uri=server.uri)}
+    assert set(back) == {r.variant for r, _ in sweep}
+    for record, _ in sweep:
+        measured = record.metrics()
+        assert {names.ACCURACY, names.DISK_BYTES, names.PEAK_RSS_SERVE_BYTES, names.LATENCY_MS_B1_P95} <= set(measured)
+        run = client.get_run(back[record.variant].extra["mlflow_run_id"])
+        for metric in names.FOOTPRINT_METRICS:
+            if metric in measured:
+                assert run.data.metrics[metric] == pytest.approx(measured[metric]), (record.variant, metric)
+                assert getattr(back[record.variant], metric) == pytest.approx(getattr(record, metric))
+            else:
+                assert metric not in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, names.ARTIFACT_MODEL)}
+        assert f"{names.ARTIFACT_MODEL}/MLmodel" in artifacts
+    # The measured sweep behaves as compression promises: bf16 about half of fp32's bytes.
+    assert back["bf16"].disk_bytes < 0.6 * (back["fp32"].disk_bytes or 0)  # type: ignore[operator]
+
+
+def test_champion_loads_back_and_predicts_the_same_labels(server: LocalMlflowServer, sweep, logged: dict) -> None:
+    from tightfit.tracking_model import load_registered
+
+    chosen = logged["selection"].chosen
+    assert chosen is not None and logged["aliases"][names.ALIAS_CHAMPION] == chosen.variant
+    variant_dir = dict((r.variant, d) for r, d in sweep)[chosen.variant]
+    expected = labels_before_logging(variant_dir, SAMPLE_TEXTS)
+    model = load_registered(MODEL_NAME, names.ALIAS_CHAMPION, tracking_uri=server.uri)
+    assert model.predict(SAMPLE_TEXTS).tolist() == expected
+    # The fine-tuned classifier is not constant on these clear-cut reviews.
+    assert len(set(expected)) == 2
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    tiers = {names.budget_alias(t): t for t in names.BUDGET_TIERS_BYTES}
+    tier_aliases = [a for a in logged["aliases"] if a in tiers]
+    assert tier_aliases, "every measured variant fits some memory tier"
+    peaks = {r.variant: r.peak_rss_serve_bytes for r, _ in sweep}
+    for alias in tier_aliases:
+        version = client.get_model_version_by_alias(MODEL_NAME, alias)
+        assert version.run_id
+        assert peaks[logged["aliases"][alias]] <= tiers[alias]
+
+
+def test_server_outage_mid_run_buffers_then_arrives(server: LocalMlflowServer, sweep, tmp_path: Path) -> None:
+    t = tracking.Tracker(server.uri, "outage", outbox_dir=tmp_path, retry_interval_s=0)
+    records = [r for r, _ in sweep]
+    parent = tracking.start_parent("outage", tracker=t)
+    tracking.log_variant(records[0], parent=parent, tracker=t)
+    assert t.outbox.pending() == []
+
+    server.stop()
+    try:
+        with pytest.warns(tracking.TrackingUnavailableWarning, match="unreachable"):
+            for record in records[1:]:
+                tracking.log_variant(record, parent=parent, tracker=t)  # the compute work goes on
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", tracking.TrackingUnavailableWarning)
+            tracking.log_parent_summary(parent, records, tracker=t)
+        pending = len(t.outbox.pending())
+        assert t.offline and pending >= 3 * (len(records) - 1)
+    finally:
+        server.start()
+
+    report = t.sync()
+    assert report.complete and report.applied == pending and not t.offline
+    back = tracking.read_footprints("outage", parent, tracking_uri=server.uri)
+    assert [r.variant for r in back] == [r.variant for r in records]
+    for original, read in zip(records, back, strict=True):
+        assert read.metrics() == pytest.approx(original.metrics())
+    assert t.sync().applied == 0  # nothing left, nothing duplicated
+    assert len(tracking.read_footprints("outage", parent, tracking_uri=server.uri)) == len(records)
