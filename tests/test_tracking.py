@@ -176,3 +176,16 @@ def test_read_errors_are_clear(tmp_path: Path, store_uri: str) -> None:
     tracking.Tracker(store_uri, "exists", outbox_dir=tmp_path).sync()
     with pytest.raises(ConfigError, match="no MLflow experiment 'missing'"):
         tracking.read_footprints("missing", tracking_uri=store_uri)
+
+
+def test_system_metrics_are_host_context_on_the_run(tmp_path: Path, store_uri: str) -> None:
+    import time
+
+    t = tracking.Tracker(store_uri, "system", outbox_dir=tmp_path)
+    run = tracking.start_run(names.ROLE_PARENT, "with-system-metrics", tracker=t)
+    with tracking.system_metrics(run, interval_s=0.5, tracker=t) as sampling:
+        time.sleep(2.0)
+    assert sampling
+    metrics = _client(store_uri).get_run(t.run_id(run)).data.metrics  # type: ignore[arg-type]
+    assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
+    assert not set(metrics) & set(names.FOOTPRINT_METRICS)

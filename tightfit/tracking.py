@@ -13,13 +13,14 @@ handle is accepted, an MLflow run id works too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "resolve_tracking_uri",
     "start_parent",
     "start_run",
+    "system_metrics",
     "variant_record_id",
 ]
 
@@ -389,3 +391,27 @@ def register_selection(
     for variant, variant_aliases in aliases.items():
         register_variant(variant_record_id(parent, variant), model_name=model_name, aliases=variant_aliases, tracker=tracker)
     return {alias: variant for variant, items in aliases.items() for alias in items}
+
+
+@contextlib.contextmanager
+def system_metrics(handle: str, *, interval_s: float = 10.0, tracker: Tracker | None = None) -> Iterator[bool]:
+    """Sample MLflow's host-wide system metrics (``system/...``) into a run while the block runs.
+
+    Context only: they describe the whole host (other processes included), never a variant's footprint,
+    which the profiler measures in its own subprocess. Yields False (and samples nothing) while the run is
+    only buffered or the server is down.
+    """
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    t = _tracker(tracker)
+    run_id = t.run_id(handle)
+    if run_id is None or t.offline:
+        log.info("system metrics not sampled: run %s is not in MLflow yet", handle)
+        yield False
+        return
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=t.uri)
+    monitor.start()
+    try:
+        yield True
+    finally:
+        monitor.finish()
