@@ -15,7 +15,42 @@ from tightfit.compress.training import quick_finetune
 from tightfit.errors import UnsupportedError
 from tightfit.spec import VariantSpec
 
-__all__ = ["apply_chain", "build_variant", "default_variant_set", "load_base", "quick_finetune"]
+__all__ = ["apply_chain", "build_variant", "default_variant_set", "load_base", "quick_finetune", "validate_chain"]
+
+LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
+CASTS = ("bf16", "fp16")
+
+
+def validate_chain(spec: VariantSpec, kind: str = "classifier", device: str | None = None) -> list[Any]:
+    """``spec.validate_for`` (methods, parameters, kinds, stage order) plus the precision rules: at most one
+    cast and one Linear quantizer, a cast before quantization, each precision step once. A method that needs
+    another device is an ``UnsupportedError``. Returns the method configs in order."""
+    from tightfit.compress.registry import STAGE_PRECISION, get_method
+    from tightfit.errors import ConfigError
+
+    configs = spec.validate_for(kind)
+    methods = [s.method for s in spec.steps]
+    for group, what in ((CASTS, "cast"), (LINEAR_QUANTIZERS, "Linear quantizer")):
+        chosen = [m for m in methods if m in group]
+        if len(chosen) > 1:
+            raise ConfigError(f"variant {spec.name!r}: pick one {what}, not {' and '.join(chosen)}")
+    precision = [m for m in methods if get_method(m).stage >= STAGE_PRECISION]
+    repeated = sorted({m for m in precision if precision.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"variant {spec.name!r}: {', '.join(repeated)} appears twice; apply it once")
+    quantized = [i for i, m in enumerate(methods) if m.startswith("int")]
+    casts = [i for i, m in enumerate(methods) if m in CASTS]
+    if casts and quantized and casts[0] > quantized[0]:
+        raise ConfigError(
+            f"variant {spec.name!r}: cast ({methods[casts[0]]}) before quantizing, e.g. 'bf16|int8_weight_only'"
+        )
+    if device is not None:
+        for method in methods:
+            info = get_method(method)
+            if device not in info.devices and not (device.startswith("cuda") and "cuda" in info.devices):
+                need = "a GPU" if info.devices == ("cuda",) else "/".join(info.devices)
+                raise UnsupportedError(f"{method} needs {need}; this run is on {device}")
+    return configs
 
 
 def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
@@ -49,14 +84,7 @@ def apply_chain(
     """Validate ``spec`` for ``kind``/``device`` and run its steps in order; returns (model, notes)."""
     from tightfit.compress.registry import ApplyContext, get_method
 
-    configs = spec.validate_for(kind)
-    for step in spec.steps:
-        info = get_method(step.method)
-        if device not in info.devices and not (device.startswith("cuda") and "cuda" in info.devices):
-            raise UnsupportedError(
-                f"{step.method} needs a GPU ({'/'.join(info.devices)}); this run is on {device}"
-                if info.devices == ("cuda",) else f"{step.method} does not run on {device}"
-            )
+    configs = validate_chain(spec, kind, device)
     ctx = ApplyContext(kind=kind, device=device, seed=seed, tokenizer=tokenizer, data=data, teacher=teacher)
     ctx.extra["progress"] = progress
     timings: dict[str, float] = {}
@@ -103,7 +131,7 @@ def build_variant(
 
     device = pick_device(device)
     model, tokenizer, kind, base_model, parent = load_base(base)
-    spec.validate_for(kind)
+    validate_chain(spec, kind, device)
     teacher_model = None
     if any(s.method == "distill" for s in spec.steps):
         teacher_model = load_base(teacher)[0] if teacher is not None else copy.deepcopy(model)

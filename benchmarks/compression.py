@@ -1,0 +1,176 @@
+"""Compression benchmark: every default MiniLM variant against the fine-tuned fp32 baseline, in one run.
+
+    python benchmarks/compression.py [--train-steps 280] [--distill-steps 280] [--eval-rows 0] [--rounds 5]
+
+Builds (and caches, so a rerun resumes) the fine-tuned baseline and each variant under
+$TIGHTFIT_CACHE/bench-compression, then measures them side by side on the Rotten Tomatoes test split:
+accuracy, parameters, weight bytes on disk, and p50 CPU latency at batch 1 and 32 (seq_len 64, padded),
+with baseline and variants interleaved round by round. Compiled variants are warmed up (compiled) first.
+Writes benchmarks/results/compression.json and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import median, write_results
+
+SEQ_LEN = 64
+
+
+def baseline_dir(root: Path, data: Any, steps: int) -> Path:
+    """The fine-tuned fp32 baseline (cached by its step count)."""
+    from tightfit.assets import load_model
+    from tightfit.compress import quick_finetune
+    from tightfit.spec import VariantSpec
+    from tightfit.variant import MANIFEST, save_variant
+
+    target = root / f"baseline-ft{steps}"
+    if (target / MANIFEST).exists():
+        return target
+    loaded = load_model("minilm")
+    started = time.perf_counter()
+    model = quick_finetune(loaded.model, loaded.tokenizer, data.train, steps=steps, batch_size=32, lr=1e-4,
+                           seed=0, progress=True)
+    save_variant(model, loaded.tokenizer, target, VariantSpec.parse("fp32"), base_model="minilm",
+                 kind="classifier", extra={"finetune": {"steps": steps, "batch_size": 32, "lr": 1e-4,
+                                                        "seconds": round(time.perf_counter() - started, 1)}})
+    return target
+
+
+def variant_specs(distill_steps: int) -> list[Any]:
+    from tightfit.compress import default_variant_set
+    from tightfit.spec import VariantSpec
+
+    out = []
+    for spec in default_variant_set("classifier"):
+        chain = spec.chain.replace("distill", f"distill:steps={distill_steps}")
+        out.append(VariantSpec.parse(chain, name=spec.name))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-steps", type=int, default=280, help="baseline fine-tune steps (batch 32)")
+    parser.add_argument("--distill-steps", type=int, default=280, help="distillation steps (batch 32)")
+    parser.add_argument("--eval-rows", type=int, default=0, help="test rows to score (0 = the whole split)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(2)
+    from tightfit.assets import cache_dir
+    from tightfit.compress import build_variant
+    from tightfit.compress._torch import quiet_transformers
+    from tightfit.data import load_dataset
+    from tightfit.evaluate import evaluate
+    from tightfit.measure import count_params, fixed_inputs, forward_for, latency_ms
+    from tightfit.variant import MANIFEST, load_variant, read_manifest
+
+    quiet_transformers()
+    root = cache_dir() / "bench-compression"
+    data = load_dataset("rotten_tomatoes", seed=0)
+    base = baseline_dir(root, data, args.train_steps)
+    specs = variant_specs(args.distill_steps)
+    if args.only:
+        keep = set(args.only.split(","))
+        specs = [s for s in specs if s.name in keep or s.name == "fp32"]
+    dirs: dict[str, Path] = {}
+    build_seconds: dict[str, float] = {}
+    for spec in specs:
+        if not spec.steps:
+            dirs[spec.name] = base
+            continue
+        target = root / f"{spec.name}-{spec.cache_key()}"
+        if not (target / MANIFEST).exists() or read_manifest(target)["chain"] != spec.chain:
+            started = time.perf_counter()
+            build_variant(base, spec, target, data=data, progress=True)
+            build_seconds[spec.name] = round(time.perf_counter() - started, 1)
+            print(f"built {spec.name} in {build_seconds[spec.name]} s", flush=True)
+        dirs[spec.name] = target
+
+    frame = data.test if args.eval_rows <= 0 else data.test.head(args.eval_rows)
+    loaded: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    texts = data.test["text"].astype(str).tolist()
+    for name, path in dirs.items():
+        variant = load_variant(path, device="cpu")
+        forward = forward_for(variant.model, variant.run_compiled)
+        inputs = {b: fixed_inputs(variant.tokenizer, texts, b, SEQ_LEN) for b in (1, 32)}
+        started = time.perf_counter()
+        for batch in (1, 32):
+            latency_ms(forward, inputs[batch], repeats=0, warmup=2)  # compiles the fixed shapes once
+        quality = evaluate(variant.model, variant.tokenizer, frame, "classifier", batch_size=32,
+                           max_length=SEQ_LEN, forward=forward)
+        total, nonzero = count_params(variant.model)
+        weights = path / variant.manifest["weights"]["file"]
+        rows[name] = {
+            "name": name, "chain": variant.manifest["chain"], "accuracy": quality["accuracy"],
+            "f1_macro": quality["f1_macro"], "params": total, "params_nonzero": nonzero,
+            "disk_bytes": weights.stat().st_size, "compiled": variant.run_compiled,
+            "warmup_and_eval_s": round(time.perf_counter() - started, 1), "b1": [], "b32": [],
+        }
+        loaded[name] = (forward, inputs)
+        print(f"{name}: accuracy {quality['accuracy']:.4f}, {total:,} params, {rows[name]['disk_bytes']:,} B",
+              flush=True)
+
+    for round_no in range(args.rounds):  # interleave: every variant once per round
+        for name, (forward, inputs) in loaded.items():
+            rows[name]["b1"].extend(latency_ms(forward, inputs[1], repeats=5, warmup=1))
+            rows[name]["b32"].extend(latency_ms(forward, inputs[32], repeats=2, warmup=1))
+        print(f"timing round {round_no + 1}/{args.rounds} done", flush=True)
+
+    base_row = rows["fp32"]
+    base_b32 = median(base_row["b32"])
+    variants = []
+    for row in rows.values():
+        b1, b32 = median(row.pop("b1")), median(row.pop("b32"))
+        row.update({
+            "latency_ms_b1": round(b1, 3), "latency_ms_b32": round(b32, 3),
+            "size_ratio": round(base_row["disk_bytes"] / row["disk_bytes"], 3),
+            "speedup_b32": round(base_b32 / b32, 3),
+            "accuracy_drop": round(100.0 * (base_row["accuracy"] - row["accuracy"]), 2),
+            "param_reduction": round(1.0 - row["params"] / base_row["params"], 4),
+        })
+        variants.append(row)
+    goals = evaluate_goals(variants)
+    write_results("compression", {
+        "dataset": "rotten_tomatoes", "split": "test", "eval_rows": len(frame), "seq_len": SEQ_LEN,
+        "torch_threads": torch.get_num_threads(), "baseline": "fp32 (eager), fine-tuned "
+        f"{args.train_steps} steps x 32", "distill_steps": args.distill_steps, "timing_rounds": args.rounds,
+        "build_seconds": build_seconds, "variants": variants, "goals": goals,
+    })
+    print(f"{'variant':32} {'acc':>7} {'drop':>6} {'params':>11} {'size x':>7} {'b1 ms':>8} {'b32 ms':>8} {'speed x':>7}")
+    for v in variants:
+        print(f"{v['name']:32} {v['accuracy']:7.4f} {v['accuracy_drop']:6.2f} {v['params']:11,} "
+              f"{v['size_ratio']:7.2f} {v['latency_ms_b1']:8.2f} {v['latency_ms_b32']:8.2f} {v['speedup_b32']:7.2f}")
+    print(goals)
+
+
+def evaluate_goals(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's two goals, checked honestly against the measured rows."""
+    close = [v for v in variants if v["name"] != "fp32" and v["accuracy_drop"] <= 1.0]
+    best = max(close, key=lambda v: (v["size_ratio"] >= 4 and v["speedup_b32"] >= 3, v["speedup_b32"]), default=None)
+    students = [v for v in variants if "prune_structured" in v["chain"] or "drop_layers" in v["chain"]]
+    students = [v for v in students if "distill" in v["chain"]]
+    best_student = max(students, key=lambda v: (v["param_reduction"] >= 0.5 and v["speedup_b32"] >= 2
+                                                and v["accuracy_drop"] <= 2, v["speedup_b32"]), default=None)
+    return {
+        "best_within_1_point": best and best["name"],
+        "best_within_1_point_met": bool(best and best["size_ratio"] >= 4 and best["speedup_b32"] >= 3),
+        "student": best_student and best_student["name"],
+        "student_met": bool(best_student and best_student["param_reduction"] >= 0.5
+                            and best_student["speedup_b32"] >= 2 and best_student["accuracy_drop"] <= 2),
+    }
+
+
+if __name__ == "__main__":
+    main()
