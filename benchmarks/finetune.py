@@ -8,8 +8,9 @@ Measured in one run on the same data and model (MiniLM, Rotten Tomatoes slice, m
 Samples/s are per-epoch training-loop rates of the last epoch (the first includes start-up); rounds
 interleave plain / 1 worker / 2 workers and the medians are reported.
 
-``--calibrate`` instead measures a 1-worker peak at micro-batch 8 and 32 and prints the constants for
-``tightfit.memory.training.CALIBRATION``.
+The memory model is first calibrated in the same run (1 worker at micro-batch 8 and 32, other settings than
+the measured runs; ``--no-calibrate`` uses the stored constants); ``--calibrate`` only calibrates and prints
+the constants for ``tightfit.memory.training.CALIBRATION``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-LIMIT, MAX_LENGTH, BATCH, EPOCHS, LR, TARGET = 384, 64, 16, 2, 1e-4, 0.6
+LIMIT, MAX_LENGTH, BATCH, EPOCHS, LR, TARGET = 192, 64, 16, 2, 2e-4, 0.6
 
 
 def plain_loop_samples_per_s(limit: int = LIMIT, epochs: int = EPOCHS) -> float:
@@ -98,30 +99,40 @@ def ray_run(workers: int, tmp: Path, **overrides: Any) -> dict[str, Any]:
             "val_accuracy": result.metrics["val_accuracy"], "micro_batch": result.metrics["micro_batch"]}
 
 
-def calibrate(tmp: Path) -> None:
+def calibrate(tmp: Path, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
+    """Peak RSS of 1 worker at micro-batch 8 and 32 -> activation scale + runtime overhead (printed, returned)."""
     from tightfit.assets import minilm_path
+    from tightfit.memory import training
     from tightfit.memory.training import ModelShape, fit_calibration
 
     shape = ModelShape.from_pretrained_dir(minilm_path())
-    for precision in ("fp32", "bf16"):
+    found: dict[str, Any] = {}
+    for precision in precisions:
         measured = {}
         for micro in (8, 32):
             run = ray_run(1, tmp, micro_batch=micro, global_batch=micro, epochs=1, precision=precision, limit=160)
             measured[micro] = int(run["per_worker"][0]["peak_rss_bytes"])
-        cal = fit_calibration(shape, measured, seq_len=MAX_LENGTH, precision=precision)  # type: ignore[arg-type]
-        print(f"{precision}: measured {measured} -> {cal}")
+        cal = fit_calibration(shape, measured, seq_len=MAX_LENGTH, precision=precision,  # type: ignore[arg-type]
+                              note=f"measured peak RSS {measured} (1 worker x 1 thread, seq_len {MAX_LENGTH})")
+        print(f"{precision}: {cal}")
+        training.CALIBRATION[precision] = cal
+        found[precision] = {"activation_scale": cal.activation_scale,
+                            "runtime_overhead_bytes": cal.runtime_overhead_bytes, "measured": measured}
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--calibrate", action="store_true", help="only calibrate the memory model and print it")
+    parser.add_argument("--no-calibrate", action="store_true", help="use the constants stored in code")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tightfit-bench-finetune-"))
     os.environ.setdefault("TIGHTFIT_HOME", str(tmp / "home"))
     if args.calibrate:
         calibrate(tmp)
         return
+    calibration = None if args.no_calibrate else calibrate(tmp)
     plain, one, two = [], [], []
     for _ in range(args.rounds):  # interleaved: the shared machine's load hits all three alike
         plain.append(plain_loop_samples_per_s())
@@ -139,6 +150,7 @@ def main() -> None:
         "memory_prediction_error": median(mem_errors),
         "memory_prediction_error_max": max(mem_errors),
         "target_val_accuracy": TARGET,
+        "memory_calibration": calibration or "constants stored in tightfit.memory.training.CALIBRATION",
         "samples_per_s": {"plain_1_thread": plain, "ray_1x1": [r["samples_per_s"] for r in one],
                           "ray_2x1": [r["samples_per_s"] for r in two]},
         "runs": {"ray_1x1": one, "ray_2x1": two},

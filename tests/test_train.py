@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,9 @@ LIMIT = 320  # rows per split: 320 train, 320 validation, 320 test
 def _config(tmp: Path, **overrides):
     from tightfit.train import FinetuneConfig
 
-    values = dict(
-        model="minilm", dataset="rotten_tomatoes", workers=2, cpus_per_worker=1, epochs=2, global_batch=16,
-        lr=1e-4, seed=0, limit=LIMIT, max_length=64, out_dir=str(tmp / "out"),
+    values: dict[str, Any] = dict(
+        model="minilm", dataset="rotten_tomatoes", workers=2, cpus_per_worker=1, epochs=2, global_batch=8,
+        lr=2e-4, seed=0, limit=LIMIT, max_length=64, out_dir=str(tmp / "out"),
         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", target_accuracy=0.55,
     )
     values.update(overrides)
@@ -76,7 +77,7 @@ def test_every_rank_and_the_footprint_reach_mlflow(baseline) -> None:
         speed = client.get_metric_history(result.run_id, names.worker_metric(rank, names.SAMPLES_PER_S))
         assert all(m.value > 0 for m in speed)
     metrics = run.data.metrics
-    assert metrics[names.MICRO_BATCH] * metrics[names.ACCUMULATION_STEPS] * metrics[names.WORKERS] >= 16
+    assert metrics[names.MICRO_BATCH] * metrics[names.ACCUMULATION_STEPS] * metrics[names.WORKERS] >= 8
     assert 0 < metrics[names.MEMORY_PREDICTION_ERROR] < 1
     assert metrics[names.TEST_ACCURACY] == pytest.approx(result.metrics[names.TEST_ACCURACY])
     assert names.TIME_TO_TARGET_S in metrics
