@@ -23,14 +23,13 @@ def compress(
 
     Returns ``ok`` or ``failed: <reason>``.
     """
-    from tightfit.components.steps import compress_step, quiet
+    from tightfit.components.steps import compress_step, log_stats, quiet
 
     quiet()
     failure, figures = compress_step(baseline.path, data.path, variant_name, chain, kind, variant.path)
     status = "ok" if failure is None else "failed"
     variant.metadata.update({"variant": variant_name, "chain": chain, "status": status})
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    log_stats(stats, figures)
     if failure is not None:
         print(f"tightfit: variant {variant_name!r} ({chain}) failed to compress: {failure.error}")
         return f"failed: {failure.error}"

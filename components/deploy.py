@@ -16,10 +16,9 @@ def deploy(
     stats: Output[Metrics],
 ) -> str:
     """Writes ``plan.json`` and ``rayservice.yaml`` into ``manifest``; returns the plan summary."""
-    from tightfit.components.steps import deploy_step, quiet
+    from tightfit.components.steps import deploy_step, log_stats, quiet
 
     quiet()
     summary, figures = deploy_step(chosen.path, selection, model_uri, target, namespace, manifest.path)
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    log_stats(stats, figures)
     return summary

@@ -27,7 +27,7 @@ def finetune(
     """Fine-tune ``base_model`` on the prepared splits; writes the HF-format model into ``model``.
 
     """
-    from tightfit.components.steps import finetune_step, quiet
+    from tightfit.components.steps import finetune_step, log_stats, quiet
 
     quiet()
     figures = finetune_step(
@@ -48,5 +48,4 @@ def finetune(
         experiment=experiment,
     )
     model.metadata.update({"base_model": base_model, "kind": kind})
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    log_stats(stats, figures)

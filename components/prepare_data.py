@@ -16,10 +16,9 @@ def prepare_data(
     stats: Output[Metrics],
 ):
     """Split ``dataset`` (built-in name or .csv/.jsonl path) by ``seed``; ``limit`` rows per split (0 = all)."""
-    from tightfit.components.steps import prepare_data_step, quiet
+    from tightfit.components.steps import log_stats, prepare_data_step, quiet
 
     quiet()
     figures = prepare_data_step(dataset, seed, limit, validation, test, data.path)
     data.metadata.update({"dataset": dataset, "seed": seed})
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    log_stats(stats, figures)

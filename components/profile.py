@@ -18,18 +18,17 @@ def profile(
     memory_subprocess: bool,
     tracking_uri: str,
     experiment: str,
-    parent_run_id: str,
+    pipeline_run: str,
     metrics: Output[Metrics],
 ) -> str:
     """Returns the Footprint record as JSON (a failed compress passes through as a failed record)."""
-    from tightfit.components.steps import log_variant_run, profile_step, quiet, record_json
+    from tightfit.components.steps import log_stats, log_variant_run, profile_step, quiet, record_json
 
     quiet()
     record, figures = profile_step(
         variant.path, data.path, variant_name, chain, kind, baseline_footprint, seq_len, quick, memory_subprocess
     )
-    run_id = log_variant_run(record, variant.path, tracking_uri, experiment, parent_run_id)
-    for key, value in {**record.metrics(), **figures}.items():
-        metrics.log_metric(key, value)
+    run_id = log_variant_run(record, variant.path, tracking_uri, experiment, pipeline_run)
+    log_stats(metrics, {**record.metrics(), **figures})
     metrics.metadata.update({"variant": variant_name, "status": record.status, "mlflow_run_id": run_id})
     return record_json(record)

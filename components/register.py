@@ -11,16 +11,15 @@ def register(
     selection: str,
     tracking_uri: str,
     experiment: str,
-    parent_run_id: str,
+    pipeline_run: str,
     registered_model: str,
     alias: str,
     stats: Output[Metrics],
 ) -> str:
     """Returns ``models:/NAME@ALIAS`` of the registered version."""
-    from tightfit.components.steps import quiet, register_step
+    from tightfit.components.steps import log_stats, quiet, register_step
 
     quiet()
-    uri, figures = register_step(selection, tracking_uri, experiment, parent_run_id, registered_model, alias)
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    uri, figures = register_step(selection, tracking_uri, experiment, pipeline_run, registered_model, alias)
+    log_stats(stats, figures)
     return uri

@@ -14,7 +14,7 @@ def select(
     target: str,
     tracking_uri: str,
     experiment: str,
-    parent_run_id: str,
+    pipeline_run: str,
     chosen: Output[Model],
     report: Output[HTML],
     stats: Output[Metrics],
@@ -22,14 +22,13 @@ def select(
     """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
     from collections import namedtuple
 
-    from tightfit.components.steps import quiet, select_step
+    from tightfit.components.steps import log_stats, quiet, select_step
 
     quiet()
     name, selection_json, figures = select_step(
-        footprints, [v.path for v in variants], target, tracking_uri, experiment, parent_run_id, chosen.path, report.path
+        footprints, [v.path for v in variants], target, tracking_uri, experiment, pipeline_run, chosen.path, report.path
     )
     chosen.metadata.update({"variant": name or ""})
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    log_stats(stats, figures)
     Selected = namedtuple("Selected", ["chosen_variant", "found", "selection"])
     return Selected(name or "", name is not None, selection_json)

@@ -13,13 +13,13 @@ def start_tracking(
     base_model: str,
     dataset: str,
     target: str,
+    pipeline_run: str,
     stats: Output[Metrics],
 ) -> str:
-    """Returns the parent run id (the pipeline run's MLflow run)."""
-    from tightfit.components.steps import quiet, start_parent_run
+    """Returns the parent run's handle (stable for ``pipeline_run``: every task derives the same one)."""
+    from tightfit.components.steps import log_stats, quiet, start_parent_run
 
     quiet()
-    run_id, figures = start_parent_run(tracking_uri, experiment, run_name, base_model, dataset, target)
-    for key, value in figures.items():
-        stats.log_metric(key, value)
+    run_id, figures = start_parent_run(tracking_uri, experiment, run_name, base_model, dataset, target, pipeline_run)
+    log_stats(stats, figures)
     return run_id

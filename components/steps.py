@@ -52,6 +52,17 @@ def quiet() -> None:
         pass
 
 
+def log_stats(artifact: Any, figures: dict[str, Any]) -> None:
+    """Log ``figures`` on a Metrics artifact and write them to its file too: kfp.local treats a cached
+    output artifact whose file is missing as a cache miss, so a metrics-only artifact must exist on disk."""
+    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for key, value in numbers.items():
+        artifact.log_metric(key, value)
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(numbers, sort_keys=True))
+
+
 def tracking_uri(value: str) -> str | None:
     """The tracking URI given to the task, else ``MLFLOW_TRACKING_URI`` (set from a Secret on a cluster)."""
     return value or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -164,10 +175,15 @@ def profile_step(
     stats: dict[str, Any] = {}
     with stopwatch(stats):
         record = failed_record(variant_dir)
+        if record is None and chain == "fp32" and baseline_json:
+            # The fp32 variant holds the baseline's weights: its footprint is the baseline's measurement.
+            record = Footprint.from_dict(as_object(baseline_json))
+            record.variant, record.chain = variant, chain
+            record.with_baseline(Footprint.from_dict(as_object(baseline_json)))
         if record is None:
             from tightfit.measure import measure_variant
 
-            baseline = Footprint.from_dict(json.loads(baseline_json)) if baseline_json else None
+            baseline = Footprint.from_dict(as_object(baseline_json)) if baseline_json else None
             record = measure_variant(
                 variant_dir,
                 load_splits(data_dir),
@@ -180,13 +196,21 @@ def profile_step(
     return record, stats
 
 
+def as_object(value: Any) -> Any:
+    """A JSON string parameter as its object. kfp.local hands a str output that holds JSON to the next task
+    already parsed; a cluster hands the string: accept both."""
+    if isinstance(value, str):
+        return json.loads(value) if value else None
+    return value
+
+
 def record_json(record: Footprint) -> str:
     return json.dumps(record.to_dict(), sort_keys=True)
 
 
 def records_from_json(items: list[str]) -> list[Footprint]:
     """Footprint records from the JSON strings a fan-in collects (order kept)."""
-    return [Footprint.from_dict(json.loads(item) if isinstance(item, str) else dict(item)) for item in items]
+    return [Footprint.from_dict(as_object(item)) for item in items]
 
 
 def copy_variant(src: str | Path, dst: str | Path) -> None:
@@ -259,7 +283,7 @@ def select_step(
     target_json: str,
     tracking_uri_value: str,
     experiment: str,
-    parent_run_id: str,
+    pipeline_run: str,
     chosen_dir: str,
     report_path: str,
 ) -> tuple[str | None, str, dict[str, Any]]:
@@ -275,7 +299,7 @@ def select_step(
     stats: dict[str, Any] = {}
     with stopwatch(stats):
         records = records_from_json(footprints)
-        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        target = HardwareTarget.model_validate(as_object(target_json) or {})
         selection = select_variant(records, target)
         dirs = _dirs_by_variant(variant_dirs)
         chosen = selection.chosen
@@ -288,7 +312,7 @@ def select_step(
         report["variant_dirs"] = dirs
         report["report_path"] = str(report_path)
         plot = Path(report_path).with_name("pareto.png")
-        log_selection(selection, records, tracking_uri_value, experiment, parent_run_id, plot)
+        log_selection(selection, records, tracking_uri_value, experiment, pipeline_run, plot)
         write_report(report_path, selection, records, plot if plot.exists() else None)
         report["pareto_path"] = str(plot) if plot.exists() else None
     stats.update({"variants": len(records), "failed": len(selection.failed), "fitting": len(selection.fitting)})
@@ -329,15 +353,15 @@ def deploy_step(
     memory budget, and write ``plan.json``, ``serve_config.yaml`` and the KubeRay ``rayservice.yaml``."""
     import yaml
 
-    from tightfit.k8s import rayservice_manifest
+    from tightfit.k8s import kuberay_name, rayservice_manifest
     from tightfit.serving_plan import plan_serving
     from tightfit.spec import HardwareTarget
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        selection = json.loads(selection_json)
+        selection = as_object(selection_json)
         record = Footprint.from_dict(selection["chosen_record"])
-        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        target = HardwareTarget.model_validate(as_object(target_json) or {})
         budget = target.memory_bytes or DEFAULT_SERVE_BUDGET
         plan = plan_serving(
             [record],
@@ -349,7 +373,7 @@ def deploy_step(
         )
         serve_config = plan.to_serve_config()
         manifest = rayservice_manifest(
-            f"tightfit-{record.variant}".lower().replace("_", "-").replace(".", "-")[:50],
+            kuberay_name(f"tightfit-{record.variant}", "RayService"),
             namespace=namespace,
             serve_config=serve_config,
         )
@@ -373,8 +397,16 @@ def _tracker(uri: str, experiment: str) -> Any:
     return Tracker(tracking_uri(uri), experiment or None)
 
 
+def parent_handle(pipeline_run: str) -> str:
+    """The parent run's record id for a pipeline run id: every task derives it from the same pipeline
+    parameter (kfp.local hands a loop's item to a loop task in place of an upstream task's output)."""
+    from tightfit.tracking_buffer import stable_record_id
+
+    return stable_record_id("parent", pipeline_run) if pipeline_run else ""
+
+
 def start_parent_run(
-    uri: str, experiment: str, run_name: str, base_model: str, dataset: str, target_json: str
+    uri: str, experiment: str, run_name: str, base_model: str, dataset: str, target_json: str, pipeline_run: str
 ) -> tuple[str, dict[str, Any]]:
     """Open the pipeline run's MLflow parent run (``tightfit.tracking.start_parent``); returns its handle."""
     from tightfit.spec import HardwareTarget
@@ -382,15 +414,22 @@ def start_parent_run(
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        target = HardwareTarget.model_validate_json(target_json) if target_json else HardwareTarget()
+        target = HardwareTarget.model_validate(as_object(target_json) or {})
         handle = start_parent(
-            run_name, base_model=base_model, dataset=dataset, target=target, tracker=_tracker(uri, experiment)
+            run_name,
+            pipeline_run_id=pipeline_run or None,
+            base_model=base_model,
+            dataset=dataset,
+            target=target,
+            tracker=_tracker(uri, experiment),
         )
     return handle, stats
 
 
-def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, parent: str) -> str:
-    """Log one variant as a nested run of ``parent`` (``tightfit.tracking.log_variant``); '' without a parent."""
+def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str) -> str:
+    """Log one variant as a nested run of the pipeline run's parent (``tightfit.tracking.log_variant``);
+    nothing without a pipeline run id."""
+    parent = parent_handle(pipeline_run)
     if not parent:
         return ""
     from tightfit.tracking import log_variant
@@ -400,7 +439,7 @@ def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: s
 
 
 def log_selection(
-    selection: Any, records: list[Footprint], uri: str, experiment: str, parent: str, plot_path: Path
+    selection: Any, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
 ) -> None:
     """Write the Pareto plot for the report, and log table + plot + selection on the parent run."""
     from tightfit.plots import pareto_plot
@@ -408,6 +447,7 @@ def log_selection(
     chosen = selection.chosen.variant if selection.chosen is not None else None
     if any(r.ok for r in records):
         pareto_plot(records, plot_path, chosen=chosen)
+    parent = parent_handle(pipeline_run)
     if parent:
         from tightfit.tracking import log_parent_summary
 
@@ -415,7 +455,7 @@ def log_selection(
 
 
 def register_step(
-    selection_json: str, uri: str, experiment: str, parent: str, registered_model: str, alias: str
+    selection_json: str, uri: str, experiment: str, pipeline_run: str, registered_model: str, alias: str
 ) -> tuple[str, dict[str, Any]]:
     """Register the chosen variant's run model with ``alias`` and its memory-tier alias; returns its URI."""
     from tightfit import names
@@ -423,7 +463,7 @@ def register_step(
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        selection = json.loads(selection_json)
+        selection = as_object(selection_json)
         chosen = selection["chosen"]
         aliases = [alias]
         memory = (selection.get("target") or {}).get("memory_bytes")
@@ -431,7 +471,7 @@ def register_step(
         if tier_alias and tier_alias not in aliases:
             aliases.append(tier_alias)
         register_variant(
-            variant_record_id(parent, chosen),
+            variant_record_id(parent_handle(pipeline_run), chosen),
             model_name=registered_model,
             aliases=aliases,
             tracker=_tracker(uri, experiment),

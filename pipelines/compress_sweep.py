@@ -36,6 +36,7 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
         quick: bool = config.measure.quick,
         memory_subprocess: bool = config.measure.memory_subprocess,
         tracking_uri: str = "",
+        pipeline_run: str = "",
         experiment: str = config.tracking.experiment,
         run_name: str = "compress-sweep",
     ) -> str:
@@ -46,6 +47,7 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             base_model=model,
             dataset=dataset,
             target=target,
+            pipeline_run=pipeline_run,
         )
         apply_resources(parent, res["start_tracking"], config, mlflow=True)
         data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
@@ -65,7 +67,8 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             target=target,
             tracking_uri=tracking_uri,
             experiment=experiment,
-            parent_run_id=parent.outputs["Output"],
+            pipeline_run=pipeline_run,
+            after=parent,
         )
         return chosen.outputs["selection"]
 

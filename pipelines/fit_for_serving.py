@@ -52,6 +52,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
         quick: bool = config.measure.quick,
         memory_subprocess: bool = config.measure.memory_subprocess,
         tracking_uri: str = "",
+        pipeline_run: str = "",
         experiment: str = config.tracking.experiment,
         run_name: str = "fit-for-serving",
         registered_model: str = config.tracking.registered_model,
@@ -66,6 +67,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             base_model=model,
             dataset=dataset,
             target=target,
+            pipeline_run=pipeline_run,
         )
         apply_resources(parent, res["start_tracking"], config, mlflow=True)
         data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
@@ -100,7 +102,8 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             target=target,
             tracking_uri=tracking_uri,
             experiment=experiment,
-            parent_run_id=parent.outputs["Output"],
+            pipeline_run=pipeline_run,
+            after=parent,
         )
         flag = should_deploy(found=chosen.outputs["found"], enabled=deploy_enabled)
         apply_resources(flag, res["should_deploy"], config)
@@ -110,7 +113,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
                 selection=chosen.outputs["selection"],
                 tracking_uri=tracking_uri,
                 experiment=experiment,
-                parent_run_id=parent.outputs["Output"],
+                pipeline_run=pipeline_run,
                 registered_model=registered_model,
                 alias=alias,
             )

@@ -1,4 +1,4 @@
-"""The sweep every pipeline shares: profile the baseline, ParallelFor(compress -> profile), fan-in -> select.
+"""The sweep every pipeline shares: save + profile the baseline (fp32), ParallelFor(compress -> profile), fan-in -> select.
 
 Added to the pipeline being defined by calling ``add_sweep`` inside a ``@dsl.pipeline`` body, so
 ``compress_sweep`` and ``fit_for_serving`` run the very same tasks.
@@ -33,11 +33,19 @@ def add_sweep(
     target: Any,
     tracking_uri: Any,
     experiment: Any,
-    parent_run_id: Any,
+    pipeline_run: Any,
+    after: Any = None,
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
+    # The reference every ratio is measured against: the baseline saved as an fp32 variant, profiled once.
+    base_variant = compress(
+        baseline=baseline, data=data, variant_name="baseline", chain="fp32", kind=kind
+    ).set_display_name("compress-baseline")
+    apply_resources(base_variant, resources["compress"], config)
+    if after is not None:  # the parent run exists before any variant run is logged under it
+        base_variant.after(after)
     base_profile = profile(
-        variant=baseline,
+        variant=base_variant.outputs["variant"],
         data=data,
         variant_name="baseline",
         chain="fp32",
@@ -48,7 +56,7 @@ def add_sweep(
         memory_subprocess=memory_subprocess,
         tracking_uri=tracking_uri,
         experiment=experiment,
-        parent_run_id="",
+        pipeline_run="",
     ).set_display_name("profile-baseline")
     apply_resources(base_profile, resources["profile"], config)
 
@@ -67,7 +75,7 @@ def add_sweep(
             memory_subprocess=memory_subprocess,
             tracking_uri=tracking_uri,
             experiment=experiment,
-            parent_run_id=parent_run_id,
+            pipeline_run=pipeline_run,
         )
         apply_resources(measured, resources["profile"], config, mlflow=True)
 
@@ -77,7 +85,7 @@ def add_sweep(
         target=target,
         tracking_uri=tracking_uri,
         experiment=experiment,
-        parent_run_id=parent_run_id,
+        pipeline_run=pipeline_run,
     )
     apply_resources(chosen, resources["select"], config, mlflow=True)
     return chosen

@@ -9,6 +9,7 @@ Ray runs locally inside the finetune task. Task logs go to a file; the console s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -91,6 +92,9 @@ def pipeline_arguments(name: str, config: PipelineConfig, tracking_uri: str) -> 
         "experiment": config.tracking.experiment,
         "run_name": f"{name.replace('_', '-')}-{config.profile}",
     }
+    # Stable for an unchanged config, so a rerun hits the cache and finds the same MLflow parent run.
+    digest = hashlib.sha256(json.dumps({"pipeline": name, **args}, sort_keys=True).encode()).hexdigest()
+    args["pipeline_run"] = f"{name}-{digest[:16]}"
     return args
 
 
@@ -179,7 +183,7 @@ def run_local(
         else:
             os.environ[names.ENV_HOME] = previous_home
     wall = time.perf_counter() - started
-    selection = json.loads(output)
+    selection = json.loads(output) if isinstance(output, str) else dict(output)
     evicted = evict_failed(root / "pipeline" / ".kfp_cache", selection)
     records = [Footprint.from_dict(r) for r in selection.get("records", [])]
     return RunSummary(
@@ -196,7 +200,7 @@ def run_local(
     )
 
 
-def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, console: Any, show: bool) -> str:
+def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, console: Any, show: bool) -> Any:
     import logging
     import warnings
 
@@ -206,11 +210,11 @@ def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, c
         return _execute(pipeline_func, arguments, handle, console, show, logging)
 
 
-def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console: Any, show: bool, logging: Any) -> str:
+def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console: Any, show: bool, logging: Any) -> Any:
     """Run the pipeline, sending task output to ``handle`` (and the console when ``show``)."""
     if show:
         task = pipeline_func(**arguments)
-        return str(task.output)
+        return task.output
     status_cm = console.status("starting pipeline ...") if console is not None else contextlib.nullcontext()
     with status_cm as status:
         sink = _TaskLog(handle, status)
@@ -230,7 +234,7 @@ def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console
         finally:
             for h, stream in kfp_handlers:
                 h.setStream(stream)
-    return str(task.output)
+    return task.output
 
 
 def evict_failed(cache_dir: Path, selection: dict[str, Any]) -> int:

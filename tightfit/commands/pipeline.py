@@ -55,8 +55,12 @@ def submit_pipeline(
     """Create a run of a compiled pipeline on a KFP API server; returns the run id."""
     if not package.exists():
         raise ConfigError(f"pipeline package {package} does not exist; make it with `tightfit compile`")
+    import uuid
+
     import kfp
 
+    # Each submitted run gets its own MLflow parent run unless the caller names one.
+    params = {"pipeline_run": f"submit-{uuid.uuid4().hex[:12]}", **params}
     try:
         client = kfp.Client(host=host)
         result = client.create_run_from_pipeline_package(
