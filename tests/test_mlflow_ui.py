@@ -78,14 +78,21 @@ def browser():
 
 
 def _wait_for_texts(driver, texts: list[str], timeout: float = 60.0) -> str:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def all_shown(d) -> str | bool:
-        body = d.find_element(By.TAG_NAME, "body").text
-        return body if all(t in body for t in texts) else False
+    seen = {"body": ""}
 
-    return str(WebDriverWait(driver, timeout, poll_frequency=0.5).until(all_shown))
+    def all_shown(d) -> str | bool:
+        seen["body"] = d.find_element(By.TAG_NAME, "body").text
+        return seen["body"] if all(t in seen["body"] for t in texts) else False
+
+    try:
+        return str(WebDriverWait(driver, timeout, poll_frequency=0.5).until(all_shown))
+    except TimeoutException:
+        missing = [t for t in texts if t not in seen["body"]]
+        raise AssertionError(f"page never showed {missing}; it showed:\n{seen['body'][:4000]}") from None
 
 
 def test_runs_page_shows_the_variants(logged_ui, browser) -> None:
@@ -117,7 +124,8 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
         f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}"
     )
     browser.get(url)
-    body = _wait_for_texts(browser, [f"Comparing {len(records)} Runs", "Metrics", *SHOWN_METRICS])
+    _wait_for_texts(browser, [f"Comparing {len(records)} Runs", "Show diff only", names.ACCURACY])
+    body = _scroll_metrics_table(browser)
     for record in records:
         assert record.variant in body
     # Every footprint metric the profiler measured is listed by its name.
@@ -132,6 +140,44 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
     shutil.copy(ARTIFACTS / "mlflow-ui-compare.png", ARTIFACTS / "mlflow-ui.png")
+
+
+_METRIC_GRIDS = """
+let el = arguments[0];
+while (el && el.querySelectorAll('.ReactVirtualized__Grid').length < 2) { el = el.parentElement; }
+return el ? Array.from(el.querySelectorAll('.ReactVirtualized__Grid')) : [];
+"""
+_SCROLL_GRIDS = """
+let atEnd = true;
+for (const g of arguments[0]) {
+  g.scrollTop += g.clientHeight / 2;
+  g.dispatchEvent(new Event('scroll'));
+  if (g.scrollTop + g.clientHeight < g.scrollHeight - 2) { atEnd = false; }
+}
+return atEnd;
+"""
+
+
+def _scroll_metrics_table(driver) -> str:
+    """The page text with every row of the metrics table rendered at least once.
+
+    The comparison page draws metrics in virtualized grids (names and values scroll separately and only
+    the visible rows exist in the DOM), so scroll them together and collect the text at each step.
+    """
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    cell = driver.find_element(By.XPATH, f"//a[normalize-space(text())='{names.ACCURACY}']")
+    grids = driver.execute_script(_METRIC_GRIDS, cell)
+    texts = [driver.find_element(By.TAG_NAME, "body").text]
+    for _ in range(60):
+        at_end = driver.execute_script(_SCROLL_GRIDS, grids)
+        time.sleep(0.2)
+        texts.append(driver.find_element(By.TAG_NAME, "body").text)
+        if at_end:
+            break
+    return "\n".join(texts)
 
 
 def _page_numbers(body: str) -> list[float]:
