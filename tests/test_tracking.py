@@ -189,3 +189,16 @@ def test_system_metrics_are_host_context_on_the_run(tmp_path: Path, store_uri: s
     metrics = _client(store_uri).get_run(t.run_id(run)).data.metrics  # type: ignore[arg-type]
     assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
     assert not set(metrics) & set(names.FOOTPRINT_METRICS)
+
+
+def test_outbox_compacts_to_the_run_map(tmp_path: Path, store_uri: str) -> None:
+    t = tracking.Tracker(store_uri, "compact", outbox_dir=tmp_path)
+    parent = tracking.start_parent("compact", tracker=t)
+    tracking.log_variant(_records()[0], parent=parent, tracker=t)
+    run_id = t.run_id(parent)
+    assert run_id is not None and t.outbox.path.stat().st_size > 200
+    with t.outbox.locked():
+        assert t.outbox.compact(max_bytes=0)
+    assert t.outbox.read()[0] == [] and t.run_id(parent) == run_id
+    tracking.log_variant(_records()[1], parent=parent, tracker=t)  # still nests under the same parent run
+    assert len(_runs(store_uri, "compact")) == 3

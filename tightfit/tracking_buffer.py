@@ -141,6 +141,21 @@ class Outbox:
                 return op
         return None
 
+    def compact(self, max_bytes: int = 1 << 20) -> bool:
+        """When every op is synced and the file is large, keep only record id -> run id (call under the lock)."""
+        if not self.path.exists() or self.path.stat().st_size <= max_bytes:
+            return False
+        ops, done, runs = self.read()
+        if any(op.op_id not in done for op in ops):
+            return False
+        tmp = self.path.with_suffix(".compact")
+        tmp.write_text(
+            "".join(json.dumps({"done": f"compacted-{rid}", "record_id": rid, "run_id": run}) + "\n" for rid, run in runs.items()),
+            encoding="utf-8",
+        )
+        os.replace(tmp, self.path)
+        return True
+
     def stash_file(self, record_id: str, src: str | Path, name: str | None = None) -> Path:
         """Keep a copy of a small artifact file until it is synced; returns the kept path."""
         import shutil

@@ -276,4 +276,6 @@ def sync_outbox(outbox: Outbox, uri: str) -> SyncReport:
                 report.pending -= 1
                 if run_id:
                     report.runs[op.record_id] = run_id
+        if report.pending == 0:
+            outbox.compact()
     return report
