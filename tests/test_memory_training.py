@@ -87,3 +87,12 @@ def test_finetune_budget_error_before_ray_starts(tmp_path) -> None:
         run_finetune(config)
     assert not ray.is_initialized()
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_on_cpu_is_a_clear_error() -> None:
+    from tightfit.errors import UnsupportedError
+    from tightfit.train import FinetuneConfig
+
+    with pytest.raises(UnsupportedError, match="fsdp needs GPU"):
+        FinetuneConfig(strategy="fsdp").validate()
+    assert FinetuneConfig(strategy="fsdp", use_gpu=True).validate().strategy == "fsdp"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tightfit import names
-from tightfit.errors import BackendError, ConfigError
+from tightfit.errors import BackendError, ConfigError, UnsupportedError
 
 PrecisionChoice = Literal["auto", "fp32", "bf16"]
 
@@ -79,6 +79,11 @@ class FinetuneConfig:
             raise ConfigError(f"strategy must be ddp or fsdp, got {self.strategy!r}")
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise ConfigError(f"distillation needs 0 <= alpha <= 1 and temperature > 0; got {self.alpha}, {self.temperature}")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise UnsupportedError(
+                "strategy fsdp needs GPU workers (Ray Train's prepare_model wraps FSDP only on GPUs); "
+                "use --strategy ddp on CPU, or add --gpu"
+            )
         if self.fail_at_epoch is not None and not 1 <= self.fail_at_epoch <= self.epochs:
             raise ConfigError(f"fail_at_epoch must be within 1..{self.epochs}, got {self.fail_at_epoch}")
         if self.max_failures < 0:
