@@ -1,0 +1,199 @@
+"""End to end: a real fine-tuned MiniLM variant served by Ray Serve over real HTTP on 127.0.0.1.
+
+One Ray (2 CPUs, no dashboard) and one Serve instance are shared by the module; the tests send real
+requests, drive the app past its capacity with a bounded loopback client, and sample the replica's RSS.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 768 * 2**20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(finetuned_minilm_dir):
+    """Plan for the fine-tuned variant under a 768 MiB budget (batch capped at 8 so the load test can pass
+    capacity with few client threads), deployed on a private Ray + Serve; torn down after the module."""
+    import ray
+    from ray import serve
+
+    from tightfit.serving import start_serving
+    from tightfit.serving_calibrate import with_load_rss
+    from tightfit.serving_plan import footprint_for_source, plan_serving
+
+    record = with_load_rss([footprint_for_source(str(finetuned_minilm_dir), name="minilm-rt")])[0]
+    plan = plan_serving([record], BUDGET, max_batch=8)
+    port = _free_port()
+    metrics_port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    try:
+        url = start_serving(plan, host="127.0.0.1", port=port)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def known_examples(served):
+    """Test-split reviews the variant itself classifies right with confidence (in-process, no Ray)."""
+    import torch
+
+    from tightfit import load_variant
+    from tightfit.data import load_dataset
+
+    test = load_dataset("rotten_tomatoes", seed=0).test.head(160)
+    variant = load_variant(served["dir"])
+    enc = variant.tokenizer(list(test["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        probs = torch.softmax(variant.model(**enc).logits.float(), dim=-1)
+    rows = []
+    for text, label, p in zip(test["text"], test["label"], probs, strict=True):
+        rows.append({"text": text, "label": int(label), "pred": int(p.argmax()), "conf": float(p.max())})
+    return rows
+
+
+def test_healthz_and_plan(served):
+    health = requests.get(f"{served['url']}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["variant"] == "minilm-rt"
+    plan = requests.get(f"{served['url']}/v1/plan", timeout=10).json()
+    assert plan["budget_bytes"] == BUDGET and plan["primary"]["max_batch_size"] == 8
+
+
+def test_correct_labels_for_known_examples(served, known_examples):
+    confident = [r for r in known_examples if r["pred"] == r["label"] and r["conf"] >= 0.7][:16]
+    assert len(confident) >= 6, "the fine-tuned fixture should be confident on some test reviews"
+    assert {r["label"] for r in confident} == {0, 1}, "want both positive and negative examples"
+    response = requests.post(f"{served['url']}/v1/classify", json={"texts": [r["text"] for r in confident[:8]]}, timeout=60)
+    assert response.status_code == 200
+    served_ids = [item["label_id"] for item in response.json()["results"]]
+    for r in confident[8:]:
+        served_ids.append(requests.post(f"{served['url']}/v1/classify", json={"text": r["text"]}, timeout=60).json()["label_id"])
+    assert served_ids == [r["label"] for r in confident]
+    # the served model agrees with the same variant run in-process on every other example too
+    sample = known_examples[:40]
+    agree = 0
+    for start in range(0, len(sample), 8):
+        chunk = sample[start : start + 8]
+        got = requests.post(f"{served['url']}/v1/classify", json={"texts": [r["text"] for r in chunk]}, timeout=60)
+        agree += sum(item["label_id"] == r["pred"] for item, r in zip(got.json()["results"], chunk, strict=True))
+    assert agree >= 0.95 * len(sample)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "fragment"),
+    [
+        ({"data": b""}, 422, "JSON object"),
+        ({"data": b"{not json"}, 400, "not valid JSON"),
+        ({"json": {"text": ""}}, 422, "empty"),
+        ({"json": {"text": ["a list"]}}, 422, "must be a string"),
+        ({"json": {"text": 7}}, 422, "must be a string"),
+        ({"json": {"text": "word " * 400}}, 422, "tokens"),
+        ({"data": b'{"text": "' + b"x" * 70_000 + b'"}'}, 413, "payload"),
+        ({"json": {"text": "fine", "variant": "ghost"}}, 404, "unknown variant"),
+        ({"json": {"texts": ["a"] * 9}}, 413, "limit"),
+    ],
+)
+def test_bad_input_gets_the_right_4xx(served, kwargs, status, fragment):
+    response = requests.post(f"{served['url']}/v1/classify", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_generate_route_without_a_language_model(served):
+    response = requests.post(f"{served['url']}/v1/generate", json={"text": "Once upon"}, timeout=30)
+    assert response.status_code == 404 and "no causal_lm variant" in response.json()["error"]
+
+
+def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_examples):
+    import psutil
+
+    url = served["url"]
+    pid_before = requests.get(f"{url}/healthz", timeout=10).json()["pid"]
+    replica = psutil.Process(pid_before)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop.is_set():
+            samples.append(replica.memory_info().rss)
+            time.sleep(0.02)
+
+    texts = [r["text"] for r in known_examples]
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        end = time.time() + 8.0
+        i = worker
+        while time.time() < end:
+            r = requests.post(f"{url}/v1/classify", json={"text": texts[i % len(texts)]}, timeout=60)
+            with lock:
+                statuses.append(r.status_code)
+                if r.status_code == 503:
+                    retry_after.append(r.headers.get("Retry-After"))
+            i += 7
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        list(pool.map(client, range(48)))
+    stop.set()
+    sampler.join()
+    stats: dict[str, Any] = requests.get(f"{url}/v1/stats", timeout=10).json()
+    counts = {code: statuses.count(code) for code in set(statuses)}
+    assert set(counts) <= {200, 503}, counts
+    assert counts.get(200, 0) > 50 and counts.get(503, 0) > 0, counts  # past capacity, still serving
+    assert retry_after and all(v is not None and int(v) >= 1 for v in retry_after)
+    assert max(samples) <= BUDGET, f"sampled RSS {max(samples)} over the budget {BUDGET}"
+    assert stats["peak_rss_bytes"] <= BUDGET  # ru_maxrss: no spike between samples either
+    assert stats["pid"] == pid_before  # no replica restart
+    assert max(int(k) for k in stats["batches"]) > 1  # requests were really batched
+    from ray import serve
+
+    app = serve.status().applications["tightfit"]
+    assert app.status == "RUNNING"
+    states = {str(getattr(k, "value", k)): v for k, v in app.deployments["TightfitServer"].replica_states.items()}
+    assert states == {"RUNNING": 1}, states
+
+
+def test_prometheus_metrics_through_ray(served):
+    """Ray's metrics agent exports the app's counters and gauges in Prometheus text format."""
+    requests.post(f"{served['url']}/v1/classify", json={"text": "a fine film"}, timeout=30)
+    deadline = time.time() + 40
+    text = ""
+    while time.time() < deadline:
+        try:
+            text = requests.get(f"http://127.0.0.1:{served['metrics_port']}/metrics", timeout=5).text
+        except requests.RequestException:
+            text = ""
+        if "tightfit_requests" in text and "tightfit_replica_rss_bytes" in text:
+            break
+        time.sleep(2)
+    assert "tightfit_requests" in text and "tightfit_batch_size" in text
+    assert "tightfit_replica_rss_bytes" in text and 'variant="minilm-rt"' in text
