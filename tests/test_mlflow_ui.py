@@ -137,6 +137,7 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
     for record in records:
         assert _shown(shown, float(record.disk_bytes or 0)), (record.variant, record.disk_bytes)
         assert _shown(shown, float(record.accuracy or 0)), (record.variant, record.accuracy)
+    _tidy_for_screenshot(browser, url)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
     shutil.copy(ARTIFACTS / "mlflow-ui-compare.png", ARTIFACTS / "mlflow-ui.png")
@@ -145,7 +146,9 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
 _METRIC_GRIDS = """
 let el = arguments[0];
 while (el && el.querySelectorAll('.ReactVirtualized__Grid').length < 2) { el = el.parentElement; }
-return el ? Array.from(el.querySelectorAll('.ReactVirtualized__Grid')) : [];
+// Only the value grids scroll by themselves; the name column follows them (its overflow is hidden).
+return el ? Array.from(el.querySelectorAll('.ReactVirtualized__Grid'))
+  .filter(g => getComputedStyle(g).overflowY !== 'hidden') : [];
 """
 _SCROLL_GRIDS = """
 let atEnd = true;
@@ -178,6 +181,17 @@ def _scroll_metrics_table(driver) -> str:
         if at_end:
             break
     return "\n".join(texts)
+
+
+def _tidy_for_screenshot(driver, url: str) -> None:
+    """Reload the page (grids back at their first rows) and close the assistant side panel."""
+    from selenium.webdriver.common.by import By
+
+    driver.get("about:blank")
+    driver.get(url)
+    _wait_for_texts(driver, ["Show diff only", names.ACCURACY])
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+        button.click()
 
 
 def _page_numbers(body: str) -> list[float]:
