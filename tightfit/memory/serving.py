@@ -127,9 +127,9 @@ class ServingMemoryModel:
     # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
     # torch 2.13); replica overhead set between the variants' measured 6-155 MiB. Recalibrate with
     # `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
-    runtime_bytes: int = 250 * 2**20
+    runtime_bytes: int = 400 * 2**20
     replica_overhead_bytes: int = 100 * 2**20
-    weight_factor: float = 2.5
+    weight_factor: float = 1.0
     activation_scale: float = 1.05
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
@@ -212,8 +212,8 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
 
     Activation scale: least squares of the peak growth over each variant's smallest batch against the
     modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
-    Fallback runtime and weight factor (for records without a load RSS): the plain process's baseline
-    and the mean of (load RSS - baseline) / weight bytes.
+    Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
+    (libraries and allocator share, conservative) and weight factor 1.
     """
     if not points:
         raise ConfigError("no calibration points: measure at least one variant at two batch sizes")
@@ -234,12 +234,11 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
     scale = min(max(scale, 0.25), 8.0)
     firsts = [min(g, key=lambda q: q.batch) for g in by_variant.values()]
     overhead = max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))
-    runtime = int(sum(p.process_base_bytes for p in firsts) / len(firsts))
-    factor = sum((p.load_rss_bytes - p.process_base_bytes) / p.weight_bytes for p in firsts) / len(firsts)
+    runtime = max(p.load_rss_bytes - p.weight_bytes for p in firsts)
     return ServingMemoryModel(
         runtime_bytes=runtime,
         replica_overhead_bytes=overhead,
-        weight_factor=round(max(1.0, factor), 4),
+        weight_factor=1.0,
         activation_scale=round(scale, 4),
         source=source,
         calibration_points=[p.to_dict() for p in points],
