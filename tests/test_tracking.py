@@ -202,3 +202,16 @@ def test_outbox_compacts_to_the_run_map(tmp_path: Path, store_uri: str) -> None:
     assert t.outbox.read()[0] == [] and t.run_id(parent) == run_id
     tracking.log_variant(_records()[1], parent=parent, tracker=t)  # still nests under the same parent run
     assert len(_runs(store_uri, "compact")) == 3
+
+
+def test_a_refused_op_is_skipped_and_does_not_block_the_rest(tmp_path: Path, store_uri: str) -> None:
+    from tightfit.tracking_buffer import OP_LOG
+
+    t = tracking.Tracker(store_uri, "refused", outbox_dir=tmp_path)
+    run = tracking.start_run(names.ROLE_TRAINING, "r", params={names.PARAM_EPOCHS: 1}, tracker=t)
+    t.push(OP_LOG, run, params={names.PARAM_EPOCHS: "2"})  # MLflow refuses changing a param
+    tracking.log_metrics(run, {names.VAL_ACCURACY: 0.7}, tracker=t)
+    assert t.outbox.pending() == [] and not t.offline
+    data = _client(store_uri).get_run(t.run_id(run)).data  # type: ignore[arg-type]
+    assert data.params[names.PARAM_EPOCHS] == "1" and data.metrics[names.VAL_ACCURACY] == 0.7
+    assert '"rejected"' in t.outbox.path.read_text()

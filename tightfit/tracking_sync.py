@@ -35,6 +35,7 @@ class SyncReport:
 
     applied: int = 0
     pending: int = 0
+    rejected: int = 0
     error: str | None = None
     runs: dict[str, str] = field(default_factory=dict)
 
@@ -84,7 +85,23 @@ def sync_errors() -> tuple[type[BaseException], ...]:
     import requests
     from mlflow.exceptions import MlflowException
 
-    return (MlflowException, requests.RequestException, OSError)
+    from tightfit.errors import BackendError
+
+    return (MlflowException, requests.RequestException, OSError, BackendError)
+
+
+_REFUSALS = frozenset(
+    {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
+)
+
+
+def _rejected(exc: BaseException) -> bool:
+    """True when the server answered and refused (a bad op), False for an outage (retry later)."""
+    from tightfit.errors import BackendError
+
+    if isinstance(exc, BackendError):
+        return True
+    return getattr(exc, "error_code", None) in _REFUSALS
 
 
 def artifact_root_for(uri: str, experiment: str) -> str | None:
@@ -268,8 +285,15 @@ def sync_outbox(outbox: Outbox, uri: str) -> SyncReport:
                 try:
                     run_id = syncer.apply(op)
                 except errors as exc:
-                    report.error = f"{type(exc).__name__}: {str(exc)[:500]}"
-                    break
+                    if not _rejected(exc):
+                        report.error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                        break
+                    # The server answered and refused this op: retrying cannot help, so it must not block the rest.
+                    log.warning("MLflow refused a %s op for %s (%s); skipped", op.kind, op.record_id, str(exc)[:300])
+                    outbox.mark_done(op, None, rejected=str(exc)[:300])
+                    report.rejected += 1
+                    report.pending -= 1
+                    continue
                 outbox.mark_done(op, run_id)
                 _drop_stashed(outbox, op)
                 report.applied += 1
