@@ -57,6 +57,8 @@ def footprint_from_run(run: Any) -> Footprint:
         except json.JSONDecodeError:
             extra = {}
     extra["mlflow_run_id"] = run.info.run_id
+    if tags.get(names.TAG_VARIANT_DIR):
+        extra["variant_dir"] = tags[names.TAG_VARIANT_DIR]
     return Footprint(
         variant=tags.get(names.TAG_VARIANT) or params.get(names.PARAM_VARIANT) or run.info.run_name,
         chain=tags.get(names.TAG_CHAIN) or params.get(names.PARAM_CHAIN, "fp32"),
@@ -122,7 +124,8 @@ def read_footprints(
     """The footprint records of one pipeline run's variants (default: the newest parent run), in log order.
 
     ``parent_run_id`` is an MLflow run id or a tightfit record id. With no parent run in the experiment,
-    every variant run of the experiment is read. ``extra["mlflow_run_id"]`` names each record's run.
+    every variant run of the experiment is read. ``extra["mlflow_run_id"]`` names each record's run and
+    ``extra["variant_dir"]`` the variant directory it was logged from (when it was logged with one).
     """
     client, exp_id = _client_and_experiment(experiment, tracking_uri)
     query = f"tags.`{names.TAG_ROLE}` = '{names.ROLE_VARIANT}'"
