@@ -99,7 +99,7 @@ class TightfitServer:
         idle = current_rss()
         limits = {}
         for v in self.plan.pool:
-            room = self.plan.usable_bytes - idle - (v.resident_bytes if v is not self.plan.primary else 0)
+            room = self.plan.usable_bytes - idle - (v.resident_bytes if v.name != self.plan.primary.name else 0)
             per_seq = (v.activation_bytes + v.kv_cache_bytes) / max(1, v.max_batch_size)
             fit = int(room // per_seq) if per_seq > 0 else v.max_batch_size
             limits[v.name] = max(1, min(v.max_batch_size, fit))
