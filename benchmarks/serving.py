@@ -55,7 +55,7 @@ def build_records(work: Path) -> tuple[list[Any], Any]:
     from tightfit.spec import VariantSpec
 
     torch.set_num_threads(THREADS)
-    base = _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=250)
+    base = _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=120)
     dirs = {"fp32": base}
     for chain in ("bf16", "int8_dynamic"):
         out = work / chain

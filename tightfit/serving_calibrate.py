@@ -45,13 +45,14 @@ def measure_load_rss(source: str, kind: str = "classifier", timeout_s: float = 3
 
 
 def with_load_rss(records: Sequence[Footprint], sources: dict[str, str] | None = None) -> list[Footprint]:
-    """Records with ``extra.serving_load_rss_bytes`` measured where the profiler left no load RSS."""
+    """Records with ``extra.serving_load_rss_bytes``: the load RSS measured with the replica's own loader
+    (plus a warm-up forward), which the plan prefers to the profiler's ``peak_rss_load_bytes``."""
     from tightfit.serving_plan import source_of
 
     out = []
     for record in records:
         source = (sources or {}).get(record.variant) or source_of(record)
-        if record.ok and not record.peak_rss_load_bytes and source:
+        if record.ok and source and not (record.extra or {}).get("serving_load_rss_bytes"):
             extra = dict(record.extra or {})
             extra["serving_load_rss_bytes"] = measure_load_rss(source, record.kind)[1]
             record = dataclasses.replace(record, extra=extra)
