@@ -82,7 +82,7 @@ def real_sweep(finetuned_dir: Path) -> list[tuple[Footprint, Path]]:
     from tightfit.data import load_dataset
     from tightfit.spec import VariantSpec
 
-    root = cache_dir() / f"tracking-sweep-{SWEEP_VERSION}"
+    root = cache_dir() / f"tracking-sweep-{SWEEP_VERSION}-{Path(finetuned_dir).name}"
     root.mkdir(parents=True, exist_ok=True)
     records_file = root / "footprints.json"
     with open(root / ".lock", "w") as lock:
