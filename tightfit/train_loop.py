@@ -41,7 +41,7 @@ def _full_state_dict(model: Any, strategy: str) -> dict[str, Any]:
 
         with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
             return dict(model.state_dict())
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
@@ -199,7 +199,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "workers": world,
             "predicted_peak_bytes": int(cfg.get("predicted_peak_bytes") or 0),
         }
-        full_state = _full_state_dict(model, strategy)
+        # FSDP gathers on every rank; DDP replicas are identical, so only rank 0 reads its weights.
+        full_state = _full_state_dict(model, strategy) if rank == 0 or strategy == "fsdp" else {}
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="tightfit-ckpt-") as tmp:
                 _write_checkpoint(
