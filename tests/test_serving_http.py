@@ -66,8 +66,10 @@ def known_examples(served):
     from tightfit import load_variant
     from tightfit.data import load_dataset
 
-    test = load_dataset("rotten_tomatoes", seed=0).test.head(160)
     variant = load_variant(served["dir"])
+    test = load_dataset("rotten_tomatoes", seed=0).test.head(200)
+    cap = served["plan"].primary.max_tokens  # longer texts are refused with a 422 by design
+    test = test[[len(variant.tokenizer(t)["input_ids"]) <= cap for t in test["text"]]]
     enc = variant.tokenizer(list(test["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
     with torch.inference_mode():
         probs = torch.softmax(variant.model(**enc).logits.float(), dim=-1)
