@@ -1,7 +1,7 @@
 """KFP component ``profile``: measure a variant's footprint and quality, log it as an MLflow nested run."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
@@ -12,7 +12,6 @@ def profile(
     variant_name: str,
     chain: str,
     kind: str,
-    baseline_footprint: str,
     seq_len: int,
     quick: bool,
     memory_subprocess: bool,
@@ -20,15 +19,30 @@ def profile(
     experiment: str,
     pipeline_run: str,
     metrics: Output[Metrics],
+    footprint: Output[Artifact],
+    baseline: Input[Artifact] = None,
 ) -> str:
-    """Returns the Footprint record as JSON (a failed compress passes through as a failed record)."""
-    from tightfit.components.steps import log_stats, log_variant_run, profile_step, quiet, record_json
+    """Returns the Footprint record as JSON (a failed compress passes through as a failed record).
+
+    ``baseline`` (the baseline's ``footprint``) fills the ratios; it travels as an artifact because
+    kfp.local hands a loop task the loop item in place of an upstream task's output parameter.
+    """
+    from tightfit.components.steps import (
+        log_stats,
+        log_variant_run,
+        profile_step,
+        quiet,
+        read_record,
+        record_json,
+        write_record,
+    )
 
     quiet()
     record, figures = profile_step(
-        variant.path, data.path, variant_name, chain, kind, baseline_footprint, seq_len, quick, memory_subprocess
+        variant.path, data.path, variant_name, chain, kind, read_record(baseline), seq_len, quick, memory_subprocess
     )
     run_id = log_variant_run(record, variant.path, tracking_uri, experiment, pipeline_run)
     log_stats(metrics, {**record.metrics(), **figures})
     metrics.metadata.update({"variant": variant_name, "status": record.status, "mlflow_run_id": run_id})
+    write_record(footprint.path, record)
     return record_json(record)

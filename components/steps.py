@@ -204,6 +204,19 @@ def as_object(value: Any) -> Any:
     return value
 
 
+def write_record(path: str, record: Footprint) -> None:
+    """Write a Footprint record as JSON to an artifact path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(record_json(record))
+
+
+def read_record(artifact: Any) -> str:
+    """The record JSON an optional footprint artifact holds ('' when there is none)."""
+    if artifact is None or not getattr(artifact, "path", None) or not Path(artifact.path).exists():
+        return ""
+    return Path(artifact.path).read_text()
+
+
 def record_json(record: Footprint) -> str:
     return json.dumps(record.to_dict(), sort_keys=True)
 
@@ -353,6 +366,7 @@ def deploy_step(
     memory budget, and write ``plan.json``, ``serve_config.yaml`` and the KubeRay ``rayservice.yaml``."""
     import yaml
 
+    from tightfit.errors import BudgetError
     from tightfit.k8s import kuberay_name, rayservice_manifest
     from tightfit.serving_plan import plan_serving
     from tightfit.spec import HardwareTarget
@@ -363,26 +377,32 @@ def deploy_step(
         record = Footprint.from_dict(selection["chosen_record"])
         target = HardwareTarget.model_validate(as_object(target_json) or {})
         budget = target.memory_bytes or DEFAULT_SERVE_BUDGET
-        plan = plan_serving(
-            [record],
-            budget,
-            variant=record.variant,
-            latency_slo_ms=target.latency_ms,
-            min_accuracy=target.min_accuracy,
-            sources={record.variant: model_uri or chosen_dir},
-        )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            plan = plan_serving(
+                [record],
+                budget,
+                variant=record.variant,
+                latency_slo_ms=target.latency_ms,
+                min_accuracy=target.min_accuracy,
+                sources={record.variant: chosen_dir},
+            )
+        except BudgetError as exc:
+            # The variant fits as measured, but the serving plan (batching headroom) does not: say so.
+            (out / "plan.json").write_text(json.dumps({"deployed": False, "error": str(exc)}, indent=2))
+            return f"not deployed: {exc}", {**stats, "deployed": 0}
         serve_config = plan.to_serve_config()
         manifest = rayservice_manifest(
             kuberay_name(f"tightfit-{record.variant}", "RayService"),
             namespace=namespace,
             serve_config=serve_config,
         )
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2, default=str))
+        (out / "plan.json").write_text(json.dumps({"deployed": True, "model_uri": model_uri, **plan.to_dict()},
+                                                  indent=2, default=str))
         (out / "serve_config.yaml").write_text(yaml.safe_dump(serve_config, sort_keys=False))
         (out / "rayservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    stats.update({"predicted_peak_bytes": plan.predicted_peak_bytes, "budget_bytes": budget,
+    stats.update({"deployed": 1, "predicted_peak_bytes": plan.predicted_peak_bytes, "budget_bytes": budget,
                   "max_batch_size": plan.primary.max_batch_size})
     return plan.describe(), stats
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tightfit import names
-from tightfit.config import PipelineConfig, config_from_dict, load_config
+from tightfit.config import PipelineConfig, config_from_dict
 from tightfit.footprint import Footprint
 
 pytestmark = pytest.mark.slow
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 # Measured on every variant on CPU. gpu_peak_bytes (no GPU), perplexity (LMs) and the sparse-only
 # compressed size are left unset by design; every other footprint metric must be there.
 NOT_ON_CPU_CLASSIFIER = {names.GPU_PEAK_BYTES, names.PERPLEXITY, names.DISK_BYTES_COMPRESSED}
+ROBUST_TARGET = {"memory": "1GiB", "disk": "64MiB", "min_accuracy": 0.55}
 
 
 def _executed_tasks(log_file: Path) -> list[str]:
@@ -48,7 +49,8 @@ def _quick(**over: Any) -> PipelineConfig:
 def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     from tightfit.local_run import run_local
 
-    config = load_config(profile="quick")
+    # Budgets that do not hinge on latency (this machine is shared; p95 latency swings with load).
+    config = _quick(target=ROBUST_TARGET)
     summary = run_local(config, pipeline="fit_for_serving", run_dir=tmp_path / "runs")
 
     # The selection: a variant was chosen, it fits the memory budget as measured, and it is on the front.
@@ -114,7 +116,10 @@ def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) 
         # A valid spec that cannot be built here: int4 weight-only needs a GPU.
         {"variant": "int4-gpu-only", "chain": "int4_weight_only"},
     ]
-    config = _quick(profiles={"quick": {"data": {"limit": 200}, "variants": variants, "measure": {"quick": True}}})
+    config = _quick(
+        target={"memory": "1GiB", "disk": "64MiB"},  # an untrained head: no accuracy floor
+        profiles={"quick": {"data": {"limit": 200}, "variants": variants, "measure": {"quick": True}}},
+    )
     runs_dir = tmp_path / "runs"
     first = run_local(config, pipeline="compress_sweep", run_dir=runs_dir)
 

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class RunSummary:
     report_path: str | None = None
     pareto_path: str | None = None
     evicted_cache_entries: int = 0
+    deploy_plan: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,6 +114,8 @@ class _TaskLog(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if self._handle.closed:  # a logging handler kfp created during an earlier run
+            return sys.__stdout__.write(text) if sys.__stdout__ else len(text)
         self._handle.write(text)
         for line in text.splitlines():
             plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
@@ -137,7 +141,8 @@ class _TaskLog(io.TextIOBase):
         self._status.update(f"[bold]{elapsed:5.0f}s[/] tasks done {self._done}; running: {running}")
 
     def flush(self) -> None:
-        self._handle.flush()
+        if not self._handle.closed:
+            self._handle.flush()
 
 
 def run_local(
@@ -197,7 +202,17 @@ def run_local(
         report_path=selection.get("report_path"),
         pareto_path=selection.get("pareto_path"),
         evicted_cache_entries=evicted,
+        deploy_plan=_latest(root / "pipeline", "*/deploy/manifest/plan.json") if summary_has_deploy(pipeline) else None,
     )
+
+
+def summary_has_deploy(pipeline: str) -> bool:
+    return pipeline.replace("-", "_") == "fit_for_serving"
+
+
+def _latest(root: Path, pattern: str) -> Path | None:
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, console: Any, show: bool) -> Any:
@@ -234,6 +249,11 @@ def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console
         finally:
             for h, stream in kfp_handlers:
                 h.setStream(stream)
+            # Handlers kfp made during the run captured the redirected stdout: point them back.
+            for name in ("kfp", "root", ""):
+                for h in logging.getLogger(name).handlers:
+                    if isinstance(h, logging.StreamHandler) and isinstance(h.stream, _TaskLog):
+                        h.setStream(sys.stdout)
     return task.output
 
 
@@ -286,6 +306,10 @@ def print_summary(summary: RunSummary, console: Any) -> None:
         console.print(f"[dim]{summary.evicted_cache_entries} cache entries of failed variants removed; a rerun retries them[/]")
     console.print(f"report:      {summary.report_path or '-'}")
     console.print(f"pareto plot: {summary.pareto_path or '-'}")
+    if summary.deploy_plan is not None:
+        plan = json.loads(summary.deploy_plan.read_text())
+        state = "RayService manifest beside it" if plan.get("deployed") else f"not deployed: {plan.get('error')}"
+        console.print(f"serving:     {summary.deploy_plan} ({state})")
     console.print(f"MLflow UI:   {summary.mlflow_ui_command()}")
     console.print(f"task logs:   {summary.log_file}")
     console.print(f"wall time:   {summary.wall_s:.1f} s")
