@@ -55,47 +55,92 @@ def variant_specs(distill_steps: int) -> list[Any]:
     return out
 
 
+def _build_one(base: str, chain: str, name: str, target: str, data: Any, threads: int) -> float:
+    """Build one variant in a worker process; returns the seconds it took."""
+    import torch
+
+    from tightfit.compress import build_variant
+    from tightfit.spec import VariantSpec
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    build_variant(base, VariantSpec.parse(chain, name=name), target, data=data, progress=False)
+    return round(time.perf_counter() - started, 1)
+
+
+def build_all(
+    root: Path, base: Path, specs: list[Any], data: Any, jobs: int, threads: int
+) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
+    """Build (or reuse) every variant, in parallel processes. A spec whose chain extends another spec's
+    chain is built from that variant's directory (its parent), so shared prefixes such as a distilled
+    student are trained once. Returns the dirs, the full chains and the build seconds."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tightfit.variant import MANIFEST, read_manifest
+
+    dirs: dict[str, Path] = {"fp32": base}
+    chains = {s.name: s.chain for s in specs}
+    plan: dict[str, tuple[str | None, str]] = {}  # name -> (parent name or None, remaining chain)
+    for spec in specs:
+        if not spec.steps:
+            continue
+        parents = [p for p in specs if p.steps and p.name != spec.name and spec.chain.startswith(p.chain + "|")]
+        parent = max(parents, key=lambda p: len(p.chain), default=None)
+        plan[spec.name] = (parent.name, spec.chain[len(parent.chain) + 1 :]) if parent else (None, spec.chain)
+    seconds: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
+        for wave in (False, True):  # first the variants built from the baseline, then their children
+            futures = {}
+            for name, (parent, chain) in plan.items():
+                if (parent is not None) != wave:
+                    continue
+                source = base if parent is None else dirs[parent]
+                target = root / base.name / name
+                dirs[name] = target
+                if (target / MANIFEST).exists() and read_manifest(target)["chain"] == chain:
+                    continue
+                futures[name] = pool.submit(_build_one, str(source), chain, name, str(target), data, threads)
+            for name, future in futures.items():
+                seconds[name] = future.result()
+                print(f"built {name} in {seconds[name]} s", flush=True)
+    return dirs, chains, seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=280, help="baseline fine-tune steps (batch 32)")
     parser.add_argument("--distill-steps", type=int, default=280, help="distillation steps (batch 32)")
     parser.add_argument("--eval-rows", type=int, default=0, help="test rows to score (0 = the whole split)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="use this fine-tuned fp32 variant dir as the baseline instead of fine-tuning one")
+    parser.add_argument("--jobs", type=int, default=3, help="variants built in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a busy machine)")
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from tightfit.assets import cache_dir
-    from tightfit.compress import build_variant
     from tightfit.compress._torch import quiet_transformers
     from tightfit.data import load_dataset
     from tightfit.evaluate import evaluate
     from tightfit.measure import count_params, fixed_inputs, forward_for, latency_ms
-    from tightfit.variant import MANIFEST, load_variant, read_manifest
+    from tightfit.variant import load_variant, read_manifest
 
     quiet_transformers()
     root = cache_dir() / "bench-compression"
     data = load_dataset("rotten_tomatoes", seed=0)
-    base = baseline_dir(root, data, args.train_steps)
+    base = args.baseline or baseline_dir(root, data, args.train_steps)
+    base_info = read_manifest(base)["extra"].get("finetune", {})
     specs = variant_specs(args.distill_steps)
     if args.only:
         keep = set(args.only.split(","))
         specs = [s for s in specs if s.name in keep or s.name == "fp32"]
-    dirs: dict[str, Path] = {}
-    build_seconds: dict[str, float] = {}
-    for spec in specs:
-        if not spec.steps:
-            dirs[spec.name] = base
-            continue
-        target = root / f"{spec.name}-{spec.cache_key()}"
-        if not (target / MANIFEST).exists() or read_manifest(target)["chain"] != spec.chain:
-            started = time.perf_counter()
-            build_variant(base, spec, target, data=data, progress=True)
-            build_seconds[spec.name] = round(time.perf_counter() - started, 1)
-            print(f"built {spec.name} in {build_seconds[spec.name]} s", flush=True)
-        dirs[spec.name] = target
+    dirs, chains, build_seconds = build_all(root, base, specs, data, args.jobs, args.threads)
 
     frame = data.test if args.eval_rows <= 0 else data.test.head(args.eval_rows)
     loaded: dict[str, Any] = {}
@@ -113,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         total, nonzero = count_params(variant.model)
         weights = path / variant.manifest["weights"]["file"]
         rows[name] = {
-            "name": name, "chain": variant.manifest["chain"], "accuracy": quality["accuracy"],
+            "name": name, "chain": chains[name], "accuracy": quality["accuracy"],
             "f1_macro": quality["f1_macro"], "params": total, "params_nonzero": nonzero,
             "disk_bytes": weights.stat().st_size, "compiled": variant.run_compiled,
             "warmup_and_eval_s": round(time.perf_counter() - started, 1), "b1": [], "b32": [],
@@ -144,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     goals = evaluate_goals(variants)
     write_results("compression", {
         "dataset": "rotten_tomatoes", "split": "test", "eval_rows": len(frame), "seq_len": SEQ_LEN,
-        "torch_threads": torch.get_num_threads(), "baseline": "fp32 (eager), fine-tuned "
-        f"{args.train_steps} steps x 32", "distill_steps": args.distill_steps, "timing_rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(), "baseline": {"variant": "fp32 (eager)", "finetune": base_info},
+        "distill_steps": args.distill_steps, "timing_rounds": args.rounds,
         "build_seconds": build_seconds, "variants": variants, "goals": goals,
     })
     print(f"{'variant':32} {'acc':>7} {'drop':>6} {'params':>11} {'size x':>7} {'b1 ms':>8} {'b32 ms':>8} {'speed x':>7}")
@@ -153,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{v['name']:32} {v['accuracy']:7.4f} {v['accuracy_drop']:6.2f} {v['params']:11,} "
               f"{v['size_ratio']:7.2f} {v['latency_ms_b1']:8.2f} {v['latency_ms_b32']:8.2f} {v['speedup_b32']:7.2f}")
     print(goals)
+    print("\n| variant | chain | accuracy | drop (pts) | params | disk bytes | size x | b1 ms | b32 ms | speed-up b32 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for v in variants:
+        print(f"| {v['name']} | `{v['chain']}` | {v['accuracy']:.4f} | {v['accuracy_drop']:.2f} | {v['params']:,} | "
+              f"{v['disk_bytes']:,} | {v['size_ratio']:.2f} | {v['latency_ms_b1']:.1f} | {v['latency_ms_b32']:.1f} | "
+              f"{v['speedup_b32']:.2f} |")
 
 
 def evaluate_goals(variants: list[dict[str, Any]]) -> dict[str, Any]:

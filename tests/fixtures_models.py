@@ -21,12 +21,13 @@ def minilm():
     return load_model("minilm")
 
 
-FINETUNED_MINILM_VERSION = "v1-rt3200-s250-b16"
+FINETUNED_MINILM_VERSION = "v2-rt3200-s120-b16-frozen-emb"
 
 
 def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
     """Fine-tune MiniLM on a Rotten Tomatoes slice once and cache the fp32 variant dir (file-locked)."""
     import fcntl
+    import os
     from pathlib import Path
 
     from tightfit.assets import cache_dir
@@ -45,13 +46,13 @@ def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
             from tightfit.spec import VariantSpec
             from tightfit.variant import save_variant
 
-            torch.set_num_threads(2)
+            torch.set_num_threads(int(os.environ.get("TIGHTFIT_THREADS", "1")))
             torch.manual_seed(0)
             data = load_dataset("rotten_tomatoes", seed=0)
             loaded = load_model("minilm")
             model = quick_finetune(
                 loaded.model, loaded.tokenizer, data.train.head(train_rows), steps=steps, batch_size=16,
-                lr=1e-4, seed=0,
+                lr=1.5e-4, seed=0, freeze_embeddings=True,
             )
             save_variant(
                 model, loaded.tokenizer, target, VariantSpec.parse("fp32"), base_model="minilm",
@@ -62,9 +63,9 @@ def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
 
 @pytest.fixture(scope="session")
 def finetuned_minilm_dir():
-    """MiniLM fine-tuned 250 steps (batch 16) on 3,200 Rotten Tomatoes training rows, as an fp32 variant dir.
-
-    Cached under $TIGHTFIT_CACHE/test-models, so reruns reuse it (about 2 minutes the first time on 2 cores).
+    """MiniLM fine-tuned 120 steps (batch 16, embeddings frozen) on 3,200 Rotten Tomatoes training rows, saved
+    as an fp32 variant dir. Cached under $TIGHTFIT_CACHE/test-models, so reruns reuse it (the first build takes
+    a minute or two on an idle 2-core machine; one torch thread, since oversubscribed threads crawl).
     Its test accuracy is well above the majority class (about 0.58).
     """
-    return _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=250)
+    return _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=120)

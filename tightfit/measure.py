@@ -62,17 +62,16 @@ def weight_bytes_per_forward(model: Any, seq_len: int) -> int:
     contribute only the ``seq_len`` rows they gather (bandwidth-bound latency scales with this)."""
     import torch
 
-    embedding_weights = {
-        id(m.weight): m for m in model.modules() if isinstance(m, torch.nn.Embedding)
-    }
+    embeddings = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
     total = 0
     seen: set[int] = set()
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        inner = _inner_tensors(tensor)
+        if id(inner[0]) in seen or not (len(inner) > 1 or tensor.dtype.is_floating_point):
+            continue  # tied weights are read once; integer buffers are not weights
+        seen.add(id(inner[0]))
         size = tensor_bytes(tensor)
-        if id(tensor) in embedding_weights:
+        if key in embeddings:
             rows = int(tensor.shape[0])
             size = size * min(rows, seq_len) // max(rows, 1)
         total += size
