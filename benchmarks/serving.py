@@ -170,6 +170,11 @@ def main() -> None:
         print("calibrating the serving memory model on fresh replicas ...")
         by_name = {r.variant: r for r in records}
         model = calibrate_serving_memory([by_name["fp32"], by_name["bf16"]], base_url=base)
+        for point in model.calibration_points:
+            print(f"  calibration: batch {point['batch']}, replica idle {point['idle_rss_bytes'] >> 20} MiB, "
+                  f"peak {point['peak_rss_bytes'] >> 20} MiB, load {point['load_rss_bytes'] >> 20} MiB")
+        for r in records:
+            print(f"  {r.variant}: load RSS {(r.extra or {}).get('serving_load_rss_bytes', 0) >> 20} MiB")
         plan = plan_serving(records, BUDGET, model=model, cpus_per_replica=THREADS)
         print(plan.describe())
         naive_plan = plan_serving([by_name["fp32"]], BUDGET, model=model, max_batch=1, cpus_per_replica=THREADS)
