@@ -35,7 +35,7 @@ def kube_api() -> Iterator[Any]:
     import kmock
     from kubernetes import client
 
-    ready, box = threading.Event(), {}
+    ready, box = threading.Event(), dict[str, Any]()
 
     async def serve() -> None:
         k8s = kmock.KubernetesEmulator()
@@ -157,3 +157,22 @@ def test_jobs_api_submission_with_token_succeeds(ray_head, tmp_path) -> None:
     payload = json.loads(line.split(" ", 1)[1])
     assert Path(payload["model_dir"], "config.json").exists()
     assert payload["metrics"]["micro_batch"] >= 1 and 0 <= payload["metrics"]["test_accuracy"] <= 1
+
+
+def test_entrypoint_reads_config_from_file_env_and_overrides(tmp_path, monkeypatch) -> None:
+    from tightfit.ray_jobs.finetune import load_config
+
+    from tightfit.errors import ConfigError
+    from tightfit.train_launch import CONFIG_ENV, entrypoint_command, job_runtime_env
+
+    config = _config(tmp_path, workers=3, teacher_dir="/models/teacher")
+    path = tmp_path / "cfg.json"
+    path.write_text(config.to_json())
+    assert load_config(str(path)) == config
+    monkeypatch.setenv(CONFIG_ENV, job_runtime_env(config)["env_vars"][CONFIG_ENV])
+    assert load_config(overrides=["epochs=3", "precision=bf16"]).epochs == 3
+    with pytest.raises(ConfigError, match="unknown finetune config key"):
+        load_config(overrides=["epoch=3"])
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        load_config(overrides=["workers=0"])
+    assert entrypoint_command().startswith(sys.executable + " -m tightfit.ray_jobs.finetune")
