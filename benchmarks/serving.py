@@ -63,7 +63,7 @@ def build_records(work: Path) -> tuple[list[Any], Any]:
             build_variant(base, VariantSpec.parse(chain), out, progress=False)
         dirs[chain] = out
     data = load_dataset("rotten_tomatoes", seed=0)
-    test = data.test.head(600)
+    test = data.test.head(400)
     records = []
     for name, path in dirs.items():
         record = footprint_for_source(str(path), name=name)

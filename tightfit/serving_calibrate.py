@@ -152,14 +152,12 @@ def calibrate_serving_memory(
 
 def _measure_here(source: str, kind: str) -> None:
     """Child side of `measure_load_rss`: print the two RSS figures as JSON."""
-    import resource
-
     import psutil
     import torch  # noqa: F401  (the runtime every replica imports)
     import transformers  # noqa: F401
 
     from tightfit.serving_plan import footprint_for_source
-    from tightfit.serving_runtime import classify, generate, load_for_serving
+    from tightfit.serving_runtime import classify, generate, load_for_serving, peak_rss
 
     base = psutil.Process().memory_info().rss
     plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, pool_size=1)
@@ -168,7 +166,7 @@ def _measure_here(source: str, kind: str) -> None:
         generate(loaded, ["Hello"], 1)
     else:
         classify(loaded, ["warm up"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()  # VmHWM: ru_maxrss would carry the forking parent's peak over exec
     print(json.dumps({"base": base, "peak": peak}))
 
 

@@ -222,7 +222,14 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """This process's peak RSS (ru_maxrss never falls, so it catches spikes between samples)."""
+    """This process's peak RSS since it started its program: VmHWM, which exec resets (ru_maxrss does
+    not: a child forked from a big parent starts with the parent's maximum). Catches spikes between samples."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
