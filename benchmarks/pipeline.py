@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, write_results  # noqa: E402
+from _common import median, write_results
 
 
 def step_times(run_root: Path) -> dict[str, float]:
@@ -66,7 +66,7 @@ def main() -> None:
     write_results("pipeline", figures)
     print(f"wall {figures['wall_s']} s, compute {figures['compute_s']} s, "
           f"orchestration_overhead {figures['orchestration_overhead']:.3f}, "
-          f"cached_rerun_ratio {figures["cached_rerun_ratio"]:.6f}")
+          f"cached_rerun_ratio {figures['cached_rerun_ratio']:.6f}")
 
 
 if __name__ == "__main__":
