@@ -39,6 +39,10 @@ class LoadedVariant:
 
 def load_for_serving(planned: PlannedVariant, threads: int = 1) -> LoadedVariant:
     """Load a variant dir (``tightfit.load_variant``) or a plain HF dir / built-in name, eval mode."""
+    import os
+
+    # bound oneDNN's per-shape kernel cache before torch initialises it (each entry holds packed weights)
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     import torch
     import transformers
 
@@ -182,12 +186,22 @@ def check_tokens(loaded: LoadedVariant, texts: list[str]) -> None:
             raise RequestError(422, f"text has {n} tokens; the limit is {cap} tokens per text")
 
 
+def seq_bucket(loaded: LoadedVariant, texts: list[str]) -> int:
+    """Pad to one of a few lengths (16, 32, 64, ... up to the cap): CPU kernels cache packed weights
+    per input shape, so free-running lengths grow the replica's memory with every new shape."""
+    longest = max(len(loaded.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts)
+    bucket = 16
+    while bucket < longest:
+        bucket *= 2
+    return min(bucket, loaded.plan.max_tokens)
+
+
 def classify(loaded: LoadedVariant, texts: list[str]) -> list[dict[str, Any]]:
     """Labels and probabilities for a batch of texts (padded to the longest, capped at the token cap)."""
     import torch
 
     enc = loaded.tokenizer(
-        texts, padding=True, truncation=True, max_length=loaded.plan.max_tokens, return_tensors="pt"
+        texts, padding="max_length", truncation=True, max_length=seq_bucket(loaded, texts), return_tensors="pt"
     )
     with torch.inference_mode():
         logits = loaded.model(**enc).logits.float()
