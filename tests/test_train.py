@@ -78,7 +78,7 @@ def test_every_rank_and_the_footprint_reach_mlflow(baseline) -> None:
         assert all(m.value > 0 for m in speed)
     metrics = run.data.metrics
     assert metrics[names.MICRO_BATCH] * metrics[names.ACCUMULATION_STEPS] * metrics[names.WORKERS] >= 8
-    assert 0 < metrics[names.MEMORY_PREDICTION_ERROR] < 1
+    assert 0 <= metrics[names.MEMORY_PREDICTION_ERROR] < 0.25  # calibrated model: about 0.02 measured
     assert metrics[names.TEST_ACCURACY] == pytest.approx(result.metrics[names.TEST_ACCURACY])
     assert names.TIME_TO_TARGET_S in metrics
     artifacts = {a.path for a in client.list_artifacts(result.run_id, names.ARTIFACT_MODEL)}
@@ -98,3 +98,42 @@ def test_fault_at_epoch_two_resumes_from_checkpoint_and_matches(baseline, tmp_pa
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert faulted.metrics[key] == pytest.approx(clean.metrics[key], abs=1e-3), key
     assert faulted.metrics[names.TEST_ACCURACY] == pytest.approx(clean.metrics[names.TEST_ACCURACY], abs=0.01)
+
+
+def _layer_dropped_student(out: Path, keep: tuple[int, ...] = (0, 2, 4)) -> Path:
+    """A 3-layer MiniLM student (every other encoder layer kept), saved as an HF dir."""
+    import torch
+
+    from tightfit.assets import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model("minilm")
+    model = loaded.model
+    model.bert.encoder.layer = torch.nn.ModuleList([model.bert.encoder.layer[i] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+    model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    return out
+
+
+def test_distillation_trains_a_smaller_student_from_the_teacher(baseline, tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    from tightfit.data import load_dataset
+    from tightfit.train import run_finetune
+
+    teacher, _ = baseline
+    student_dir = _layer_dropped_student(tmp_path / "student")
+    result = run_finetune(_config(
+        tmp_path, model=str(student_dir), teacher_dir=str(teacher.model_dir), workers=1, epochs=2,
+        temperature=2.0, alpha=0.5,
+    ))
+    test = load_dataset("rotten_tomatoes", seed=0, limit=LIMIT).test
+    majority = float(test["label"].value_counts(normalize=True).max())
+    assert result.metrics[names.TEST_ACCURACY] >= majority + 0.03, (result.metrics, majority)
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(result.model_dir).num_hidden_layers == 3
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.run_id)
+    assert run.data.params[names.PARAM_TEACHER] == str(teacher.model_dir)
+    assert result.run_name.startswith("distill-")
