@@ -33,7 +33,7 @@ def predict_logits(
     """Float32 logits of a classifier for ``texts`` (fixed-shape batches)."""
     import torch
 
-    run = forward or model
+    run = forward if forward is not None else model
     outs = []
     with torch.inference_mode():
         for chunk, real in _batched(texts, batch_size):
@@ -61,7 +61,7 @@ def perplexity(
     import torch
     import torch.nn.functional as F
 
-    run = forward or model
+    run = forward if forward is not None else model
     total_loss, total_tokens = 0.0, 0
     with torch.inference_mode():
         for chunk, real in _batched(texts, batch_size):

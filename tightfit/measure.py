@@ -202,7 +202,8 @@ def measure_variant(
         mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes = mem.get("gpu_peak_bytes")
-        fp.extra["rss_imports_bytes"] = mem["rss_imports_bytes"]
+        for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes"):
+            fp.extra[key] = mem.get(key)
     if dev.type == "cuda" and fp.gpu_peak_bytes is None:
         fp.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())
     return fp.with_baseline(baseline) if baseline is not None else fp

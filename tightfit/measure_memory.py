@@ -1,7 +1,8 @@
 """Peak memory of a variant, measured in a fresh Python process (``ru_maxrss`` never falls in a process).
 
 Run as ``python -m tightfit.measure_memory VARIANT_DIR --seq-len 64 --batch 32 [--compiled]``; prints one
-JSON line: peak RSS after imports, after loading, after serving one batch, and the GPU peak where present.
+JSON line: peak RSS (``ru_maxrss``) after imports, after loading, after serving one batch, the current RSS at
+the same points (the model's own share is ``rss_now_load - rss_now_imports``), and the GPU peak where present.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
+def _current_rss_bytes() -> int:
+    """Resident set size now (the peak alone hides the model: library imports may peak higher)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None) -> dict[str, Any]:
     import torch
 
@@ -32,9 +39,9 @@ def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, devi
     from tightfit.variant import load_variant
 
     torchao_quantization()
-    after_imports = _peak_rss_bytes()
+    after_imports, current_imports = _peak_rss_bytes(), _current_rss_bytes()
     variant = load_variant(variant_dir, device=device)
-    after_load = _peak_rss_bytes()
+    after_load, current_load = _peak_rss_bytes(), _current_rss_bytes()
     model, tokenizer = variant.model, variant.tokenizer
     dev = next(model.parameters()).device
     if dev.type == "cuda":
@@ -46,7 +53,9 @@ def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, devi
     with torch.inference_mode():
         forward(**inputs)
     out: dict[str, Any] = {"rss_imports_bytes": after_imports, "rss_load_bytes": after_load,
-                           "rss_serve_bytes": _peak_rss_bytes(), "gpu_peak_bytes": None}
+                           "rss_serve_bytes": _peak_rss_bytes(), "gpu_peak_bytes": None,
+                           "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
+                           "rss_now_serve_bytes": _current_rss_bytes()}
     if dev.type == "cuda":
         out["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     return out

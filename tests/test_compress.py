@@ -1,0 +1,153 @@
+"""Each compression method on the real MiniLM fine-tuned on Rotten Tomatoes (``finetuned_minilm_dir``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tightfit.compress import apply_chain
+from tightfit.errors import ConfigError, UnsupportedError
+from tightfit.measure import count_params, tensor_bytes
+from tightfit.spec import VariantSpec
+from tightfit.variant import load_variant, save_variant
+
+N_TEXTS = 48
+
+if os.environ.get("TIGHTFIT_THREADS"):
+    import torch as _torch
+
+    _torch.set_num_threads(int(os.environ["TIGHTFIT_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def texts(rt_data):
+    return rt_data.test["text"].tolist()[:N_TEXTS]
+
+
+def _fresh(finetuned_minilm_dir):
+    return load_variant(finetuned_minilm_dir)
+
+
+def _logits(model, tokenizer, texts):
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        return model(**dict(enc)).logits.float()
+
+
+def _cosine(a, b) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def _linear_weight_bytes(model) -> int:
+    return sum(
+        tensor_bytes(m.weight) for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}."
+    )
+
+
+def _build_and_reload(finetuned_minilm_dir, chain, tmp_path, rt_data=None):
+    """Apply ``chain`` to a fresh copy, save it, load it back; returns (in-memory model, loaded variant)."""
+    base = _fresh(finetuned_minilm_dir)
+    spec = VariantSpec.parse(chain)
+    model, notes = apply_chain(base.model, spec, kind="classifier", tokenizer=base.tokenizer, data=rt_data)
+    out = save_variant(model, base.tokenizer, tmp_path / spec.name, spec, base_model="minilm",
+                       kind="classifier", parent=str(finetuned_minilm_dir), extra=notes)
+    return model, load_variant(out)
+
+
+@pytest.mark.parametrize("chain", ["int8_dynamic", "int8_weight_only", "int8_dynamic|int8_embeddings", "bf16"])
+def test_quantized_variants_stay_close_and_round_trip(finetuned_minilm_dir, texts, tmp_path, chain):
+    fp32 = _fresh(finetuned_minilm_dir)
+    reference = _logits(fp32.model, fp32.tokenizer, texts)
+    model, loaded = _build_and_reload(finetuned_minilm_dir, chain, tmp_path)
+    quantized = _logits(model, fp32.tokenizer, texts)
+    assert _cosine(reference, quantized) >= 0.99
+    assert (reference.argmax(-1) == quantized.argmax(-1)).float().mean() >= 0.9
+    assert torch.equal(_logits(loaded.model, loaded.tokenizer, texts), quantized)  # save -> load: identical
+    # parameter count is unchanged; bytes drop as promised
+    assert count_params(loaded.model)[0] == count_params(fp32.model)[0]
+    ratio = _linear_weight_bytes(loaded.model) / _linear_weight_bytes(fp32.model)
+    weights_file = loaded.path / loaded.manifest["weights"]["file"]
+    fp32_file = fp32.path / fp32.manifest["weights"]["file"]
+    if chain == "bf16":
+        assert ratio == pytest.approx(0.5)
+    else:
+        assert 0.24 <= ratio <= 0.28  # int8 weights + per-row scales: about a quarter of fp32
+    limit = 0.27 if "int8_embeddings" in chain else 0.66
+    assert weights_file.stat().st_size <= limit * fp32_file.stat().st_size
+
+
+def test_gpu_only_methods_are_clear_errors_on_cpu(finetuned_minilm_dir):
+    base = _fresh(finetuned_minilm_dir)
+    for chain in ("int4_weight_only", "fp16"):
+        with pytest.raises(UnsupportedError, match="needs a GPU"):
+            apply_chain(base.model, VariantSpec.parse(chain), kind="classifier", device="cpu")
+
+
+def test_unstructured_pruning_halves_nonzeros_and_disk_bytes(finetuned_minilm_dir, texts, tmp_path):
+    fp32 = _fresh(finetuned_minilm_dir)
+    model, loaded = _build_and_reload(finetuned_minilm_dir, "prune_unstructured:sparsity=0.5", tmp_path)
+    total, nonzero = count_params(loaded.model)
+    prunable = sum(m.weight.numel() for n, m in fp32.model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and n != "classifier")
+    assert total == count_params(fp32.model)[0]
+    assert total - nonzero == pytest.approx(prunable / 2, rel=0.02)
+    assert loaded.manifest["weights"]["sparse"], "pruned weights must be stored sparse"
+    saved = (loaded.path / "model.safetensors").stat().st_size
+    fp32_saved = (fp32.path / "model.safetensors").stat().st_size
+    assert fp32_saved - saved >= 0.45 * prunable * 4  # values + 1-bit mask: nearly half the Linear bytes go
+    assert torch.equal(_logits(loaded.model, loaded.tokenizer, texts), _logits(model, loaded.tokenizer, texts))
+
+
+def test_structured_pruning_removes_half_the_prunable_weights(finetuned_minilm_dir, rt_data, texts, tmp_path):
+    fp32 = _fresh(finetuned_minilm_dir)
+    model, loaded = _build_and_reload(
+        finetuned_minilm_dir, "prune_structured:heads=0.5,ffn=0.5,calib_batches=2", tmp_path, rt_data
+    )
+
+    def prunable(m):
+        return sum(p.numel() for n, p in m.named_parameters() if ".encoder." in f".{n}" and p.dim() == 2)
+
+    assert prunable(loaded.model) / prunable(fp32.model) == pytest.approx(0.5, abs=0.03)
+    assert count_params(loaded.model)[0] < 0.8 * count_params(fp32.model)[0]
+    shapes = loaded.manifest["layer_shapes"]
+    assert shapes == [{"heads": 6, "ffn": 768}] * 6
+    assert loaded.manifest["extra"]["importance"] == "taylor"
+    assert torch.equal(_logits(loaded.model, loaded.tokenizer, texts), _logits(model, loaded.tokenizer, texts))
+
+
+def test_global_structured_pruning_records_uneven_shapes(finetuned_minilm_dir, rt_data, texts, tmp_path):
+    model, loaded = _build_and_reload(
+        finetuned_minilm_dir, "prune_structured:heads=0.5,ffn=0.5,scope=global,calib_batches=1", tmp_path, rt_data
+    )
+    shapes = loaded.manifest["layer_shapes"]
+    assert len({(s["heads"], s["ffn"]) for s in shapes}) > 1
+    assert torch.equal(_logits(loaded.model, loaded.tokenizer, texts), _logits(model, loaded.tokenizer, texts))
+
+
+def test_drop_layers_then_distill_moves_student_towards_teacher(finetuned_minilm_dir, rt_data, texts):
+    teacher = _fresh(finetuned_minilm_dir)
+    student = _fresh(finetuned_minilm_dir)
+    student_model, _ = apply_chain(student.model, VariantSpec.parse("drop_layers:keep_every=2"), kind="classifier")
+    assert len(student_model.bert.encoder.layer) == 3
+    t_logits = _logits(teacher.model, teacher.tokenizer, texts)
+
+    def kl_to_teacher(model) -> float:
+        s = torch.log_softmax(_logits(model, teacher.tokenizer, texts) / 2.0, -1)
+        t = torch.log_softmax(t_logits / 2.0, -1)
+        return float(torch.nn.functional.kl_div(s, t, reduction="batchmean", log_target=True))
+
+    before = kl_to_teacher(student_model)
+    distilled, _ = apply_chain(
+        student_model, VariantSpec.parse("distill:steps=30,batch_size=16,lr=0.0002"), kind="classifier",
+        tokenizer=teacher.tokenizer, data=rt_data, teacher=teacher.model,
+    )
+    assert kl_to_teacher(distilled) < 0.7 * before
+
+
+def test_distill_without_teacher_or_data_is_a_clear_error(finetuned_minilm_dir):
+    base = _fresh(finetuned_minilm_dir)
+    with pytest.raises(ConfigError, match="distill needs a teacher"):
+        apply_chain(base.model, VariantSpec.parse("distill:steps=1"), kind="classifier")
