@@ -108,7 +108,7 @@ def _stop_own_head(temp_dir: str) -> None:
     for proc in own:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(own, timeout=15)
+    _, alive = psutil.wait_procs(own, timeout=5)
     for proc in alive:
         proc.kill()
 
