@@ -8,17 +8,24 @@ from tightfit.components.image import TIGHTFIT_IMAGE
 @dsl.component(base_image=TIGHTFIT_IMAGE, install_kfp_package=False)
 def deploy(
     chosen: Input[Model],
-    selection: str,
-    model_uri: str,
+    selected: Input[Artifact],
+    registered_model: str,
+    alias: str,
     target: str,
     namespace: str,
     manifest: Output[Artifact],
     stats: Output[Metrics],
 ) -> str:
-    """Writes ``plan.json`` and ``rayservice.yaml`` into ``manifest``; returns the plan summary."""
-    from tightfit.components.steps import deploy_step, log_stats, quiet
+    """Writes ``plan.json`` and ``rayservice.yaml`` into ``manifest``; returns the plan summary.
+
+    Inputs are artifacts and pipeline parameters only: inside ``dsl.If`` kfp.local mis-resolves an
+    upstream task's output parameter (the selection travels as the ``selected`` artifact).
+    """
+    from tightfit.components.steps import deploy_step, log_stats, model_uri, quiet, read_text
 
     quiet()
-    summary, figures = deploy_step(chosen.path, selection, model_uri, target, namespace, manifest.path)
+    summary, figures = deploy_step(
+        chosen.path, read_text(selected.path), model_uri(registered_model, alias), target, namespace, manifest.path
+    )
     log_stats(stats, figures)
     return summary

@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
 from tightfit.components.image import TIGHTFIT_IMAGE
 
 
@@ -17,6 +17,7 @@ def select(
     pipeline_run: str,
     chosen: Output[Model],
     report: Output[HTML],
+    selected: Output[Artifact],
     stats: Output[Metrics],
 ) -> NamedTuple("Selected", [("chosen_variant", str), ("found", bool), ("selection", str)]):  # type: ignore[valid-type]
     """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
@@ -30,5 +31,7 @@ def select(
     )
     chosen.metadata.update({"variant": name or ""})
     log_stats(stats, figures)
+    with open(selected.path, "w") as handle:  # the selection as an artifact: tasks inside dsl.If read it
+        handle.write(selection_json)
     Selected = namedtuple("Selected", ["chosen_variant", "found", "selection"])
     return Selected(name or "", name is not None, selection_json)

@@ -63,6 +63,17 @@ def log_stats(artifact: Any, figures: dict[str, Any]) -> None:
     path.write_text(json.dumps(numbers, sort_keys=True))
 
 
+def read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def model_uri(registered_model: str, alias: str) -> str:
+    """``models:/NAME@ALIAS`` (``tightfit.names.model_uri``)."""
+    from tightfit import names
+
+    return names.model_uri(registered_model, alias)
+
+
 def tracking_uri(value: str) -> str | None:
     """The tracking URI given to the task, else ``MLFLOW_TRACKING_URI`` (set from a Secret on a cluster)."""
     return value or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -484,7 +495,9 @@ def register_step(
     stats: dict[str, Any] = {}
     with stopwatch(stats):
         selection = as_object(selection_json)
-        chosen = selection["chosen"]
+        chosen = selection.get("chosen")
+        if not chosen:  # nothing fits the target: nothing to register
+            return "", stats
         aliases = [alias]
         memory = (selection.get("target") or {}).get("memory_bytes")
         tier_alias = names.alias_for_budget(int(memory)) if memory else None

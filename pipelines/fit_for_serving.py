@@ -105,28 +105,31 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             pipeline_run=pipeline_run,
             after=parent,
         )
+        # register runs always (a no-op when nothing fits); deploy sits behind dsl.If on a flag a
+        # component computes. Tasks inside dsl.If take only artifacts and pipeline parameters (kfp.local
+        # mis-resolves an upstream output parameter there).
+        registered = register(
+            chosen=chosen.outputs["chosen"],
+            selection=chosen.outputs["selection"],
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            pipeline_run=pipeline_run,
+            registered_model=registered_model,
+            alias=alias,
+        )
+        apply_resources(registered, res["register"], config, mlflow=True)
         flag = should_deploy(found=chosen.outputs["found"], enabled=deploy_enabled)
         apply_resources(flag, res["should_deploy"], config)
-        with dsl.If(chosen.outputs["found"] == True):  # noqa: E712 - KFP builds a condition from ==
-            registered = register(
+        with dsl.If(flag.output == True):  # noqa: E712 - KFP builds a condition from ==
+            served = deploy(
                 chosen=chosen.outputs["chosen"],
-                selection=chosen.outputs["selection"],
-                tracking_uri=tracking_uri,
-                experiment=experiment,
-                pipeline_run=pipeline_run,
+                selected=chosen.outputs["selected"],
                 registered_model=registered_model,
                 alias=alias,
-            )
-            apply_resources(registered, res["register"], config, mlflow=True)
-            with dsl.If(flag.output == True):  # noqa: E712
-                served = deploy(
-                    chosen=chosen.outputs["chosen"],
-                    selection=chosen.outputs["selection"],
-                    model_uri=registered.outputs["Output"],
-                    target=target,
-                    namespace=namespace,
-                )
-                apply_resources(served, res["deploy"], config)
+                target=target,
+                namespace=namespace,
+            ).after(registered)
+            apply_resources(served, res["deploy"], config)
         return chosen.outputs["selection"]
 
     return fit_for_serving
