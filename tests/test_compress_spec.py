@@ -59,7 +59,8 @@ def tiny_bert(minilm):
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
-                        num_attention_heads=4, intermediate_size=64, num_labels=2)
+                        num_attention_heads=4, intermediate_size=64)
+    config.num_labels = 2
     torch.manual_seed(0)
     return BertForSequenceClassification(config).eval()
 

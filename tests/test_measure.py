@@ -65,7 +65,7 @@ def test_int8_footprint_against_the_baseline(fp32_footprint, finetuned_minilm_di
     assert fp.params_total == fp32_footprint.params_total  # quantized weights still count
     assert fp.compression_ratio is not None and fp.compression_ratio > 3.5
     assert fp.weight_bytes_per_forward < 0.3 * fp32_footprint.weight_bytes_per_forward
-    assert abs(fp.accuracy_drop) <= 3.0  # points, on 128 rows
+    assert fp.accuracy_drop is not None and abs(fp.accuracy_drop) <= 3.0  # points, on 128 rows
     assert fp.peak_rss_load_bytes is None  # not asked for
 
 
@@ -73,6 +73,7 @@ def test_sparse_variant_reports_compressed_bytes(finetuned_minilm_dir, rt_data, 
     out = build_variant(finetuned_minilm_dir, VariantSpec.parse("prune_unstructured:sparsity=0.5"),
                         tmp_path / "sparse", progress=False)
     fp = measure_variant(out, None, quick=True, memory_subprocess=False)
+    assert fp.params_nonzero is not None and fp.params_total is not None and fp.disk_bytes is not None
     assert fp.params_nonzero < 0.8 * fp.params_total
     assert fp.disk_bytes_compressed is not None and fp.disk_bytes_compressed < fp.disk_bytes
     assert fp.accuracy is None  # no data, no quality figures
