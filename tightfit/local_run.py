@@ -233,27 +233,14 @@ def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console
     status_cm = console.status("starting pipeline ...") if console is not None else contextlib.nullcontext()
     with status_cm as status:
         sink = _TaskLog(handle, status)
-        kfp_handlers = []
-        for name in ("kfp", "root", ""):
-            logger = logging.getLogger(name)
-            for h in logger.handlers:
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    kfp_handlers.append((h, h.stream))
-                    h.setStream(sink)
+        # kfp.local makes its log handler on sys.stdout when a run starts, so redirecting stdout is
+        # enough; other handlers (pytest's, the user's) are left alone.
         try:
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 task = pipeline_func(**arguments)
         except RuntimeError as exc:
             plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
             raise BackendError(f"the local pipeline run failed: {plain} Task logs: {handle.name}") from None
-        finally:
-            for h, stream in kfp_handlers:
-                h.setStream(stream)
-            # Handlers kfp made during the run captured the redirected stdout: point them back.
-            for name in ("kfp", "root", ""):
-                for h in logging.getLogger(name).handlers:
-                    if isinstance(h, logging.StreamHandler) and isinstance(h.stream, _TaskLog):
-                        h.setStream(sys.stdout)
     return task.output
 
 
