@@ -151,3 +151,23 @@ def test_distill_without_teacher_or_data_is_a_clear_error(finetuned_minilm_dir):
     base = _fresh(finetuned_minilm_dir)
     with pytest.raises(ConfigError, match="distill needs a teacher"):
         apply_chain(base.model, VariantSpec.parse("distill:steps=1"), kind="classifier")
+
+
+@pytest.mark.slow
+def test_causal_lm_int8_perplexity_and_round_trip(rt_data, tmp_path):
+    """SmolLM2-135M: int8 dynamic keeps perplexity within 10 % of fp32 and reloads to identical logits."""
+    from tightfit.assets import load_model
+    from tightfit.evaluate import evaluate
+
+    frame = rt_data.test.head(16)
+    fp32 = load_model("smollm2")
+    reference = evaluate(fp32.model, fp32.tokenizer, frame, "causal_lm", batch_size=8, max_length=48)
+    spec = VariantSpec.parse("int8_dynamic")
+    model, _ = apply_chain(fp32.model, spec, kind="causal_lm")
+    out = save_variant(model, fp32.tokenizer, tmp_path / "lm", spec, base_model="smollm2", kind="causal_lm")
+    loaded = load_variant(out)
+    quantized = evaluate(loaded.model, loaded.tokenizer, frame, "causal_lm", batch_size=8, max_length=48)
+    assert quantized["perplexity"] == pytest.approx(reference["perplexity"], rel=0.10)
+    enc = fp32.tokenizer(["a fine film"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(**dict(enc)).logits, model(**dict(enc)).logits)
