@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
 
+from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
 from tightfit.serving_plan import DEPLOYMENT_NAME, ServePlan
 from tightfit.serving_runtime import (
     LoadedVariant,
@@ -31,10 +32,8 @@ from tightfit.serving_runtime import (
     VariantPool,
     check_tokens,
     classify,
-    current_rss,
     generate,
     load_for_serving,
-    peak_rss,
     trim_heap,
     validate_request,
 )
@@ -84,7 +83,7 @@ class TightfitServer:
         )
         self.m_variant.set(1, tags={"variant": self.plan.primary.name})
         self.m_budget.set(self.plan.budget_bytes)
-        self.m_rss.set(current_rss())
+        self.m_rss.set(current_rss_bytes())
 
     def _warm_up(self, loaded: LoadedVariant) -> None:
         """One small forward so lazy allocations happen before traffic (and count in the idle RSS)."""
@@ -96,7 +95,7 @@ class TightfitServer:
     def _fit_batches_to_measured_idle(self) -> dict[str, int]:
         """Per-variant batch limits, lowered where this replica's measured idle RSS leaves less room for
         activations than the plan predicted (activations grow about linearly with the batch)."""
-        idle = current_rss()
+        idle = current_rss_bytes()
         limits = {}
         for v in self.plan.pool:
             room = self.plan.usable_bytes - idle - (v.resident_bytes if v.name != self.plan.primary.name else 0)
@@ -116,12 +115,12 @@ class TightfitServer:
 
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        rss = current_rss()
+        rss = current_rss_bytes()
         self.m_rss.set(rss)
         return {
             "pid": os.getpid(),
             "rss_bytes": rss,
-            "peak_rss_bytes": peak_rss(),
+            "peak_rss_bytes": peak_rss_bytes(),
             "budget_bytes": self.plan.budget_bytes,
             "predicted_peak_bytes": self.plan.predicted_peak_bytes,
             "requests": self.requests,
@@ -215,7 +214,7 @@ class TightfitServer:
     # ---- autoscaling --------------------------------------------------------------------------
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Replica RSS for the memory-aware autoscaling policy (``tightfit.serving_autoscale``)."""
-        rss = current_rss()
+        rss = current_rss_bytes()
         self.m_rss.set(rss)
         return {"rss_bytes": float(rss), "rss_fraction": rss / self.plan.budget_bytes}
 

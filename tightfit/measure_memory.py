@@ -1,7 +1,7 @@
-"""Peak memory of a variant, measured in a fresh Python process (``ru_maxrss`` never falls in a process).
+"""Peak memory of a variant, measured in a fresh Python process (a peak never falls within a process).
 
 Run as ``python -m tightfit.measure_memory VARIANT_DIR --seq-len 64 --batch 32 [--compiled]``; prints one
-JSON line: peak RSS (``ru_maxrss``) after imports, after loading, after serving one batch, the current RSS at
+JSON line: peak RSS (VmHWM) after imports, after loading, after serving one batch, the current RSS at
 the same points (the model's own share is ``rss_now_load - rss_now_imports``), and the GPU peak where present.
 """
 
@@ -10,23 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from tightfit.errors import VariantError
-
-
-def _peak_rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
-
-
-def _current_rss_bytes() -> int:
-    """Resident set size now (the peak alone hides the model: library imports may peak higher)."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
 
 
 def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None) -> dict[str, Any]:
@@ -39,9 +29,9 @@ def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, devi
     from tightfit.variant import load_variant
 
     torchao_quantization()
-    after_imports, current_imports = _peak_rss_bytes(), _current_rss_bytes()
+    after_imports, current_imports = peak_rss_bytes(), current_rss_bytes()
     variant = load_variant(variant_dir, device=device)
-    after_load, current_load = _peak_rss_bytes(), _current_rss_bytes()
+    after_load, current_load = peak_rss_bytes(), current_rss_bytes()
     model, tokenizer = variant.model, variant.tokenizer
     dev = next(model.parameters()).device
     if dev.type == "cuda":
@@ -53,9 +43,9 @@ def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, devi
     with torch.inference_mode():
         forward(**inputs)
     out: dict[str, Any] = {"rss_imports_bytes": after_imports, "rss_load_bytes": after_load,
-                           "rss_serve_bytes": _peak_rss_bytes(), "gpu_peak_bytes": None,
+                           "rss_serve_bytes": peak_rss_bytes(), "gpu_peak_bytes": None,
                            "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
-                           "rss_now_serve_bytes": _current_rss_bytes()}
+                           "rss_now_serve_bytes": current_rss_bytes()}
     if dev.type == "cuda":
         out["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     return out

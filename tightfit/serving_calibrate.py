@@ -156,8 +156,9 @@ def _measure_here(source: str, kind: str) -> None:
     import torch  # noqa: F401  (the runtime every replica imports)
     import transformers  # noqa: F401
 
+    from tightfit.memory.rss import peak_rss_bytes as peak_rss
     from tightfit.serving_plan import footprint_for_source
-    from tightfit.serving_runtime import classify, generate, load_for_serving, peak_rss
+    from tightfit.serving_runtime import classify, generate, load_for_serving
 
     base = psutil.Process().memory_info().rss
     plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, pool_size=1)

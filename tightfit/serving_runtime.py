@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -228,23 +227,6 @@ def generate(loaded: LoadedVariant, texts: list[str], max_new_tokens: int) -> li
     return [{"text": tok.decode(row, skip_special_tokens=True), "new_tokens": int((row != tok.pad_token_id).sum())}
             for row in new]
 
-
-def current_rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss() -> int:
-    """This process's peak RSS since it started its program: VmHWM, which exec resets (ru_maxrss does
-    not: a child forked from a big parent starts with the parent's maximum). Catches spikes between samples."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def trim_heap() -> None:

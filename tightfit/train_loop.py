@@ -9,12 +9,13 @@ reproduces an unbroken run. Every rank reports its own figures (samples/s, peak 
 from __future__ import annotations
 
 import math
-import resource
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+from tightfit.memory.rss import peak_rss_bytes
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_SUBDIR = "model"
@@ -22,11 +23,6 @@ MODEL_SUBDIR = "model"
 
 class InjectedFault(RuntimeError):
     """Raised once by the fault-injection option, to prove that a run resumes from its last checkpoint."""
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _unwrap(model: Any) -> Any:

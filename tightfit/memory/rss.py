@@ -1,0 +1,33 @@
+"""This process's memory, read the one way every part of tightfit measures it."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since this process started its program.
+
+    Reads VmHWM, which exec resets; ``ru_maxrss`` does not: a child forked from a big parent starts with
+    the parent's maximum, which would make every measured variant look as big as the parent.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (the peak alone hides a model when library imports peaked higher)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
