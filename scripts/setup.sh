@@ -17,11 +17,13 @@ if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split(
   if command -v nvidia-smi >/dev/null 2>&1; then
     echo "setup: GPU found, installing $TORCH with CUDA"
     "${PIP[@]}" install -q "$TORCH"
-  elif "${PIP[@]}" install -q --no-index "$TORCH" 2>/dev/null; then
+  elif "${PIP[@]}" install -q --no-index --no-deps "$TORCH" 2>/dev/null; then
+    # A local CPU wheel (pip's find-links) is preferred; its dependencies come from the normal index.
     echo "setup: installed the local CPU wheel of $TORCH"
+    "${PIP[@]}" install -q "$TORCH"
   else
     echo "setup: no GPU, installing the CPU wheel of $TORCH"
-    "${PIP[@]}" install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   fi
 fi
 
