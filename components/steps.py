@@ -499,10 +499,15 @@ def register_step(
         if not chosen:  # nothing fits the target: nothing to register
             return "", stats
         aliases = [alias]
+        # The budget's tier alias (the largest tier not above the budget) names the chosen variant only if
+        # that variant really fits the tier; then it is also the best fit for the tier.
         memory = (selection.get("target") or {}).get("memory_bytes")
-        tier_alias = names.alias_for_budget(int(memory)) if memory else None
-        if tier_alias and tier_alias not in aliases:
-            aliases.append(tier_alias)
+        tier = names.tier_for_budget(int(memory)) if memory else None
+        peak = (selection.get("chosen_record") or {}).get(names.PEAK_RSS_SERVE_BYTES)
+        if tier is not None and peak is not None and float(peak) <= tier:
+            tier_alias = names.budget_alias(tier)
+            if tier_alias not in aliases:
+                aliases.append(tier_alias)
         register_variant(
             variant_record_id(parent_handle(pipeline_run), chosen),
             model_name=registered_model,
