@@ -49,10 +49,9 @@ COPY tightfit ./tightfit
 COPY components ./components
 COPY pipelines ./pipelines
 COPY ray_jobs ./ray_jobs
-COPY configs ./configs
-# Editable, as `make setup` installs it: the code finds configs/default.yaml beside the package.
+# The default pipeline config ships inside the package (tightfit/configs/default.yaml).
 # torch stays pinned in the same command, so nothing swaps the chosen build.
-RUN pip install "torch==${TORCH_VERSION}" -e . ${SERVER_PKGS} \
+RUN pip install "torch==${TORCH_VERSION}" . ${SERVER_PKGS} \
  && pip install --no-deps ${ASSET_PKGS} \
  && python -c "import tightfit, tightfit.components, tightfit.pipelines, tightfit.ray_jobs, ray, mlflow, kfp" \
  && tightfit --help >/dev/null

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tightfit.errors import ConfigError
 from tightfit.spec import HardwareTarget, VariantSpec
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 PROFILES = ("quick", "full")
 
 
@@ -203,7 +203,7 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see configs/default.yaml for every key)"
+            msg = "unknown key (check the spelling; see tightfit/configs/default.yaml for every key)"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
@@ -284,7 +284,7 @@ def _dataset_columns(path: Path) -> list[str]:
 
 
 def load_config(path: str | Path | None = None, *, profile: str | None = None) -> PipelineConfig:
-    """Read and validate a YAML config (default: ``configs/default.yaml``) with ``profile`` applied."""
+    """Read and validate a YAML config (default: ``tightfit/configs/default.yaml``) with ``profile`` applied."""
     file = Path(path) if path is not None else DEFAULT_CONFIG
     if not file.exists():
         raise ConfigError(f"config file {file} does not exist")
