@@ -21,7 +21,6 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export TRANSFORMERS_VERBOSITY := error
 export TIGHTFIT_CACHE ?= $(BUILD)/cache
-export TIGHTFIT_HOME ?= $(BUILD)/home
 export TMPDIR := $(BUILD)/tmp
 # Ray's unix socket paths must stay short: keep its temp dir outside a deep checkout path.
 export RAY_TMPDIR ?= /tmp/tightfit-ray
@@ -47,6 +46,9 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy tightfit components pipelines ray_jobs
+
+# Tests keep their tracking stores and run dirs under the build dir; `make run` uses ./tightfit-runs.
+test test-fast: export TIGHTFIT_HOME := $(BUILD)/home
 
 test: setup lint typecheck
 	@mkdir -p $(TMPDIR) $(RAY_TMPDIR)
