@@ -8,10 +8,8 @@ from typing import Any
 
 from kfp import dsl
 from tightfit.components.import_model import import_model
-from tightfit.components.prepare_data import prepare_data
-from tightfit.components.start_tracking import start_tracking
 from tightfit.pipelines.resources import apply_resources, task_resources
-from tightfit.pipelines.sweep import add_sweep
+from tightfit.pipelines.sweep import add_prelude, add_sweep
 
 from tightfit.config import PipelineConfig, load_config
 
@@ -40,18 +38,21 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
         experiment: str = config.tracking.experiment,
         run_name: str = "compress-sweep",
     ) -> str:
-        parent = start_tracking(
+        parent, data = add_prelude(
+            config=config,
+            resources=res,
             tracking_uri=tracking_uri,
             experiment=experiment,
             run_name=run_name,
-            base_model=model,
+            model=model,
             dataset=dataset,
             target=target,
             pipeline_run=pipeline_run,
+            seed=seed,
+            data_limit=data_limit,
+            validation=validation,
+            test=test,
         )
-        apply_resources(parent, res["start_tracking"], config, mlflow=True)
-        data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
-        apply_resources(data, res["prepare_data"], config)
         base = import_model(model_name=model, kind=kind)
         apply_resources(base, res["import_model"], config)
         chosen = add_sweep(

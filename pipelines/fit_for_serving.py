@@ -10,12 +10,10 @@ from typing import Any
 from kfp import dsl
 from tightfit.components.deploy import deploy
 from tightfit.components.finetune import finetune
-from tightfit.components.prepare_data import prepare_data
 from tightfit.components.register import register
 from tightfit.components.should_deploy import should_deploy
-from tightfit.components.start_tracking import start_tracking
 from tightfit.pipelines.resources import apply_resources, task_resources
-from tightfit.pipelines.sweep import add_sweep
+from tightfit.pipelines.sweep import add_prelude, add_sweep
 
 from tightfit.config import PipelineConfig, load_config
 
@@ -60,18 +58,21 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
         deploy_enabled: bool = config.deploy.enabled,
         namespace: str = config.deploy.namespace,
     ) -> str:
-        parent = start_tracking(
+        parent, data = add_prelude(
+            config=config,
+            resources=res,
             tracking_uri=tracking_uri,
             experiment=experiment,
             run_name=run_name,
-            base_model=model,
+            model=model,
             dataset=dataset,
             target=target,
             pipeline_run=pipeline_run,
+            seed=seed,
+            data_limit=data_limit,
+            validation=validation,
+            test=test,
         )
-        apply_resources(parent, res["start_tracking"], config, mlflow=True)
-        data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
-        apply_resources(data, res["prepare_data"], config)
         tuned = finetune(
             data=data.outputs["data"],
             base_model=model,

@@ -10,13 +10,50 @@ from typing import Any
 
 from kfp import dsl
 from tightfit.components.compress import compress
+from tightfit.components.prepare_data import prepare_data
 from tightfit.components.profile import profile
 from tightfit.components.select import select
+from tightfit.components.start_tracking import start_tracking
 from tightfit.pipelines.resources import TaskResources, apply_resources
 
 from tightfit.config import PipelineConfig
 
 LOOP_PARALLELISM = 2
+
+
+def add_prelude(
+    *,
+    config: PipelineConfig,
+    resources: dict[str, TaskResources],
+    tracking_uri: Any,
+    experiment: Any,
+    run_name: Any,
+    model: Any,
+    dataset: Any,
+    target: Any,
+    pipeline_run: Any,
+    seed: Any,
+    data_limit: Any,
+    validation: Any,
+    test: Any,
+) -> tuple[Any, Any]:
+    """Add the tasks every pipeline starts with: the MLflow parent run and the data splits.
+
+    Returns ``(start_tracking task, prepare_data task)``.
+    """
+    parent = start_tracking(
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        run_name=run_name,
+        base_model=model,
+        dataset=dataset,
+        target=target,
+        pipeline_run=pipeline_run,
+    )
+    apply_resources(parent, resources["start_tracking"], config, mlflow=True)
+    data = prepare_data(dataset=dataset, seed=seed, limit=data_limit, validation=validation, test=test)
+    apply_resources(data, resources["prepare_data"], config)
+    return parent, data
 
 
 def add_sweep(
