@@ -171,3 +171,33 @@ def test_causal_lm_int8_perplexity_and_round_trip(rt_data, tmp_path):
     enc = fp32.tokenizer(["a fine film"], return_tensors="pt")
     with torch.inference_mode():
         assert torch.equal(loaded.model(**dict(enc)).logits, model(**dict(enc)).logits)
+
+
+def test_vocab_pruning_keeps_corpus_tokens_exact_and_maps_the_rest_to_unk(finetuned_minilm_dir, rt_data, tmp_path):
+    fp32 = _fresh(finetuned_minilm_dir)
+    tok = fp32.tokenizer
+    seen = rt_data.train["text"].tolist()[:N_TEXTS]
+    model, loaded = _build_and_reload(finetuned_minilm_dir, "prune_vocab|int8_embeddings", tmp_path, rt_data)
+    corpus_ids = {i for ids in tok(rt_data.train["text"].tolist())["input_ids"] for i in ids}
+    rows = loaded.manifest["vocab_rows"]
+    assert rows == len(corpus_ids | set(tok.all_special_ids)) < 0.5 * tok.vocab_size
+    dim = fp32.model.config.hidden_size
+    assert count_params(loaded.model)[0] == count_params(fp32.model)[0] - (tok.vocab_size - rows) * dim
+    # the corpus's own texts give the fp32 answers (int8 embedding rows: close, same labels)
+    reference = _logits(fp32.model, tok, seen)
+    assert _cosine(reference, _logits(loaded.model, loaded.tokenizer, seen)) >= 0.99
+    assert torch.equal(_logits(loaded.model, loaded.tokenizer, seen), _logits(model, tok, seen))  # round trip
+    # a token the corpus never used reads the [UNK] row
+    unused = next(i for i in range(1000, tok.vocab_size) if i not in corpus_ids)
+    ids = torch.tensor([[tok.cls_token_id, unused, tok.sep_token_id]])
+    as_unk = torch.tensor([[tok.cls_token_id, tok.unk_token_id, tok.sep_token_id]])
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(input_ids=ids).logits, loaded.model(input_ids=as_unk).logits)
+    fp32_file = fp32.path / fp32.manifest["weights"]["file"]
+    assert (loaded.path / loaded.manifest["weights"]["file"]).stat().st_size < 0.9 * fp32_file.stat().st_size
+
+
+def test_vocab_pruning_without_data_is_a_clear_error(finetuned_minilm_dir):
+    base = _fresh(finetuned_minilm_dir)
+    with pytest.raises(ConfigError, match="prune_vocab keeps the tokens the training data uses"):
+        apply_chain(base.model, VariantSpec.parse("prune_vocab"), kind="classifier", tokenizer=base.tokenizer)

@@ -2,13 +2,14 @@
 
 Layout::
 
-    manifest.json      spec, base model, parent, kind, per-layer shapes, rebuild steps, versions, checksums
+    manifest.json      spec, base model, parent, kind, per-layer shapes, kept vocabulary rows, rebuild steps,
+                       versions, checksums
     config.json        the HF config (layer count already reduced by layer dropping)
     tokenizer files    tokenizer.save_pretrained
     model.safetensors  plain tensors (sparse ones as values + bit mask), or
     weights.pt         a state dict of torchao tensor subclasses, read with torch.load(weights_only=True)
 
-``load_variant`` rebuilds the architecture from the config, resizes pruned layers to the recorded shapes,
+``load_variant`` rebuilds the architecture from the config, resizes pruned layers (and a pruned vocabulary),
 re-applies the precision steps (casts, quantization) to the fresh module, then loads the weights with
 ``load_state_dict(assign=True)``. Any missing, truncated or altered file is a ``VariantError``.
 """
@@ -141,6 +142,7 @@ def save_variant(
     """Write the variant directory atomically (a ``.partial`` sibling renamed into place); returns its path."""
     from tightfit.compress.registry import STAGE_PRECISION, get_method
     from tightfit.compress.structure import read_layer_shapes
+    from tightfit.compress.vocab import read_vocab_rows
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
@@ -179,6 +181,7 @@ def save_variant(
         "architecture": type(model).__name__,
         "num_layers": getattr(model.config, "num_hidden_layers", None),
         "layer_shapes": read_layer_shapes(model),
+        "vocab_rows": read_vocab_rows(model),
         "rebuild_steps": rebuild,
         "run_compiled": compile_info is not None,
         "compile": compile_info,
@@ -275,6 +278,10 @@ def rebuild_model(path: Path, manifest: dict[str, Any], device: str = "cpu") -> 
     model = auto.from_config(config, dtype=torch.float32)
     if manifest.get("layer_shapes"):
         apply_layer_shapes(model, manifest["layer_shapes"])
+    if manifest.get("vocab_rows"):
+        from tightfit.compress.vocab import apply_vocab_rows
+
+        apply_vocab_rows(model, int(manifest["vocab_rows"]))
     ctx = ApplyContext(kind=manifest["kind"], device=device)
     for text in manifest.get("rebuild_steps", []):
         step = StepSpec.parse(text)

@@ -163,9 +163,9 @@ def default_variant_set(kind: str = "classifier", device: str | None = None) -> 
         p("int8_weight_only", "int8-weight-only"),
         p("int8_dynamic|int8_embeddings|compile", "int8-all"),
         p("prune_unstructured:sparsity=0.5", "unstructured-50"),
-        p("prune_structured:heads=0.5,ffn=0.5|distill", "structured-50-distilled"),
+        p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill", "structured-50-distilled"),
         p("drop_layers:keep_every=2|distill", "student-3layer-distilled"),
-        p("prune_structured:heads=0.5,ffn=0.5|distill|int8_dynamic|int8_embeddings|compile",
+        p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill|int8_dynamic|int8_embeddings|compile",
           "structured-50-distilled-int8"),
     ]
     if on_gpu:

@@ -3,7 +3,8 @@
 Unstructured sparsity zeroes weights; the variant stores such tensors sparse (values + a bit mask), so the
 bytes on disk really drop. Structured pruning physically removes attention heads and FFN neurons
 (``transformers.pytorch_utils.prune_linear_layer``), so parameters, memory and latency drop; the pruned
-shapes differ per layer and are recorded in the manifest (``tightfit.compress.structure``).
+shapes differ per layer and are recorded in the manifest (``tightfit.compress.structure``). Vocabulary
+pruning keeps the word-embedding rows of the tokens the training split uses (``tightfit.compress.vocab``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ class DropLayersConfig:
     def __post_init__(self) -> None:
         if int(self.keep_every) < 2:
             raise ConfigError(f"keep_every must be >= 2 (1 keeps every layer), got {self.keep_every}")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """Keep word embeddings of tokens seen >= ``min_count`` times in the train split (and the special
+    tokens); ``max_size`` > 0 caps the kept rows at the most frequent tokens."""
+
+    min_count: int = 1
+    max_size: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.min_count) < 1:
+            raise ConfigError(f"min_count must be >= 1, got {self.min_count}")
+        if int(self.max_size) < 0 or 0 < int(self.max_size) < 16:
+            raise ConfigError(f"max_size is 0 (no cap) or at least 16 tokens, got {self.max_size}")
 
 
 def _prunable_linears(model: Any) -> list[tuple[str, Any]]:
@@ -223,4 +239,41 @@ def drop_layers(model: Any, config: DropLayersConfig, ctx: ApplyContext) -> Any:
                 module.layer_idx = new_index
     model.base_model.encoder.layer = torch.nn.ModuleList(kept)
     model.config.num_hidden_layers = len(kept)
+    return model
+
+
+@register_method(
+    "prune_vocab",
+    family="prune",
+    config=VocabConfig,
+    stage=STAGE_STRUCTURE,
+    kinds=("classifier",),
+    description="keep only the word embeddings of tokens the train split uses (unseen tokens read [UNK])",
+)
+def prune_vocab(model: Any, config: VocabConfig, ctx: ApplyContext) -> Any:
+    from collections import Counter
+
+    import torch
+
+    from tightfit.compress.vocab import remap_vocabulary, word_embeddings_owner
+
+    owner = word_embeddings_owner(model)
+    if owner is None:
+        raise UnsupportedError("prune_vocab supports BERT-style encoders (model.base_model.embeddings)")
+    if ctx.data is None or ctx.tokenizer is None:
+        raise ConfigError(
+            "prune_vocab keeps the tokens the training data uses: pass data= to build_variant, or --dataset on "
+            "the CLI"
+        )
+    tokenizer = ctx.tokenizer
+    counts = Counter(i for ids in tokenizer(ctx.data.train["text"].tolist())["input_ids"] for i in ids)
+    kept = sorted((i for i, n in counts.items() if n >= int(config.min_count)), key=lambda i: -counts[i])
+    if int(config.max_size) > 0:
+        kept = kept[: int(config.max_size)]
+    if tokenizer.unk_token_id is None:
+        raise UnsupportedError("prune_vocab needs a tokenizer with an [UNK] token to stand for pruned tokens")
+    keep = torch.tensor(sorted(set(kept) | set(tokenizer.all_special_ids)), dtype=torch.long)
+    before = int(owner.word_embeddings.weight.shape[0])
+    rows = remap_vocabulary(model, keep, int(tokenizer.unk_token_id), tokenizer.pad_token_id)
+    ctx.extra["vocab_rows"] = {"before": before, "after": rows}
     return model
