@@ -7,7 +7,9 @@ Routes (JSON in, JSON out):
 
 Every setting comes from a `ServePlan` (``tightfit.serving_plan``): `@serve.batch` size, the token cap,
 `max_ongoing_requests`/`max_queued_requests` (overload answers 503 with Retry-After),
-`ray_actor_options.memory`, the byte-bounded variant pool and the RSS-aware autoscaling policy.
+`ray_actor_options.memory`, the variant pool (Serve's ``@serve.multiplexed``, evicted by bytes; send the
+``serve_multiplexed_model_id`` header to pick a variant and be routed to a replica that holds it) and the
+RSS-aware autoscaling policy.
 Start it with `tightfit serve`, `serve run tightfit.ray_jobs.serve:app_builder plan=...`, or a RayService
 whose ``serveConfigV2`` is `ServePlan.to_serve_config()`.
 """
@@ -28,8 +30,8 @@ from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
 from tightfit.serving_plan import DEPLOYMENT_NAME, ServePlan
 from tightfit.serving_runtime import (
     LoadedVariant,
+    MultiplexedPool,
     RequestError,
-    VariantPool,
     check_tokens,
     classify,
     generate,
@@ -52,17 +54,18 @@ def _error(exc: RequestError) -> JSONResponse:
 class TightfitServer:
     """One replica: a byte-bounded pool of variants, one batch queue, one model thread."""
 
-    def __init__(self, plan: dict[str, Any]) -> None:
+    async def __init__(self, plan: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.plan = ServePlan.from_dict(plan)
         self.threads = max(1, int(self.plan.cpus_per_replica))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tightfit-model")
-        self.pool = VariantPool(self.plan.pool_bytes, lambda p: load_for_serving(p, self.threads))
+        self.pool = MultiplexedPool(self.plan, lambda p: load_for_serving(p, self.threads), self.executor)
         self.started = time.time()
         self.batches: dict[int, int] = {}
         self.requests = 0
         self.rejections = 0
-        primary = self.pool.get(self.plan.primary)
+        primary = await self.pool.get(self.plan.primary.name)
         self._warm_up(primary)
+        del primary
         self.batch_limits = self._fit_batches_to_measured_idle()
         batcher: Any = self.run_batch  # the @serve.batch wrapper carries the setters
         batcher.set_max_batch_size(max(self.batch_limits.values()))
@@ -95,10 +98,12 @@ class TightfitServer:
     def _fit_batches_to_measured_idle(self) -> dict[str, int]:
         """Per-variant batch limits, lowered where this replica's measured idle RSS leaves less room for
         activations than the plan predicted (activations grow about linearly with the batch)."""
-        idle = current_rss_bytes()
+        idle = current_rss_bytes()  # with the primary loaded
+        held = min(self.plan.pool_bytes, sum(v.resident_bytes for v in self.plan.pool))
+        others = max(0, held - self.plan.primary.resident_bytes)  # the most the rest of the pool adds
         limits = {}
         for v in self.plan.pool:
-            room = self.plan.usable_bytes - idle - (v.resident_bytes if v.name != self.plan.primary.name else 0)
+            room = self.plan.usable_bytes - idle - others
             per_seq = (v.activation_bytes + v.kv_cache_bytes) / max(1, v.max_batch_size)
             fit = int(room // per_seq) if per_seq > 0 else v.max_batch_size
             limits[v.name] = max(1, min(v.max_batch_size, fit))
@@ -144,9 +149,7 @@ class TightfitServer:
         self.requests += 1
         try:
             raw = await request.body()
-            parsed = validate_request(
-                raw, self.plan, KIND_OF_ROUTE[route], request.headers.get("serve_multiplexed_model_id")
-            )
+            parsed = validate_request(raw, self.plan, KIND_OF_ROUTE[route], serve.get_multiplexed_model_id() or None)
             items = [(parsed.variant.name, text, parsed.max_new_tokens) for text in parsed.texts]
             results = await asyncio.gather(*(self.run_batch(item) for item in items))
             for result in results:
@@ -166,49 +169,55 @@ class TightfitServer:
     # ---- batching -----------------------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def run_batch(self, items: list[tuple[str, str, int]]) -> list[Any]:
+        """Group a batch by variant; load each group's variant through the multiplexed pool (one at a time,
+        so an evicted variant is released before the next loads) and run it on the model thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run_items, items)
-
-    def _run_items(self, items: list[tuple[str, str, int]]) -> list[Any]:
-        """Group a batch by variant and run each group in chunks of that variant's planned batch size."""
         results: list[Any] = [None] * len(items)
         groups: dict[str, list[int]] = {}
         for i, (name, _text, _new) in enumerate(items):
             groups.setdefault(name, []).append(i)
         for name, indices in groups.items():
-            planned = self.plan.variant(name)
-            assert planned is not None  # validated before batching
             try:
-                loaded = self.pool.get(planned)
+                loaded = await self.pool.get(name)
             except RequestError as exc:
                 for i in indices:
                     results[i] = exc
                 continue
-            runnable = []
-            for i in indices:
-                try:
-                    check_tokens(loaded, [items[i][1]])
-                    runnable.append(i)
-                except RequestError as exc:
-                    results[i] = exc
-            step = self.batch_limits.get(name, planned.max_batch_size)
-            for start in range(0, len(runnable), step):
-                chunk = runnable[start : start + step]
-                texts = [items[i][1] for i in chunk]
-                self.batches[len(chunk)] = self.batches.get(len(chunk), 0) + 1
-                self.m_batch.observe(len(chunk))
-                out: list[Any]
-                try:
-                    if planned.kind == "causal_lm":
-                        out = generate(loaded, texts, max(items[i][2] for i in chunk))
-                    else:
-                        out = classify(loaded, texts)
-                except Exception as exc:  # a model failure answers 500 and never kills the replica
-                    out = [RequestError(500, f"model call failed: {type(exc).__name__}: {exc}")] * len(chunk)
-                for i, result in zip(chunk, out, strict=True):
-                    results[i] = result
+            out = await loop.run_in_executor(self.executor, self._run_group, loaded, [items[i] for i in indices])
+            del loaded
+            for i, result in zip(indices, out, strict=True):
+                results[i] = result
         if len(items) >= 8:
             trim_heap()
+        return results
+
+    def _run_group(self, loaded: LoadedVariant, items: list[tuple[str, str, int]]) -> list[Any]:
+        """One variant's requests, in chunks of its batch limit; a bad item or a model failure answers alone."""
+        planned = loaded.plan
+        results: list[Any] = [None] * len(items)
+        runnable = []
+        for i, (_name, text, _new) in enumerate(items):
+            try:
+                check_tokens(loaded, [text])
+                runnable.append(i)
+            except RequestError as exc:
+                results[i] = exc
+        step = self.batch_limits.get(planned.name, planned.max_batch_size)
+        for start in range(0, len(runnable), step):
+            chunk = runnable[start : start + step]
+            texts = [items[i][1] for i in chunk]
+            self.batches[len(chunk)] = self.batches.get(len(chunk), 0) + 1
+            self.m_batch.observe(len(chunk))
+            out: list[Any]
+            try:
+                if planned.kind == "causal_lm":
+                    out = generate(loaded, texts, max(items[i][2] for i in chunk))
+                else:
+                    out = classify(loaded, texts)
+            except Exception as exc:  # a model failure answers 500 and never kills the replica
+                out = [RequestError(500, f"model call failed: {type(exc).__name__}: {exc}")] * len(chunk)
+            for i, result in zip(chunk, out, strict=True):
+                results[i] = result
         return results
 
     # ---- autoscaling --------------------------------------------------------------------------

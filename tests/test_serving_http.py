@@ -17,7 +17,7 @@ import requests
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 896 * 2**20
+BUDGET = 1024 * 2**20
 
 
 def _free_port() -> int:
@@ -26,10 +26,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+POOL = {"minilm-rt": 0.80, "int8-weight-only": 0.79, "int8-all": 0.78}  # name -> accuracy to rank by
+
+
+def _pool_variants(finetuned_minilm_dir, root) -> dict[str, str]:
+    """The fine-tuned fp32 variant plus two int8 variants of it (different sizes) for the multiplexed pool."""
+    from tightfit.compress import apply_chain
+    from tightfit.spec import VariantSpec
+    from tightfit.variant import load_variant, save_variant
+
+    dirs = {"minilm-rt": str(finetuned_minilm_dir)}
+    for name, chain in (("int8-weight-only", "int8_weight_only"), ("int8-all", "int8_dynamic|int8_embeddings")):
+        base = load_variant(finetuned_minilm_dir)
+        spec = VariantSpec.parse(chain, name=name)
+        model, _ = apply_chain(base.model, spec, kind="classifier")
+        dirs[name] = str(save_variant(model, base.tokenizer, root / name, spec, base_model="minilm", kind="classifier"))
+    return dirs
+
+
 @pytest.fixture(scope="module")
-def served(finetuned_minilm_dir):
-    """Plan for the fine-tuned variant under an 896 MiB budget (batch capped at 8 so the load test can pass
-    capacity with few client threads), deployed on a private Ray + Serve; torn down after the module."""
+def served(finetuned_minilm_dir, tmp_path_factory):
+    """Plan for the fine-tuned variant (primary) and two int8 variants under a 1 GiB budget (batch capped at
+    8 so the load test can pass capacity with few client threads), deployed on a private Ray + Serve; torn
+    down after the module. The pool is narrowed to the primary plus the smallest variant, so Serve's model
+    count (2) allows pairs that the bytes do not: the byte eviction has work to do."""
+    import dataclasses
+
     import ray
     from ray import serve
 
@@ -37,8 +59,14 @@ def served(finetuned_minilm_dir):
     from tightfit.serving_calibrate import with_load_rss
     from tightfit.serving_plan import footprint_for_source, plan_serving
 
-    record = with_load_rss([footprint_for_source(str(finetuned_minilm_dir), name="minilm-rt")])[0]
-    plan = plan_serving([record], BUDGET, max_batch=8)
+    dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
+    records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]
+    plan = plan_serving(with_load_rss(records), BUDGET, max_batch=8, accuracy_tolerance=0.0, pool_size=3)
+    sizes = {v.name: v.resident_bytes for v in plan.pool}
+    assert plan.primary.name == "minilm-rt" and set(sizes) == set(POOL), plan.rejected
+    assert sizes["int8-all"] < sizes["int8-weight-only"] < sizes["minilm-rt"]
+    plan = dataclasses.replace(plan, pool_bytes=sizes["minilm-rt"] + sizes["int8-all"])
+    assert plan.max_models_per_replica == 2
     port = _free_port()
     metrics_port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
@@ -52,7 +80,7 @@ def served(finetuned_minilm_dir):
             except requests.RequestException:
                 pass
             time.sleep(0.5)
-        yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port}
+        yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -201,3 +229,34 @@ def test_prometheus_metrics_through_ray(served):
         time.sleep(2)
     assert "tightfit_requests" in text and "tightfit_batch_size" in text
     assert "tightfit_replica_rss_bytes" in text and 'variant="minilm-rt"' in text
+
+
+def test_multiplexed_pool_routes_by_model_id_and_evicts_by_bytes(served, known_examples):
+    """Serve's ``serve_multiplexed_model_id`` header picks the variant; the pool keeps bytes under its cap."""
+    url, sizes, cap = served["url"], served["sizes"], served["plan"].pool_bytes
+    confident = [r for r in known_examples if r["pred"] == r["label"] and r["conf"] >= 0.8][:8]
+    texts = [r["text"] for r in confident]
+
+    def ask(variant: str | None) -> dict[str, Any]:
+        headers = {"serve_multiplexed_model_id": variant} if variant else {}
+        response = requests.post(f"{url}/v1/classify", json={"texts": texts}, headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["variant"] == (variant or "minilm-rt")
+        agree = sum(item["label_id"] == r["label"] for item, r in zip(body["results"], confident, strict=True))
+        assert agree >= len(confident) - 1  # int8 variants keep the fp32 answers on confident examples
+        return requests.get(f"{url}/v1/stats", timeout=10).json()
+
+    before = ask(None)["evictions"]  # the primary is loaded
+    steps = [
+        ("int8-weight-only", ["int8-weight-only"], 1),  # Serve's count allows two, the bytes do not
+        ("int8-all", ["int8-weight-only", "int8-all"], 0),  # both small ones fit the bytes
+        (None, ["int8-all", "minilm-rt"], 0),  # Serve's count (2) unloads the least recently used first
+    ]
+    for variant, loaded, byte_evictions in steps:
+        stats = ask(variant)
+        assert stats["loaded_variants"] == loaded
+        assert stats["evictions"] == before + byte_evictions
+        assert sum(sizes[n] for n in loaded) <= cap
+        before = stats["evictions"]
+    assert stats["peak_rss_bytes"] <= BUDGET

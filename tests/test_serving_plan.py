@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ from tightfit.footprint import Footprint, save_footprints
 from tightfit.memory.serving import ServingMemoryModel
 from tightfit.serving_autoscale import desired_replicas
 from tightfit.serving_plan import footprint_for_source, plan_serving
-from tightfit.serving_runtime import LoadedVariant, RequestError, VariantPool, validate_request
+from tightfit.serving_runtime import RequestError, lru_evictions, validate_request
 
 MIB = 2**20
 MODEL = ServingMemoryModel()
@@ -113,26 +114,24 @@ def test_rayservice_manifest_from_the_same_plan(records, kuberay_crd_dir):
     assert embedded["applications"] == plan.to_serve_config()["applications"]
 
 
-def test_pool_holds_variants_while_their_bytes_fit(records):
+def test_pool_members_fit_alone_and_are_evicted_by_bytes(records):
     plan = plan_serving(records, 2 * 2**30, model=MODEL, accuracy_tolerance=0.0, pool_size=3)
     assert plan.pool[0].name == "fp32" and len(plan.pool) == 3
-    assert sum(v.resident_bytes for v in plan.pool) <= plan.pool_bytes
-    loads: list[str] = []
-
-    def loader(planned):
-        loads.append(planned.name)
-        return LoadedVariant(plan=planned, model=None, tokenizer=None, labels=[])
-
+    assert all(v.resident_bytes <= plan.pool_bytes for v in plan.pool)
+    held = min(plan.pool_bytes, sum(v.resident_bytes for v in plan.pool))
+    assert plan.predicted_peak_bytes == plan.runtime_bytes + held + plan.primary.activation_bytes
+    assert plan.predicted_peak_bytes <= plan.usable_bytes
     a, b, c = plan.pool
-    pool = VariantPool(a.resident_bytes + max(b.resident_bytes, c.resident_bytes), loader)  # room for two
-    assert a.resident_bytes + b.resident_bytes + c.resident_bytes > pool.capacity_bytes
-    pool.get(a)
-    pool.get(b)
-    pool.get(a)  # a is now the most recently used
-    pool.get(c)  # evicts b (least recently used) to fit c's bytes
-    assert pool.names() == ["fp32", c.name] and pool.evictions >= 1
-    assert pool.used_bytes <= pool.capacity_bytes
-    assert loads == ["fp32", b.name, c.name]
+    room_for_two = a.resident_bytes + max(b.resident_bytes, c.resident_bytes)
+    # LRU order a (oldest), b: loading c evicts a first, and only as much as c's bytes need
+    assert lru_evictions([(a.name, a.resident_bytes), (b.name, b.resident_bytes)], c.resident_bytes, room_for_two) \
+        == [a.name]
+    assert lru_evictions([(b.name, b.resident_bytes)], c.resident_bytes, room_for_two) == []
+    assert lru_evictions([(a.name, a.resident_bytes)], a.resident_bytes, a.resident_bytes) == [a.name]
+    # Serve's model count: the most members that can ever be resident together
+    tight = dataclasses.replace(plan, pool_bytes=room_for_two)
+    assert tight.max_models_per_replica == 2 and plan.max_models_per_replica == 3
+    assert dataclasses.replace(plan, pool_bytes=min(v.resident_bytes for v in plan.pool)).max_models_per_replica == 1
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ class ServePlan:
     usable_bytes: int  # budget minus the safety headroom
     primary: PlannedVariant
     pool: list[PlannedVariant]  # every variant the replica may load, primary first
-    pool_bytes: int  # resident-weight bytes the multiplexed pool may hold at once
+    pool_bytes: int  # resident-weight bytes the multiplexed pool holds at once (LRU eviction by bytes beyond)
     predicted_peak_bytes: int  # replica peak: runtime + pool weights + largest activation set
     runtime_bytes: int
     max_ongoing_requests: int
@@ -89,6 +89,17 @@ class ServePlan:
     min_accuracy: float | None = None
     memory_model: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # variant -> why it was not chosen
+
+    @property
+    def max_models_per_replica(self) -> int:
+        """The most pool members that can ever be resident at once (the smallest ones), for
+        ``@serve.multiplexed``; eviction by bytes keeps any mix inside ``pool_bytes``."""
+        count, used = 0, 0
+        for size in sorted(v.resident_bytes for v in self.pool):
+            if used + size > self.pool_bytes:
+                break
+            count, used = count + 1, used + size
+        return max(1, count)
 
     def variant(self, name: str) -> PlannedVariant | None:
         return next((v for v in self.pool if v.name == name), None)
@@ -352,20 +363,25 @@ def plan_serving(
                 f"fits, but {'slower' if _quality_key(v) >= best_quality - accuracy_tolerance else 'less accurate'} "
                 f"than {primary.name}"
             )
-    runtime = primary.predicted_peak_bytes - primary.resident_bytes - primary.activation_bytes - primary.kv_cache_bytes
+    runtime = _runtime_bytes(primary)
     act_set = primary.activation_bytes + primary.kv_cache_bytes
-    pool_bytes = usable - runtime - act_set
     pool = [primary]
-    used = primary.resident_bytes
     others = sorted((v for v in planned if v is not primary), key=_quality_key, reverse=True)
     for v in others:
         if len(pool) >= pool_size:
             break
         replanned = _fit_under(v, candidates, model, usable, act_set, max_new_tokens, latency_slo_ms, max_batch)
-        if replanned is not None and used + replanned.resident_bytes <= pool_bytes:
+        if replanned is None:
+            continue
+        # the replica's runtime is the largest any member brings (e.g. torchao's import for int8 variants);
+        # each member must fit alone beside it; together they are evicted by bytes (LRU)
+        joint_runtime = max(runtime, _runtime_bytes(replanned))
+        if max(m.resident_bytes for m in [*pool, replanned]) <= usable - joint_runtime - act_set:
             pool.append(replanned)
-            used += replanned.resident_bytes
-    peak = runtime + used + act_set
+            runtime = joint_runtime
+    pool_bytes = usable - runtime - act_set
+    held = min(pool_bytes, sum(v.resident_bytes for v in pool))
+    peak = runtime + held + act_set
     batch = primary.max_batch_size
     max_ongoing = max(2, 2 * batch)
     max_queued = max(4, 2 * batch)
@@ -393,6 +409,11 @@ def plan_serving(
         memory_model={k: v for k, v in model.to_dict().items() if k != "calibration_points"},
         rejected=rejected,
     )
+
+
+def _runtime_bytes(v: PlannedVariant) -> int:
+    """The runtime share of a variant's predicted peak (interpreter, torch, libraries)."""
+    return v.predicted_peak_bytes - v.resident_bytes - v.activation_bytes - v.kv_cache_bytes
 
 
 def _fit_under(

@@ -1,7 +1,8 @@
 """What runs inside a serving replica, kept apart from Ray so it can be tested alone.
 
-- `VariantPool`: the variants a replica holds, evicted least-recently-used by predicted bytes (not by
-  count), so the pool never holds more weights than the plan's pool budget.
+- `MultiplexedPool`: the variants a replica holds, through Ray Serve's ``@serve.multiplexed`` (model-id
+  routing), evicted least-recently-used by predicted bytes (not only by count), so the pool never holds
+  more weights than the plan's pool budget.
 - `validate_request`: the JSON request schema, with a 4xx status and a message for each bad kind.
 - `classify` / `generate`: one batched forward (or greedy generation) for a loaded variant.
 """
@@ -9,8 +10,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,42 +68,82 @@ def load_for_serving(planned: PlannedVariant, threads: int = 1) -> LoadedVariant
     return LoadedVariant(plan=planned, model=model, tokenizer=tokenizer, labels=labels)
 
 
-class VariantPool:
-    """Loaded variants, least recently used first out, bounded by the sum of predicted resident bytes."""
+def lru_evictions(held: list[tuple[str, int]], incoming_bytes: int, capacity_bytes: int) -> list[str]:
+    """Names to evict, least recently used first, so ``incoming_bytes`` fits beside what stays.
 
-    def __init__(self, capacity_bytes: int, loader: Callable[[PlannedVariant], LoadedVariant]) -> None:
-        self.capacity_bytes = capacity_bytes
-        self._loader = loader
-        self._items: OrderedDict[str, LoadedVariant] = OrderedDict()
-        self._lock = threading.Lock()
+    ``held`` lists (name, predicted resident bytes) from least to most recently used.
+    """
+    used = sum(size for _name, size in held)
+    out = []
+    for name, size in held:
+        if used + incoming_bytes <= capacity_bytes:
+            break
+        out.append(name)
+        used -= size
+    return out
+
+
+class MultiplexedPool:
+    """The replica's variants behind Ray Serve's ``@serve.multiplexed`` LRU, evicted by predicted bytes.
+
+    Serve counts models (``max_num_models_per_replica``) and routes requests carrying a
+    ``serve_multiplexed_model_id`` to replicas that hold that model. Counting alone would let three large
+    variants overflow the budget, so before each load this pool unloads Serve's least recently used models
+    until the summed predicted resident bytes fit ``plan.pool_bytes``. Create it inside a replica.
+    """
+
+    def __init__(self, plan: ServePlan, loader: Callable[[PlannedVariant], LoadedVariant], executor: Any) -> None:
+        from ray import serve
+
+        self.plan = plan
         self.evictions = 0
+        self._loader = loader
+        self._executor = executor
+
+        async def load_variant(name: str) -> LoadedVariant:
+            return await self._load(name)
+
+        self._load_fn = load_variant
+        self._get = serve.multiplexed(max_num_models_per_replica=plan.max_models_per_replica)(load_variant)
+
+    def _serve_lru(self) -> Any:
+        """Serve's multiplex wrapper (its ``models`` OrderedDict is the LRU), created on the first get."""
+        return getattr(self._load_fn, "__serve_multiplex_wrapper", None)
+
+    def names(self) -> list[str]:
+        lru = self._serve_lru()
+        return list(lru.models) if lru is not None else []
 
     @property
     def used_bytes(self) -> int:
-        return sum(v.plan.resident_bytes for v in self._items.values())
+        sizes = {v.name: v.resident_bytes for v in self.plan.pool}
+        return sum(sizes[name] for name in self.names())
 
-    def names(self) -> list[str]:
-        return list(self._items)
+    async def get(self, name: str) -> LoadedVariant:
+        """The loaded variant ``name`` (a pool member), loading it through Serve's multiplexer if absent."""
+        return await self._get(name)
 
-    def get(self, planned: PlannedVariant) -> LoadedVariant:
-        """The loaded variant, loading it (after evicting by bytes) when absent."""
-        with self._lock:
-            if planned.name in self._items:
-                self._items.move_to_end(planned.name)
-                return self._items[planned.name]
-            if planned.resident_bytes > self.capacity_bytes:
-                raise RequestError(
-                    507, f"variant {planned.name!r} needs more memory than this replica's pool holds"
-                )
-            while self._items and self.used_bytes + planned.resident_bytes > self.capacity_bytes:
-                self._items.popitem(last=False)
+    async def _load(self, name: str) -> LoadedVariant:
+        import asyncio
+        import gc
+
+        planned = self.plan.variant(name)
+        if planned is None:
+            raise RequestError(404, f"unknown variant {name!r}; this server serves {[v.name for v in self.plan.pool]}")
+        if planned.resident_bytes > self.plan.pool_bytes:
+            raise RequestError(507, f"variant {name!r} needs more memory than this replica's pool holds")
+        lru = self._serve_lru()
+        if lru is not None:
+            sizes = {v.name: v.resident_bytes for v in self.plan.pool}
+            held = [(n, sizes[n]) for n in lru.models]
+            for _name in lru_evictions(held, planned.resident_bytes, self.plan.pool_bytes):
+                await lru.unload_model_lru()
                 self.evictions += 1
-                import gc
-
+            if self.evictions:
                 gc.collect()
-            loaded = self._loader(planned)
-            self._items[planned.name] = loaded
-            return loaded
+                trim_heap()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._loader, planned)
 
 
 @dataclass
