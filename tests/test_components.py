@@ -50,9 +50,9 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
 
     records = [
         Footprint(variant="big", chain="fp32", accuracy=0.80, disk_bytes=90 << 20, peak_rss_serve_bytes=700 << 20,
-                  latency_ms_b1_p95=9.0),
+                  peak_rss_load_bytes=650 << 20, latency_ms_b1_p95=9.0),
         Footprint(variant="small", chain="int8_dynamic", accuracy=0.79, disk_bytes=30 << 20,
-                  peak_rss_serve_bytes=400 << 20, latency_ms_b1_p95=4.0),
+                  peak_rss_serve_bytes=400 << 20, peak_rss_load_bytes=350 << 20, latency_ms_b1_p95=4.0),
         Footprint(variant="bad", chain="int4_weight_only", status="failed", error="UnsupportedError: needs a GPU"),
     ]
     selection = select_variant(records, HardwareTarget.parse(memory="600MiB"))

@@ -34,7 +34,7 @@ def test_default_file_and_quick_profile() -> None:
     assert 0 < len(quick.variants) < len(full.variants)
     assert quick.data.limit is not None and (full.data.limit is None or quick.data.limit < full.data.limit)
     assert quick.target == full.target  # profiles change the work, not the budget
-    assert full.target.memory_bytes == 768 * 2**20
+    assert full.target.memory_bytes == 2**30
     for item in quick.loop_items():
         assert set(item) == {"variant", "chain"} and all(isinstance(v, str) for v in item.values())
 

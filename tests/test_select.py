@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tightfit import names
+from tightfit.errors import BudgetError
 from tightfit.footprint import Footprint
 from tightfit.select import (
     DEFAULT_OBJECTIVES,
@@ -29,6 +32,7 @@ def rec(name: str, acc: float, disk_mib: float, rss_mib: float, b1: float, b32: 
         accuracy=acc,
         disk_bytes=int(disk_mib * MiB),
         peak_rss_serve_bytes=int(rss_mib * MiB),
+        peak_rss_load_bytes=int((rss_mib - 150) * MiB),  # a replica adds Ray's share to this
         latency_ms_b1_p95=b1,
         latency_ms_b32_p95=b32 if b32 is not None else b1 * 20,
         **kw,
@@ -63,6 +67,25 @@ def test_unmeasured_objective_counts_as_worst() -> None:
     b = rec("b", 0.8, 10, 100, 1.0)
     b.latency_ms_b1_p95 = None
     assert [r.variant for r in pareto_front([a, b])] == ["a"]
+
+
+def test_memory_limit_also_holds_for_the_serving_replica(sweep: list[Footprint]) -> None:
+    """The bare-process peak of int8_dynamic fits 385 MiB, but a Ray Serve replica of it would not: selection
+    uses the serving planner's figure, so it never chooses what serving then declines."""
+    from tightfit.serving_plan import plan_serving
+    from tightfit.serving_records import replica_need_bytes
+
+    int8 = next(r for r in sweep if r.variant == "int8_dynamic")
+    need = replica_need_bytes(int8)
+    assert need is not None and int8.peak_rss_serve_bytes < 385 * MiB < need
+    why = fit_reasons(int8, HardwareTarget.parse(memory="385MiB"))
+    assert len(why) == 1 and "Ray Serve replica needs" in why[0]
+    assert fit_reasons(int8, HardwareTarget(memory_bytes=need)) == []
+    # the same figure is the planner's threshold (records need a variant dir for the planner)
+    plannable = dataclasses.replace(int8, extra={"variant_dir": "/nonexistent"})
+    assert plan_serving([plannable], need).primary.name == "int8_dynamic"
+    with pytest.raises(BudgetError, match="no variant fits"):
+        plan_serving([plannable], need - 2 * MiB)
 
 
 def test_memory_budget_picks_best_accuracy_that_fits(sweep: list[Footprint]) -> None:
@@ -120,8 +143,10 @@ def test_bandwidth_limit_against_latency_slo(sweep: list[Footprint]) -> None:
 
 def test_perplexity_for_language_models() -> None:
     lms = [
-        Footprint(variant="lm-fp32", kind="causal_lm", perplexity=12.0, disk_bytes=500 * MiB, peak_rss_serve_bytes=900 * MiB),
-        Footprint(variant="lm-int8", kind="causal_lm", perplexity=12.5, disk_bytes=200 * MiB, peak_rss_serve_bytes=500 * MiB),
+        Footprint(variant="lm-fp32", kind="causal_lm", perplexity=12.0, disk_bytes=500 * MiB, peak_rss_serve_bytes=900 * MiB,
+                      peak_rss_load_bytes=850 * MiB),
+        Footprint(variant="lm-int8", kind="causal_lm", perplexity=12.5, disk_bytes=200 * MiB, peak_rss_serve_bytes=500 * MiB,
+                      peak_rss_load_bytes=350 * MiB),
     ]
     assert select_variant(lms, HardwareTarget()).chosen.variant == "lm-fp32"  # type: ignore[union-attr]
     sel = select_variant(lms, HardwareTarget.parse(memory="600MiB", max_perplexity=13))

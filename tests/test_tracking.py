@@ -23,11 +23,12 @@ MiB = 2**20
 def _records() -> list[Footprint]:
     return [
         Footprint(variant="fp32", accuracy=0.81, f1_macro=0.8, params_total=22_713_986, params_nonzero=22_713_986,
-                  disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB, latency_ms_b1_p95=10.5, seq_len=64),
+                  disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB, peak_rss_load_bytes=550 * MiB,
+                  latency_ms_b1_p95=10.5, seq_len=64),
         Footprint(variant="bf16", chain="bf16", accuracy=0.80, disk_bytes=44 * MiB, peak_rss_serve_bytes=420 * MiB,
-                  latency_ms_b1_p95=4.0, compression_ratio=1.98, extra={"note": "cast"}),
+                  peak_rss_load_bytes=300 * MiB, latency_ms_b1_p95=4.0, compression_ratio=1.98, extra={"note": "cast"}),
         Footprint(variant="pruned", chain="prune_unstructured:sparsity=0.5", accuracy=0.7, disk_bytes=60 * MiB,
-                  peak_rss_serve_bytes=500 * MiB, latency_ms_b1_p95=9.0),
+                  peak_rss_serve_bytes=500 * MiB, peak_rss_load_bytes=450 * MiB, latency_ms_b1_p95=9.0),
         Footprint(variant="int4", chain="int4_weight_only", status="failed", error="UnsupportedError: needs a GPU"),
     ]
 

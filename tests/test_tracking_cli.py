@@ -22,11 +22,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     t = tracking.Tracker(uri, "cli", outbox_dir=root)
     parent = tracking.start_parent("cli-sweep", tracker=t)
     records = [
-        Footprint(variant="fp32", accuracy=0.81, disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB, latency_ms_b1_p95=10.0),
+        Footprint(variant="fp32", accuracy=0.81, disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB,
+                  peak_rss_load_bytes=550 * MiB, latency_ms_b1_p95=10.0),
         Footprint(variant="int8", chain="int8_dynamic", accuracy=0.79, disk_bytes=56 * MiB,
-                  peak_rss_serve_bytes=380 * MiB, latency_ms_b1_p95=4.5),
+                  peak_rss_serve_bytes=380 * MiB, peak_rss_load_bytes=300 * MiB, latency_ms_b1_p95=4.5),
         Footprint(variant="pruned", chain="prune_unstructured:sparsity=0.5", accuracy=0.7, disk_bytes=60 * MiB,
-                  peak_rss_serve_bytes=450 * MiB, latency_ms_b1_p95=6.0),
+                  peak_rss_serve_bytes=450 * MiB, peak_rss_load_bytes=400 * MiB, latency_ms_b1_p95=6.0),
         Footprint(variant="int4", chain="int4_weight_only", status="failed", error="needs a GPU"),
     ]
     for r in records:

@@ -38,6 +38,10 @@ COMPRESSION_RATIO: Final = "compression_ratio"
 SPEEDUP_B32: Final = "speedup_b32"
 ACCURACY_DROP: Final = "accuracy_drop"
 
+# Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
+# accepts (``tightfit.serving_records.replica_need_bytes``). Selection constrains and ranks memory by it.
+SERVING_REPLICA_BYTES: Final = "serving_replica_bytes"
+
 FOOTPRINT_METRICS: Final[tuple[str, ...]] = METRIC_FIELDS
 """Every footprint metric name, in the record's field order."""
 

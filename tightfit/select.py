@@ -2,7 +2,9 @@
 
 Library code first, so the CLI (``tightfit compare``), the KFP ``select`` component and serving choose
 the same way. A variant *fits* when its measured footprint meets every limit the target sets; a limit on a
-figure that was not measured does not fit (never assume). Failed records are reported, never chosen.
+figure that was not measured does not fit (never assume). A memory limit must also hold for the serving
+replica the planner would deploy (``tightfit.serving_records.replica_need_bytes``), so what selection
+chooses, serving can run. Failed records are reported, never chosen.
 
 The chosen variant is the fitting one with the best quality, ties broken by peak serving memory, disk,
 latency, then bandwidth. Every constrained figure is also a front objective, so the chosen variant always
@@ -36,6 +38,11 @@ MEASURED_LATENCY_BATCHES = (1, 32)
 
 
 def _value(record: Footprint, name: str) -> float | None:
+    if name == names.SERVING_REPLICA_BYTES:
+        from tightfit.serving_records import replica_need_bytes
+
+        need = replica_need_bytes(record)
+        return None if need is None else float(need)
     value = getattr(record, name, None)
     if value is None:
         value = record.extra.get(name)
@@ -152,13 +159,16 @@ def latency_objective(target: HardwareTarget) -> tuple[str, float]:
 
 
 def selection_objectives(records: Sequence[Footprint], target: HardwareTarget) -> tuple[Objective, ...]:
-    """Quality, disk, serving memory, latency at the target's batch (+ bytes per forward under a bandwidth)."""
+    """Quality, disk, serving memory, latency at the target's batch (+ the serving replica's need under a
+    memory limit, + bytes per forward under a bandwidth): every constrained figure is an objective."""
     objectives: list[Objective] = [
         quality_objective(records, target),
         (names.PEAK_RSS_SERVE_BYTES, "min"),
         (names.DISK_BYTES, "min"),
         (latency_objective(target)[0], "min"),
     ]
+    if target.memory_bytes is not None:
+        objectives.append((names.SERVING_REPLICA_BYTES, "min"))
     if target.bandwidth_bytes_per_s is not None:
         objectives.append((names.WEIGHT_BYTES_PER_FORWARD, "min"))
     return tuple(objectives)
@@ -179,6 +189,16 @@ def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
             why.append(f"{label}: {metric} {format_bytes(measured)} > budget {format_bytes(budget)}")
 
     limit_bytes(names.PEAK_RSS_SERVE_BYTES, _value(record, names.PEAK_RSS_SERVE_BYTES), target.memory_bytes, "memory")
+    if target.memory_bytes is not None:
+        need = _value(record, names.SERVING_REPLICA_BYTES)
+        if need is None:
+            why.append(f"memory: {names.SERVING_REPLICA_BYTES} unknown (no weight bytes measured)")
+        elif need > target.memory_bytes:
+            why.append(
+                f"memory: a Ray Serve replica needs about {format_bytes(need)} at batch 1 (load RSS + replica "
+                f"overhead + activations + headroom, as the serving planner predicts) > budget "
+                f"{format_bytes(target.memory_bytes)}"
+            )
     limit_bytes(names.DISK_BYTES, _value(record, names.DISK_BYTES), target.disk_bytes, "disk")
     if target.latency_ms is not None:
         metric, scale = latency_objective(target)

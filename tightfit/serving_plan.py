@@ -18,6 +18,9 @@ from tightfit.errors import BudgetError, ConfigError
 from tightfit.footprint import Footprint
 from tightfit.memory.serving import ServingMemoryModel, activation_dtype_bytes
 from tightfit.serving_records import (
+    DEFAULT_HEADROOM,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_TOKENS,
     Candidate,
     footprint_for_source,
     load_rss_of,
@@ -289,9 +292,9 @@ def plan_serving(
     min_accuracy: float | None = None,
     accuracy_tolerance: float = 0.005,
     max_tokens: int | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_batch: int = 64,
-    headroom: float = 0.08,
+    headroom: float = DEFAULT_HEADROOM,
     pool_size: int = 3,
     num_replicas: int = 1,
     max_replicas: int | None = None,
@@ -326,7 +329,7 @@ def plan_serving(
     planned: list[PlannedVariant] = []
     needs: list[tuple[int, str]] = []
     for cand in candidates:
-        tokens = max_tokens or (64 if cand.arch.kind == "classifier" else 128)
+        tokens = max_tokens or DEFAULT_MAX_TOKENS.get(cand.arch.kind, 64)
         if min_accuracy is not None and cand.record.accuracy is not None and cand.record.accuracy < min_accuracy:
             rejected[cand.record.variant] = f"accuracy {cand.record.accuracy:.3f} below the minimum {min_accuracy:g}"
             continue

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tightfit.errors import ConfigError
 from tightfit.footprint import Footprint
-from tightfit.memory.serving import ArchInfo
+from tightfit.memory.serving import ArchInfo, ServingMemoryModel, activation_dtype_bytes
+
+DEFAULT_HEADROOM = 0.08  # of a replica's budget kept free (allocator slack, sampling gaps)
+DEFAULT_MAX_TOKENS = {"classifier": 64, "causal_lm": 128}  # per-request token cap when none is given
+DEFAULT_MAX_NEW_TOKENS = 32
 
 
 @dataclass
@@ -95,3 +100,29 @@ def footprint_for_source(source: str, *, kind: str | None = None, name: str | No
         chain = str(json.loads(manifest.read_text()).get("chain", chain))
     label = name or (source if source in BUILTIN_MODELS else directory.name)
     return Footprint(variant=label, chain=chain, kind=arch.kind, disk_bytes=weights, extra={"variant_dir": str(directory)})
+
+
+def replica_need_bytes(
+    record: Footprint,
+    *,
+    model: ServingMemoryModel | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    max_tokens: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> int | None:
+    """The smallest replica budget the serving planner accepts for ``record``: the predicted peak of a Ray
+    Serve replica at batch 1 and the token cap, plus headroom. Selection checks memory limits with this same
+    figure, so a variant chosen under a budget is one the planner can deploy. None without weight bytes."""
+    weights = weight_bytes_of(record)
+    if not record.ok or weights is None:
+        return None
+    source = source_of(record)
+    arch = ArchInfo.default_for(record.kind)
+    if source is not None and (Path(source) / "config.json").is_file():
+        arch = ArchInfo.from_dir(source, kind=record.kind)
+    tokens = max_tokens or DEFAULT_MAX_TOKENS.get(arch.kind, 64)
+    peak = (model or ServingMemoryModel()).predict(
+        weights, arch, batch=1, seq_len=tokens, dtype_bytes=activation_dtype_bytes(record.chain),
+        new_tokens=max_new_tokens if arch.kind == "causal_lm" else 0, load_rss_bytes=load_rss_of(record),
+    ).total
+    return math.ceil(peak / (1 - headroom)) + 1  # the planner floors budget x (1 - headroom)
