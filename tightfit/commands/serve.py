@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas to start with."),
         max_replicas: int | None = typer.Option(None, "--max-replicas", help="Autoscale up to this many replicas."),
         cpus: float = typer.Option(1.0, "--cpus-per-replica", help="CPUs (and torch threads) per replica."),
+        pool_size: int = typer.Option(
+            3, "--pool-size", min=1, help="Variants a replica may serve (multiplexed, evicted by bytes)."
+        ),
         calibration: Path | None = typer.Option(None, "--calibration", help="Serving memory model JSON to use."),
         measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure load RSS where records lack it."),
         address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)."),
@@ -66,6 +69,7 @@ def register(app: typer.Typer) -> None:
             records, budget, model=model, variant=variant if (footprints or from_mlflow) else None,
             latency_slo_ms=slo, min_accuracy=min_accuracy, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
             num_replicas=replicas, max_replicas=max_replicas, cpus_per_replica=cpus, base_dir=base_dir,
+            pool_size=pool_size,
         )
         if rayservice_manifest is not None:
             import yaml
