@@ -69,7 +69,7 @@ STEP_CHOICES = {
     "structure": ["prune_unstructured:sparsity=0.3", "prune_unstructured:sparsity=0.9",
                   "prune_structured:heads=0.5,ffn=0.5,calib_batches=1,batch_size=4",
                   "prune_structured:heads=0.25,ffn=0,scope=global,calib_batches=1,batch_size=4",
-                  "drop_layers:keep_every=2", "drop_layers:keep_every=4"],
+                  "drop_layers:keep_every=2", "drop_layers:keep_every=4", "prune_vocab", "prune_vocab:max_size=500"],
     "recovery": ["distill:steps=1,batch_size=4,max_length=16"],
     "precision": ["bf16", "int8_dynamic", "int8_weight_only", "int8_embeddings", "fp16", "int4_weight_only"],
     "runtime": ["compile"],
