@@ -93,15 +93,20 @@ def measure_replica(
     base_url: str,
     batch_sizes: Sequence[int] = (1, 16, 48),
     max_tokens: int = 64,
+    new_tokens: int = 16,
 ) -> list[CalibrationPoint]:
-    """Serve ``record``'s variant in a fresh replica (Serve must be running) and measure its peaks."""
+    """Serve ``record``'s variant in a fresh replica (Serve must be running) and measure its peaks:
+    classifiers through ``/v1/classify``, causal LMs through ``/v1/generate`` with ``new_tokens`` each."""
     import requests
     from ray import serve
 
     from tightfit.ray_jobs.serve import build_app
 
+    generating = record.kind == "causal_lm"
+    new_tokens = new_tokens if generating else 0
     plan = plan_serving(
-        [record], 64 * 2**30, max_tokens=max_tokens, max_batch=max(batch_sizes), headroom=0.0, pool_size=1
+        [record], 64 * 2**30, max_tokens=max_tokens, max_batch=max(batch_sizes), headroom=0.0, pool_size=1,
+        max_new_tokens=max(1, new_tokens),
     )
     plan.primary.max_batch_size = max(batch_sizes)
     plan.max_ongoing_requests = max(2 * max(batch_sizes), plan.max_ongoing_requests)
@@ -114,7 +119,11 @@ def measure_replica(
         arch = ArchInfo.from_dir(plan.primary.source, kind=plan.primary.kind)
         points = []
         for batch in sorted(batch_sizes):
-            response = requests.post(f"{base_url}/calibrate/v1/classify", json={"texts": [text] * batch}, timeout=300)
+            body: dict[str, Any] = {"texts": [text] * batch}
+            if generating:
+                body["max_new_tokens"] = new_tokens
+            route = "generate" if generating else "classify"
+            response = requests.post(f"{base_url}/calibrate/v1/{route}", json=body, timeout=300)
             if response.status_code != 200:
                 raise BackendError(f"calibration batch {batch} failed: {response.status_code} {response.text[:200]}")
             stats = _wait_json(f"{base_url}/calibrate/v1/stats")
@@ -129,6 +138,7 @@ def measure_replica(
                     idle_rss_bytes=int(idle["rss_bytes"]),
                     load_rss_bytes=load_rss,
                     process_base_bytes=process_base,
+                    new_tokens=new_tokens,
                 )
             )
         return points
@@ -142,11 +152,14 @@ def calibrate_serving_memory(
     base_url: str,
     batch_sizes: Sequence[int] = (1, 16, 48),
     max_tokens: int = 64,
+    new_tokens: int = 16,
 ) -> ServingMemoryModel:
     """Measure each variant in a fresh replica and fit the serving memory model to all the points."""
     points: list[CalibrationPoint] = []
     for record in records:
-        points.extend(measure_replica(record, base_url=base_url, batch_sizes=batch_sizes, max_tokens=max_tokens))
+        points.extend(measure_replica(
+            record, base_url=base_url, batch_sizes=batch_sizes, max_tokens=max_tokens, new_tokens=new_tokens,
+        ))
     return fit_serving_model(points, source=f"calibrated on {', '.join(r.variant for r in records)}")
 
 

@@ -202,16 +202,26 @@ class CalibrationPoint:
     idle_rss_bytes: int
     load_rss_bytes: int
     process_base_bytes: int
+    new_tokens: int = 0  # generated tokens per sequence (causal LMs)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "arch": asdict(self.arch)}
+
+    @property
+    def activation_bytes(self) -> float:
+        """Modelled activation bytes of this point (before the fitted scale)."""
+        return activation_elements(self.arch, self.batch, self.seq_len + self.new_tokens) * self.dtype_bytes
+
+    @property
+    def kv_bytes(self) -> int:
+        return kv_cache_bytes(self.arch, self.batch, self.seq_len + self.new_tokens, self.dtype_bytes)
 
 
 def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrated") -> ServingMemoryModel:
     """Fit the coefficients to measured points.
 
-    Activation scale: least squares of the peak growth over each variant's smallest batch against the
-    modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
+    Activation scale: least squares of the peak growth over each variant's smallest batch (less the KV
+    cache growth, for decoder LMs) against the modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
     Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
     (libraries and allocator share, conservative) and weight factor 1.
     """
@@ -223,12 +233,12 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
     xs, ys = [], []
     for group in by_variant.values():
         first = min(group, key=lambda q: q.batch)
-        a0 = activation_elements(first.arch, first.batch, first.seq_len) * first.dtype_bytes
         for p in group:
             if p is first:
                 continue
-            xs.append(activation_elements(p.arch, p.batch, p.seq_len) * p.dtype_bytes - a0)
-            ys.append(max(0, p.peak_rss_bytes - first.peak_rss_bytes))
+            # the KV cache is counted exactly (decoder LMs); the activation scale explains the rest
+            xs.append(p.activation_bytes - first.activation_bytes)
+            ys.append(max(0, p.peak_rss_bytes - first.peak_rss_bytes - (p.kv_bytes - first.kv_bytes)))
     denom = sum(x * x for x in xs)
     scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / denom if denom else 1.0
     scale = min(max(scale, 0.25), 8.0)
