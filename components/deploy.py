@@ -21,7 +21,8 @@ def deploy(
     Inputs are artifacts and pipeline parameters only: inside ``dsl.If`` kfp.local mis-resolves an
     upstream task's output parameter (the selection travels as the ``selected`` artifact).
     """
-    from tightfit.components.steps import deploy_step, log_stats, model_uri, quiet, read_text
+    from tightfit.components.serve_steps import deploy_step
+    from tightfit.components.steps import log_stats, model_uri, quiet, read_text
 
     quiet()
     summary, figures = deploy_step(

@@ -29,13 +29,13 @@ def profile(
     """
     from tightfit.components.steps import (
         log_stats,
-        log_variant_run,
         profile_step,
         quiet,
         read_record,
         record_json,
         write_record,
     )
+    from tightfit.components.tracking_steps import log_variant_run
 
     quiet()
     record, figures = profile_step(

@@ -1,0 +1,117 @@
+"""KFP component bodies that talk to MLflow: the parent run, nested variant runs, the selection summary
+and registration. Thin glue over ``tightfit.tracking`` (see ``steps.py`` for the rest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tightfit.components.steps import as_object, stopwatch, tracking_uri
+
+from tightfit.footprint import Footprint
+
+
+def _tracker(uri: str, experiment: str) -> Any:
+    from tightfit.tracking import Tracker
+
+    return Tracker(tracking_uri(uri), experiment or None)
+
+
+def parent_handle(pipeline_run: str) -> str:
+    """The parent run's record id for a pipeline run id: every task derives it from the same pipeline
+    parameter (kfp.local hands a loop's item to a loop task in place of an upstream task's output)."""
+    from tightfit.tracking_buffer import stable_record_id
+
+    return stable_record_id("parent", pipeline_run) if pipeline_run else ""
+
+
+def start_parent_run(
+    uri: str, experiment: str, run_name: str, base_model: str, dataset: str, target_json: str, pipeline_run: str
+) -> tuple[str, dict[str, Any]]:
+    """Open the pipeline run's MLflow parent run (``tightfit.tracking.start_parent``); returns its handle."""
+    from tightfit.spec import HardwareTarget
+    from tightfit.tracking import start_parent
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        target = HardwareTarget.model_validate(as_object(target_json) or {})
+        handle = start_parent(
+            run_name,
+            pipeline_run_id=pipeline_run or None,
+            base_model=base_model,
+            dataset=dataset,
+            target=target,
+            tracker=_tracker(uri, experiment),
+        )
+    return handle, stats
+
+
+def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str) -> str:
+    """Log one variant as a nested run of the pipeline run's parent (``tightfit.tracking.log_variant``);
+    nothing without a pipeline run id."""
+    parent = parent_handle(pipeline_run)
+    if not parent:
+        return ""
+    from tightfit.tracking import log_variant
+
+    directory = variant_dir if record.ok else None
+    return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
+
+
+def log_selection(
+    selection: Any, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
+) -> None:
+    """Write the Pareto plot for the report, and log table + plot + selection on the parent run."""
+    from tightfit.plots import pareto_plot
+
+    chosen = selection.chosen.variant if selection.chosen is not None else None
+    if any(r.ok for r in records):
+        pareto_plot(records, plot_path, chosen=chosen)
+    parent = parent_handle(pipeline_run)
+    if parent:
+        from tightfit.tracking import log_parent_summary
+
+        log_parent_summary(parent, records, selection=selection, tracker=_tracker(uri, experiment))
+
+
+def _fits_tier(record: dict[str, Any], tier: int) -> bool:
+    """The chosen record's bare peak and its serving replica's need both fit the tier (as selection checks)."""
+    from tightfit import names
+    from tightfit.serving_records import replica_need_bytes
+
+    peak = record.get(names.PEAK_RSS_SERVE_BYTES)
+    if not record or peak is None or float(peak) > tier:
+        return False
+    need = replica_need_bytes(Footprint.from_dict(record))
+    return need is not None and need <= tier
+
+
+def register_step(
+    selection_json: str, uri: str, experiment: str, pipeline_run: str, registered_model: str, alias: str
+) -> tuple[str, dict[str, Any]]:
+    """Register the chosen variant's run model with ``alias`` and its memory-tier alias; returns its URI."""
+    from tightfit import names
+    from tightfit.tracking import register_variant, variant_record_id
+
+    stats: dict[str, Any] = {}
+    with stopwatch(stats):
+        selection = as_object(selection_json)
+        chosen = selection.get("chosen")
+        if not chosen:  # nothing fits the target: nothing to register
+            return "", stats
+        aliases = [alias]
+        # The budget's tier alias (the largest tier not above the budget) names the chosen variant only if
+        # that variant really fits the tier; then it is also the best fit for the tier.
+        memory = (selection.get("target") or {}).get("memory_bytes")
+        tier = names.tier_for_budget(int(memory)) if memory else None
+        if tier is not None and _fits_tier(selection.get("chosen_record") or {}, tier):
+            tier_alias = names.budget_alias(tier)
+            if tier_alias not in aliases:
+                aliases.append(tier_alias)
+        register_variant(
+            variant_record_id(parent_handle(pipeline_run), chosen),
+            model_name=registered_model,
+            aliases=aliases,
+            tracker=_tracker(uri, experiment),
+        )
+    return names.model_uri(registered_model, alias), stats
