@@ -260,6 +260,10 @@ def evict_failed(cache_dir: Path, selection: dict[str, Any]) -> int:
     return evicted
 
 
+NARROW_LABELS = {"variant": "variant", "accuracy": "acc", "disk_bytes": "disk", "peak_rss_serve_bytes": "RSS",
+                 "latency_ms_b1_p95": "p95 b1 ms"}
+
+
 def print_summary(summary: RunSummary, console: Any) -> None:
     """The variant table (rich), the chosen variant for the budget, and where everything is."""
     from rich.table import Table
@@ -268,16 +272,25 @@ def print_summary(summary: RunSummary, console: Any) -> None:
 
     front = set(summary.selection.get("front") or [])
     reasons = summary.selection.get("reasons") or {}
-    table = Table(title=f"tightfit {summary.pipeline}: {len(summary.records)} variants", show_lines=False)
-    for _, label in COLUMNS:
-        table.add_column(label, justify="left" if label in ("variant", "chain", "status") else "right")
-    table.add_column("fits?")
+    from rich import box
+
+    # A terminal narrower than the full table gets the headline columns only (the HTML report and MLflow
+    # keep every figure); cells fold rather than being cut with an ellipsis.
+    columns = list(COLUMNS)
+    if console.width < 150:
+        columns = [(k, NARROW_LABELS[k]) for k, _ in COLUMNS if k in NARROW_LABELS]
+    table = Table(title=f"tightfit {summary.pipeline}: {len(summary.records)} variants", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False)
+    for key, label in columns:
+        table.add_column(label, justify="left" if key in ("variant", "chain", "status") else "right",
+                         overflow="fold", no_wrap=key != "chain")
+    table.add_column("fits", no_wrap=True)
     for record in summary.records:
         style = "bold green" if record.variant == summary.chosen else ("red" if not record.ok else None)
         mark = "chosen" if record.variant == summary.chosen else ("yes" if record.variant in summary.selection.get("fitting", []) else "no")
         if record.variant in front:
             mark += " *"
-        table.add_row(*[cell(record, key) for key, _ in COLUMNS], mark, style=style)
+        table.add_row(*[cell(record, key) for key, _ in columns], mark, style=style)
     console.print(table)
     console.print("[dim]* on the Pareto front (accuracy vs disk, serving memory, latency)[/]")
     console.print(f"target: {summary.selection.get('target_description', '-')}")
