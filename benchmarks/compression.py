@@ -1,6 +1,6 @@
 """Compression benchmark: every default MiniLM variant against the fine-tuned fp32 baseline, in one run.
 
-    python benchmarks/compression.py [--train-steps 280] [--distill-steps 280] [--eval-rows 0] [--rounds 5]
+    python benchmarks/compression.py [--train-steps 280] [--distill-steps 840] [--eval-rows 0] [--rounds 5]
 
 Builds (and caches, so a rerun resumes) the fine-tuned baseline and each variant under
 $TIGHTFIT_CACHE/bench-compression, then measures them side by side on the Rotten Tomatoes test split:
@@ -68,6 +68,17 @@ def _build_one(base: str, chain: str, name: str, target: str, data: Any, threads
     return round(time.perf_counter() - started, 1)
 
 
+def _is_current(target: Path, chain: str, source: Path) -> bool:
+    """A cached variant is reused only if it has this chain and was built after its source (a rebuilt parent,
+    e.g. with more distillation steps, makes its children stale)."""
+    from tightfit.variant import MANIFEST, read_manifest
+
+    if not (target / MANIFEST).exists():
+        return False
+    built = read_manifest(target)
+    return bool(built["chain"] == chain and built["created"] >= read_manifest(source)["created"])
+
+
 def build_all(
     root: Path, base: Path, specs: list[Any], data: Any, jobs: int, threads: int
 ) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
@@ -77,7 +88,6 @@ def build_all(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from tightfit.variant import MANIFEST, read_manifest
 
     dirs: dict[str, Path] = {"fp32": base}
     chains = {s.name: s.chain for s in specs}
@@ -99,7 +109,7 @@ def build_all(
                 source = base if parent is None else dirs[parent]
                 target = root / base.name / name
                 dirs[name] = target
-                if (target / MANIFEST).exists() and read_manifest(target)["chain"] == chain:
+                if _is_current(target, chain, source):
                     continue
                 futures[name] = pool.submit(_build_one, str(source), chain, name, str(target), data, threads)
             for name, future in futures.items():
@@ -111,7 +121,8 @@ def build_all(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=280, help="baseline fine-tune steps (batch 32)")
-    parser.add_argument("--distill-steps", type=int, default=280, help="distillation steps (batch 32)")
+    parser.add_argument("--distill-steps", type=int, default=840,
+                        help="distillation steps (batch 32; 840 = 3 epochs of the train split)")
     parser.add_argument("--eval-rows", type=int, default=0, help="test rows to score (0 = the whole split)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--baseline", type=Path, default=None,

@@ -203,7 +203,7 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     assert counts.get(200, 0) > 50 and counts.get(503, 0) > 0, counts  # past capacity, still serving
     assert retry_after and all(v is not None and int(v) >= 1 for v in retry_after)
     assert max(samples) <= BUDGET, f"sampled RSS {max(samples)} over the budget {BUDGET}"
-    assert stats["peak_rss_bytes"] <= BUDGET  # ru_maxrss: no spike between samples either
+    assert stats["peak_rss_bytes"] <= BUDGET  # VmHWM: no spike between samples either
     assert stats["pid"] == pid_before  # no replica restart
     assert max(int(k) for k in stats["batches"]) > 1  # requests were really batched
     from ray import serve
