@@ -107,7 +107,10 @@ class MultiplexedPool:
         self._get = serve.multiplexed(max_num_models_per_replica=plan.max_models_per_replica)(load_variant)
 
     def _serve_lru(self) -> Any:
-        """Serve's multiplex wrapper (its ``models`` OrderedDict is the LRU), created on the first get."""
+        """Serve's multiplex wrapper (its ``models`` OrderedDict is the LRU), created on the first get.
+
+        Ray 2.60 keeps it on the decorated function as ``__serve_multiplex_wrapper`` (not a public API; the
+        tests pin the behaviour). Without it, eviction falls back to Serve's model count alone."""
         return getattr(self._load_fn, "__serve_multiplex_wrapper", None)
 
     def names(self) -> list[str]:
@@ -136,11 +139,12 @@ class MultiplexedPool:
         if lru is not None:
             sizes = {v.name: v.resident_bytes for v in self.plan.pool}
             held = [(n, sizes[n]) for n in lru.models]
-            for _name in lru_evictions(held, planned.resident_bytes, self.plan.pool_bytes):
+            evict = lru_evictions(held, planned.resident_bytes, self.plan.pool_bytes)
+            for _name in evict:
                 await lru.unload_model_lru()
                 self.evictions += 1
-            if self.evictions:
-                gc.collect()
+            if evict:
+                gc.collect()  # release the evicted weights before the next variant's load
                 trim_heap()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._loader, planned)
