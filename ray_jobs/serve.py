@@ -183,6 +183,10 @@ class TightfitServer:
                 for i in indices:
                     results[i] = exc
                 continue
+            except Exception as exc:  # a variant that fails to load answers 500; the replica keeps serving
+                for i in indices:
+                    results[i] = RequestError(500, f"loading variant {name!r} failed: {type(exc).__name__}: {exc}")
+                continue
             out = await loop.run_in_executor(self.executor, self._run_group, loaded, [items[i] for i in indices])
             del loaded
             for i, result in zip(indices, out, strict=True):
