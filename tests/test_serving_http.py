@@ -26,27 +26,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-POOL = {"minilm-rt": 0.80, "int8-weight-only": 0.79, "int8-all": 0.78}  # name -> accuracy to rank by
+POOL = {"minilm-rt": 0.80, "bf16": 0.79, "bf16-vocab": 0.78}  # name -> accuracy to rank by
 
 
 def _pool_variants(finetuned_minilm_dir, root) -> dict[str, str]:
-    """The fine-tuned fp32 variant plus two int8 variants of it (different sizes) for the multiplexed pool."""
+    """The fine-tuned fp32 variant plus two smaller ones (bf16, and bf16 with a pruned vocabulary) for the
+    multiplexed pool. None needs torchao, whose import alone would add ~300 MiB to a replica's runtime."""
     from tightfit.compress import apply_chain
+    from tightfit.data import load_dataset
     from tightfit.spec import VariantSpec
     from tightfit.variant import load_variant, save_variant
 
+    data = load_dataset("rotten_tomatoes", seed=0)  # the whole train split: its vocabulary covers the test
     dirs = {"minilm-rt": str(finetuned_minilm_dir)}
-    for name, chain in (("int8-weight-only", "int8_weight_only"), ("int8-all", "int8_dynamic|int8_embeddings")):
+    for name, chain in (("bf16", "bf16"), ("bf16-vocab", "prune_vocab|bf16")):
         base = load_variant(finetuned_minilm_dir)
         spec = VariantSpec.parse(chain, name=name)
-        model, _ = apply_chain(base.model, spec, kind="classifier")
+        model, _ = apply_chain(base.model, spec, kind="classifier", tokenizer=base.tokenizer, data=data)
         dirs[name] = str(save_variant(model, base.tokenizer, root / name, spec, base_model="minilm", kind="classifier"))
     return dirs
 
 
 @pytest.fixture(scope="module")
 def served(finetuned_minilm_dir, tmp_path_factory):
-    """Plan for the fine-tuned variant (primary) and two int8 variants under a 1 GiB budget (batch capped at
+    """Plan for the fine-tuned variant (primary) and two smaller variants under a 1 GiB budget (batch capped at
     8 so the load test can pass capacity with few client threads), deployed on a private Ray + Serve; torn
     down after the module. The pool is narrowed to the primary plus the smallest variant, so Serve's model
     count (2) allows pairs that the bytes do not: the byte eviction has work to do."""
@@ -64,8 +67,8 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     plan = plan_serving(with_load_rss(records), BUDGET, max_batch=8, accuracy_tolerance=0.0, pool_size=3)
     sizes = {v.name: v.resident_bytes for v in plan.pool}
     assert plan.primary.name == "minilm-rt" and set(sizes) == set(POOL), plan.rejected
-    assert sizes["int8-all"] < sizes["int8-weight-only"] < sizes["minilm-rt"]
-    plan = dataclasses.replace(plan, pool_bytes=sizes["minilm-rt"] + sizes["int8-all"])
+    assert sizes["bf16-vocab"] < sizes["bf16"] < sizes["minilm-rt"]
+    plan = dataclasses.replace(plan, pool_bytes=sizes["minilm-rt"] + sizes["bf16-vocab"])
     assert plan.max_models_per_replica == 2
     port = _free_port()
     metrics_port = _free_port()
@@ -244,14 +247,14 @@ def test_multiplexed_pool_routes_by_model_id_and_evicts_by_bytes(served, known_e
         body = response.json()
         assert body["variant"] == (variant or "minilm-rt")
         agree = sum(item["label_id"] == r["label"] for item, r in zip(body["results"], confident, strict=True))
-        assert agree >= len(confident) - 1  # int8 variants keep the fp32 answers on confident examples
+        assert agree >= len(confident) - 1  # the smaller variants keep the fp32 answers on confident examples
         return requests.get(f"{url}/v1/stats", timeout=10).json()
 
     before = ask(None)["evictions"]  # the primary is loaded
     steps = [
-        ("int8-weight-only", ["int8-weight-only"], 1),  # Serve's count allows two, the bytes do not
-        ("int8-all", ["int8-weight-only", "int8-all"], 0),  # both small ones fit the bytes
-        (None, ["int8-all", "minilm-rt"], 0),  # Serve's count (2) unloads the least recently used first
+        ("bf16", ["bf16"], 1),  # Serve's count allows two, the bytes do not
+        ("bf16-vocab", ["bf16", "bf16-vocab"], 0),  # both small ones fit the bytes
+        (None, ["bf16-vocab", "minilm-rt"], 0),  # Serve's count (2) unloads the least recently used first
     ]
     for variant, loaded, byte_evictions in steps:
         stats = ask(variant)
