@@ -111,8 +111,13 @@ def test_disk_latency_and_quality_limits(sweep: list[Footprint]) -> None:
     assert any(w.startswith("disk:") for w in sel.reasons["bf16"])
 
     sel = select_variant(sweep, HardwareTarget.parse(latency="3ms"))
-    assert sel.chosen is not None and sel.chosen.variant == "student"
     assert "latency_ms_b1_p95 4.00 ms > SLO 3 ms" in sel.reasons["bf16"][0]
+    assert sel.chosen is None  # the student's 2 ms fits, but not behind one in-flight request (2 x 2 ms)
+    assert any("may wait for the one in flight: 2 x" in w for w in sel.reasons["student"])
+
+    sel = select_variant(sweep, HardwareTarget.parse(latency="5ms"))  # the serving planner's check too
+    assert sel.chosen is not None and sel.chosen.variant == "student"
+    assert any("2 x latency_ms_b1_p95 4.00 ms > SLO 5 ms" in w for w in sel.reasons["bf16"])
 
     sel = select_variant(sweep, HardwareTarget.parse(disk="40MiB", min_accuracy=0.78))
     assert sel.chosen is None

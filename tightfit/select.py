@@ -3,8 +3,9 @@
 Library code first, so the CLI (``tightfit compare``), the KFP ``select`` component and serving choose
 the same way. A variant *fits* when its measured footprint meets every limit the target sets; a limit on a
 figure that was not measured does not fit (never assume). A memory limit must also hold for the serving
-replica the planner would deploy (``tightfit.serving_records.replica_need_bytes``), so what selection
-chooses, serving can run. Failed records are reported, never chosen.
+replica the planner would deploy (``tightfit.serving_records.replica_need_bytes``), and a latency SLO for
+a request served at batch 1 behind one in-flight request (the planner's check), so what selection chooses,
+serving can run. Failed records are reported, never chosen.
 
 The chosen variant is the fitting one with the best quality, ties broken by peak serving memory, disk,
 latency, then bandwidth. Every constrained figure is also a front objective, so the chosen variant always
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from tightfit import names
 from tightfit.footprint import Footprint
+from tightfit.serving_records import BATCHES_PER_REQUEST
 from tightfit.spec import HardwareTarget
 from tightfit.units import format_bytes
 
@@ -208,6 +210,13 @@ def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
         elif measured * scale > target.latency_ms:
             scaled = f" x {scale:g} for batch {target.latency_batch}" if scale != 1.0 else ""
             why.append(f"latency: {metric} {measured:.2f} ms{scaled} > SLO {target.latency_ms:g} ms")
+        b1 = _value(record, names.LATENCY_MS_B1_P95)
+        if b1 is not None and BATCHES_PER_REQUEST * b1 > target.latency_ms:
+            # the serving planner's own check: a request may wait for the batch in flight, then run
+            why.append(
+                f"latency: served at batch 1 a request may wait for the one in flight: {BATCHES_PER_REQUEST} x "
+                f"{names.LATENCY_MS_B1_P95} {b1:.2f} ms > SLO {target.latency_ms:g} ms"
+            )
     if target.bandwidth_bytes_per_s is not None:
         per_forward = _value(record, names.WEIGHT_BYTES_PER_FORWARD)
         if per_forward is None:

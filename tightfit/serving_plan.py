@@ -16,6 +16,7 @@ from tightfit.errors import BudgetError, ConfigError
 from tightfit.footprint import Footprint
 from tightfit.memory.serving import ServingMemoryModel, activation_dtype_bytes
 from tightfit.serving_records import (
+    BATCHES_PER_REQUEST,
     DEFAULT_HEADROOM,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MAX_TOKENS,
@@ -99,7 +100,7 @@ def plan_variant(
             break
         latency = estimate_batch_latency_ms(cand.record, batch)
         # a request may wait for the batch in flight and then run in its own: two batch times
-        if latency_slo_ms is not None and latency is not None and 2 * latency > latency_slo_ms:
+        if latency_slo_ms is not None and latency is not None and BATCHES_PER_REQUEST * latency > latency_slo_ms:
             if best is None:
                 return f"batch-1 latency ~{latency:.0f} ms cannot meet the {latency_slo_ms:g} ms SLO"
             break

@@ -14,6 +14,7 @@ from tightfit.memory.serving import ArchInfo, ServingMemoryModel, activation_dty
 DEFAULT_HEADROOM = 0.08  # of a replica's budget kept free (allocator slack, sampling gaps)
 DEFAULT_MAX_TOKENS = {"classifier": 64, "causal_lm": 128}  # per-request token cap when none is given
 DEFAULT_MAX_NEW_TOKENS = 32
+BATCHES_PER_REQUEST = 2  # a served request may wait for the batch in flight, then run in its own
 
 
 @dataclass
