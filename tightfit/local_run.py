@@ -261,7 +261,7 @@ def evict_failed(cache_dir: Path, selection: dict[str, Any]) -> int:
 
 
 NARROW_LABELS = {"variant": "variant", "accuracy": "acc", "disk_bytes": "disk", "peak_rss_serve_bytes": "RSS",
-                 "latency_ms_b1_p95": "p95 b1 ms"}
+                 "latency_ms_b1_p95": "p95 ms"}
 
 
 def print_summary(summary: RunSummary, console: Any) -> None:
@@ -284,7 +284,7 @@ def print_summary(summary: RunSummary, console: Any) -> None:
     for key, label in columns:
         table.add_column(label, justify="left" if key in ("variant", "chain", "status") else "right",
                          overflow="fold", no_wrap=key != "chain")
-    table.add_column("fits", no_wrap=True)
+    table.add_column("fits", no_wrap=True, min_width=8)
     for record in summary.records:
         style = "bold green" if record.variant == summary.chosen else ("red" if not record.ok else None)
         mark = "chosen" if record.variant == summary.chosen else ("yes" if record.variant in summary.selection.get("fitting", []) else "no")
