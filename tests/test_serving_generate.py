@@ -7,22 +7,14 @@ measured peaks.
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 import requests
+from serving_support import free_port, serve_until_healthy
 
 pytestmark = pytest.mark.slow
 
 BUDGET = 1536 * 2**20
 PROMPTS = ["The capital of France is", "Once upon a time, a small robot"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +23,15 @@ def lm_served():
     import ray
     from ray import serve
 
-    from tightfit.serving import start_serving
     from tightfit.serving_calibrate import with_load_rss
     from tightfit.serving_plan import footprint_for_source, plan_serving
 
     record = with_load_rss([footprint_for_source("smollm2")])[0]
     plan = plan_serving([record], BUDGET, max_tokens=48, max_new_tokens=16, max_batch=8)
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        url = start_serving(plan, host="127.0.0.1", port=port)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        url = serve_until_healthy(plan, port, timeout_s=180)
         yield {"url": url, "plan": plan, "record": record, "port": port}
     finally:
         serve.shutdown()

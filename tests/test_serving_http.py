@@ -6,7 +6,6 @@ requests, drive the app past its capacity with a bounded loopback client, and sa
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,16 +13,11 @@ from typing import Any
 
 import pytest
 import requests
+from serving_support import free_port, serve_until_healthy
 
 pytestmark = pytest.mark.slow
 
 BUDGET = 1024 * 2**20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 POOL = {"minilm-rt": 0.80, "bf16": 0.79, "bf16-vocab": 0.78}  # name -> accuracy to rank by
@@ -58,7 +52,6 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     import ray
     from ray import serve
 
-    from tightfit.serving import start_serving
     from tightfit.serving_calibrate import with_load_rss
     from tightfit.serving_plan import footprint_for_source, plan_serving
 
@@ -70,19 +63,11 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     assert sizes["bf16-vocab"] < sizes["bf16"] < sizes["minilm-rt"]
     plan = dataclasses.replace(plan, pool_bytes=sizes["minilm-rt"] + sizes["bf16-vocab"])
     assert plan.max_models_per_replica == 2
-    port = _free_port()
-    metrics_port = _free_port()
+    port = free_port()
+    metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
-        url = start_serving(plan, host="127.0.0.1", port=port)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        url = serve_until_healthy(plan, port, timeout_s=120)
         yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes}
     finally:
         serve.shutdown()
