@@ -97,6 +97,7 @@ class MultiplexedPool:
 
         self.plan = plan
         self.evictions = 0
+        self._resident = {v.name: v.resident_bytes for v in plan.pool}  # predicted bytes per member
         self._loader = loader
         self._executor = executor
 
@@ -117,11 +118,6 @@ class MultiplexedPool:
         lru = self._serve_lru()
         return list(lru.models) if lru is not None else []
 
-    @property
-    def used_bytes(self) -> int:
-        sizes = {v.name: v.resident_bytes for v in self.plan.pool}
-        return sum(sizes[name] for name in self.names())
-
     async def get(self, name: str) -> LoadedVariant:
         """The loaded variant ``name`` (a pool member), loading it through Serve's multiplexer if absent."""
         return await self._get(name)
@@ -137,8 +133,7 @@ class MultiplexedPool:
             raise RequestError(507, f"variant {name!r} needs more memory than this replica's pool holds")
         lru = self._serve_lru()
         if lru is not None:
-            sizes = {v.name: v.resident_bytes for v in self.plan.pool}
-            held = [(n, sizes[n]) for n in lru.models]
+            held = [(n, self._resident[n]) for n in lru.models]
             evict = lru_evictions(held, planned.resident_bytes, self.plan.pool_bytes)
             for _name in evict:
                 await lru.unload_model_lru()

@@ -266,12 +266,12 @@ def prune_vocab(model: Any, config: VocabConfig, ctx: ApplyContext) -> Any:
             "the CLI"
         )
     tokenizer = ctx.tokenizer
+    if tokenizer.unk_token_id is None:
+        raise UnsupportedError("prune_vocab needs a tokenizer with an [UNK] token to stand for pruned tokens")
     counts = Counter(i for ids in tokenizer(ctx.data.train["text"].tolist())["input_ids"] for i in ids)
     kept = sorted((i for i, n in counts.items() if n >= int(config.min_count)), key=lambda i: -counts[i])
     if int(config.max_size) > 0:
         kept = kept[: int(config.max_size)]
-    if tokenizer.unk_token_id is None:
-        raise UnsupportedError("prune_vocab needs a tokenizer with an [UNK] token to stand for pruned tokens")
     keep = torch.tensor(sorted(set(kept) | set(tokenizer.all_special_ids)), dtype=torch.long)
     before = int(owner.word_embeddings.weight.shape[0])
     rows = remap_vocabulary(model, keep, int(tokenizer.unk_token_id), tokenizer.pad_token_id)
