@@ -28,8 +28,8 @@ def baseline_dir(root: Path, data: Any, steps: int) -> Path:
     """The fine-tuned fp32 baseline (cached by its step count)."""
     from tightfit.assets import load_model
     from tightfit.compress import quick_finetune
+    from tightfit.compress.variant import MANIFEST, save_variant
     from tightfit.spec import VariantSpec
-    from tightfit.variant import MANIFEST, save_variant
 
     target = root / f"baseline-ft{steps}"
     if (target / MANIFEST).exists():
@@ -71,7 +71,7 @@ def _build_one(base: str, chain: str, name: str, target: str, data: Any, threads
 def _is_current(target: Path, chain: str, source: Path) -> bool:
     """A cached variant is reused only if it has this chain and was built after its source (a rebuilt parent,
     e.g. with more distillation steps, makes its children stale)."""
-    from tightfit.variant import MANIFEST, read_manifest
+    from tightfit.compress.variant import MANIFEST, read_manifest
 
     if not (target / MANIFEST).exists():
         return False
@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     from tightfit.assets import cache_dir
     from tightfit.compress._torch import quiet_transformers
+    from tightfit.compress.variant import load_variant, read_manifest
     from tightfit.data import load_dataset
-    from tightfit.evaluate import evaluate
-    from tightfit.measure import count_params, fixed_inputs, forward_for, latency_ms
-    from tightfit.variant import load_variant, read_manifest
+    from tightfit.measure.profile import count_params, fixed_inputs, forward_for, latency_ms
+    from tightfit.measure.quality import evaluate
 
     quiet_transformers()
     root = cache_dir() / "bench-compression"

@@ -37,8 +37,9 @@ def step_times(run_root: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    from tightfit.pipelines.local import run_local
+
     from tightfit.config import load_config
-    from tightfit.local_run import run_local
 
     config = load_config(profile="quick")
     with tempfile.TemporaryDirectory(prefix="tightfit-bench-") as tmp:

@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _common import median, write_results
 
+from tightfit.settings import cache_dir
+
 BUDGET = 800 * 2**20
 CONCURRENCY = 32
 ROUND_S = 15.0
@@ -49,9 +51,9 @@ def build_records(work: Path) -> tuple[list[Any], Any]:
     from tightfit import load_variant
     from tightfit.compress import build_variant
     from tightfit.data import load_dataset
-    from tightfit.evaluate import evaluate
-    from tightfit.serving_calibrate import with_load_rss
-    from tightfit.serving_plan import footprint_for_source
+    from tightfit.measure.quality import evaluate
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.serve.calibrate import with_load_rss
     from tightfit.spec import VariantSpec
 
     torch.set_num_threads(THREADS)
@@ -152,12 +154,12 @@ def main() -> None:
     import ray
     import requests
     from ray import serve
-    from tightfit.ray_jobs.serve import TightfitServer, build_app
 
-    from tightfit.serving_calibrate import calibrate_serving_memory, text_of_tokens
-    from tightfit.serving_plan import plan_serving
+    from tightfit.serve.app import TightfitServer, build_app
+    from tightfit.serve.calibrate import calibrate_serving_memory, text_of_tokens
+    from tightfit.serve.plan import plan_serving
 
-    work = Path(os.environ.get("TIGHTFIT_CACHE", Path.home() / ".cache" / "tightfit")) / "bench-serving"
+    work = cache_dir("bench-serving")
     work.mkdir(parents=True, exist_ok=True)
     print("building and measuring variants ...")
     records, data = build_records(work)

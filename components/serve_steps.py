@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tightfit.components.steps import as_object, stopwatch
+from tightfit.components.common import as_object, stopwatch
 
 from tightfit.footprint import Footprint
 
@@ -21,13 +21,13 @@ def deploy_step(
     namespace: str,
     out_dir: str,
 ) -> tuple[str, dict[str, Any]]:
-    """Plan serving for the chosen variant (``tightfit.serving_plan.plan_serving``) within the target's
+    """Plan serving for the chosen variant (``tightfit.serve.plan.plan_serving``) within the target's
     memory budget, and write ``plan.json``, ``serve_config.yaml`` and the KubeRay ``rayservice.yaml``."""
     import yaml
 
     from tightfit.errors import BudgetError
-    from tightfit.k8s import kuberay_name, rayservice_manifest
-    from tightfit.serving_plan import plan_serving
+    from tightfit.kube import kuberay_name, rayservice_manifest
+    from tightfit.serve.plan import plan_serving
     from tightfit.spec import HardwareTarget
 
     stats: dict[str, Any] = {}

@@ -8,75 +8,29 @@ anything the library decides (compression, measuring, selection, tracking, servi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tightfit.components.common import (
+    as_object,
+    log_stats,
+    model_uri,
+    quiet,
+    read_text,
+    stopwatch,
+    tracking_uri,
+)
+
 from tightfit.footprint import Footprint
+
+# Component bodies import these from here (their source is compiled into the pipeline IR).
+__all__ = ["as_object", "log_stats", "model_uri", "quiet", "read_text", "stopwatch", "tracking_uri"]
 
 FAILED_RECORD = "FAILED.json"
 SPLITS_META = "splits.json"
 SPLIT_NAMES = ("train", "validation", "test")
-ELAPSED = "elapsed_s"
-BODY_START = time.perf_counter()
-"""When the component body began: its first statement imports this module."""
-
-
-@contextmanager
-def stopwatch(into: dict[str, float], key: str = ELAPSED) -> Iterator[None]:
-    """Record the step's own compute time in ``into[key]``: from the component body's start (library
-    imports included) to the end of the block. Interpreter start-up and the KFP executor are not in it."""
-    try:
-        yield
-    finally:
-        into[key] = round(time.perf_counter() - BODY_START, 3)
-
-
-def quiet() -> None:
-    """Quiet, bounded library logs inside a component process."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
-
-
-def log_stats(artifact: Any, figures: dict[str, Any]) -> None:
-    """Log ``figures`` on a Metrics artifact and write them to its file too: kfp.local treats a cached
-    output artifact whose file is missing as a cache miss, so a metrics-only artifact must exist on disk."""
-    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    for key, value in numbers.items():
-        artifact.log_metric(key, value)
-    path = Path(artifact.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(numbers, sort_keys=True))
-
-
-def read_text(path: str) -> str:
-    return Path(path).read_text()
-
-
-def model_uri(registered_model: str, alias: str) -> str:
-    """``models:/NAME@ALIAS`` (``tightfit.names.model_uri``)."""
-    from tightfit import names
-
-    return names.model_uri(registered_model, alias)
-
-
-def tracking_uri(value: str) -> str | None:
-    """The tracking URI given to the task, else ``MLFLOW_TRACKING_URI`` (set from a Secret on a cluster)."""
-    return value or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -182,7 +136,7 @@ def profile_step(
     quick: bool,
     memory_subprocess: bool,
 ) -> tuple[Footprint, dict[str, Any]]:
-    """Measure one variant (``tightfit.measure.measure_variant``), or pass its failed record through."""
+    """Measure one variant (``tightfit.measure.profile.measure_variant``), or pass its failed record through."""
     stats: dict[str, Any] = {}
     with stopwatch(stats):
         record = failed_record(variant_dir)
@@ -192,7 +146,7 @@ def profile_step(
             record.variant, record.chain = variant, chain
             record.with_baseline(Footprint.from_dict(as_object(baseline_json)))
         if record is None:
-            from tightfit.measure import measure_variant
+            from tightfit.measure.profile import measure_variant
 
             baseline = Footprint.from_dict(as_object(baseline_json)) if baseline_json else None
             record = measure_variant(
@@ -205,14 +159,6 @@ def profile_step(
             )
             record.variant, record.chain = variant, chain
     return record, stats
-
-
-def as_object(value: Any) -> Any:
-    """A JSON string parameter as its object. kfp.local hands a str output that holds JSON to the next task
-    already parsed; a cluster hands the string: accept both."""
-    if isinstance(value, str):
-        return json.loads(value) if value else None
-    return value
 
 
 def write_record(path: str, record: Footprint) -> None:
@@ -263,7 +209,7 @@ def import_model_step(model_name: str, kind: str, out_dir: str) -> dict[str, Any
 
 
 def finetune_step(data_dir: str, out_dir: str, **settings: Any) -> dict[str, Any]:
-    """Fine-tune on Ray Train (``tightfit.train.run_finetune``) on the prepared dataset; copy the model out."""
+    """Fine-tune on Ray Train (``tightfit.train.run.run_finetune``) on the prepared dataset; copy the model out."""
     import tempfile
 
     from tightfit.train import FinetuneConfig, run_finetune
@@ -271,24 +217,24 @@ def finetune_step(data_dir: str, out_dir: str, **settings: Any) -> dict[str, Any
     meta = json.loads((Path(data_dir) / SPLITS_META).read_text())
     stats: dict[str, Any] = {}
     with stopwatch(stats), tempfile.TemporaryDirectory(prefix="tightfit-finetune-") as work:
-        config = FinetuneConfig(
-            model=settings["base_model"],
-            dataset=meta["name"],
-            seed=int(meta.get("seed", settings["seed"])),
-            limit=meta.get("limit") or None,
-            workers=int(settings["workers"]),
-            cpus_per_worker=int(settings["cpus_per_worker"]),
-            epochs=int(settings["epochs"]),
-            global_batch=int(settings["batch_size"]),
-            lr=float(settings["lr"]),
-            max_length=int(settings["max_length"]),
-            memory_budget=settings["memory_budget"] or None,
-            address=settings["address"] or None,
-            tracking_uri=tracking_uri(settings["tracking_uri"]),
-            experiment=settings["experiment"],
-            out_dir=str(Path(work) / "out"),
-            log_model=False,
-        )
+        config = FinetuneConfig.from_dict({
+            "model": settings["base_model"],
+            "dataset": meta["name"],
+            "seed": int(meta.get("seed", settings["seed"])),
+            "limit": meta.get("limit") or None,
+            "workers": int(settings["workers"]),
+            "cpus_per_worker": int(settings["cpus_per_worker"]),
+            "epochs": int(settings["epochs"]),
+            "global_batch": int(settings["batch_size"]),
+            "lr": float(settings["lr"]),
+            "max_length": int(settings["max_length"]),
+            "memory_budget": settings["memory_budget"] or None,
+            "address": settings["address"] or None,
+            "tracking_uri": tracking_uri(settings["tracking_uri"]),
+            "experiment": settings["experiment"],
+            "out_dir": str(Path(work) / "out"),
+            "log_model": False,
+        }, source="finetune task")
         result = run_finetune(config)
         copy_variant(result.model_dir, out_dir)
     for key, value in result.metrics.items():
@@ -311,13 +257,12 @@ def select_step(
     chosen_dir: str,
     report_path: str,
 ) -> tuple[str | None, str, dict[str, Any]]:
-    """Choose with ``tightfit.select.select_variant``; copy the chosen variant out; write the HTML report.
+    """Choose with ``tightfit.select.choose.select_variant``; copy the chosen variant out; write the HTML report.
 
     Returns (chosen variant name or None, the selection as JSON, stats).
     """
-    from tightfit.components.report import write_report
-
-    from tightfit.select import select_variant
+    from tightfit.select.choose import select_variant
+    from tightfit.select.report import write_report
     from tightfit.spec import HardwareTarget
 
     stats: dict[str, Any] = {}

@@ -1,18 +1,18 @@
 """KFP component bodies that talk to MLflow: the parent run, nested variant runs, the selection summary
-and registration. Thin glue over ``tightfit.tracking`` (see ``steps.py`` for the rest)."""
+and registration. Thin glue over ``tightfit.track.runs`` (see ``steps.py`` for the rest)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tightfit.components.steps import as_object, stopwatch, tracking_uri
+from tightfit.components.common import as_object, stopwatch, tracking_uri
 
 from tightfit.footprint import Footprint
 
 
 def _tracker(uri: str, experiment: str) -> Any:
-    from tightfit.tracking import Tracker
+    from tightfit.track.runs import Tracker
 
     return Tracker(tracking_uri(uri), experiment or None)
 
@@ -20,7 +20,7 @@ def _tracker(uri: str, experiment: str) -> Any:
 def parent_handle(pipeline_run: str) -> str:
     """The parent run's record id for a pipeline run id: every task derives it from the same pipeline
     parameter (kfp.local hands a loop's item to a loop task in place of an upstream task's output)."""
-    from tightfit.tracking_buffer import stable_record_id
+    from tightfit.track.outbox import stable_record_id
 
     return stable_record_id("parent", pipeline_run) if pipeline_run else ""
 
@@ -28,9 +28,9 @@ def parent_handle(pipeline_run: str) -> str:
 def start_parent_run(
     uri: str, experiment: str, run_name: str, base_model: str, dataset: str, target_json: str, pipeline_run: str
 ) -> tuple[str, dict[str, Any]]:
-    """Open the pipeline run's MLflow parent run (``tightfit.tracking.start_parent``); returns its handle."""
+    """Open the pipeline run's MLflow parent run (``tightfit.track.runs.start_parent``); returns its handle."""
     from tightfit.spec import HardwareTarget
-    from tightfit.tracking import start_parent
+    from tightfit.track.runs import start_parent
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
@@ -47,12 +47,12 @@ def start_parent_run(
 
 
 def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str) -> str:
-    """Log one variant as a nested run of the pipeline run's parent (``tightfit.tracking.log_variant``);
+    """Log one variant as a nested run of the pipeline run's parent (``tightfit.track.runs.log_variant``);
     nothing without a pipeline run id."""
     parent = parent_handle(pipeline_run)
     if not parent:
         return ""
-    from tightfit.tracking import log_variant
+    from tightfit.track.runs import log_variant
 
     directory = variant_dir if record.ok else None
     return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
@@ -61,29 +61,17 @@ def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: s
 def log_selection(
     selection: Any, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
 ) -> None:
-    """Write the Pareto plot for the report, and log table + plot + selection on the parent run."""
-    from tightfit.plots import pareto_plot
+    """Draw the Pareto plot for the report, then log table + plot + selection on the parent run."""
+    from tightfit.select.plot import pareto_plot
 
     chosen = selection.chosen.variant if selection.chosen is not None else None
     if any(r.ok for r in records):
         pareto_plot(records, plot_path, chosen=chosen)
     parent = parent_handle(pipeline_run)
     if parent:
-        from tightfit.tracking import log_parent_summary
+        from tightfit.track.runs import log_parent_summary
 
-        log_parent_summary(parent, records, selection=selection, tracker=_tracker(uri, experiment))
-
-
-def _fits_tier(record: dict[str, Any], tier: int) -> bool:
-    """The chosen record's bare peak and its serving replica's need both fit the tier (as selection checks)."""
-    from tightfit import names
-    from tightfit.serving_records import replica_need_bytes
-
-    peak = record.get(names.PEAK_RSS_SERVE_BYTES)
-    if not record or peak is None or float(peak) > tier:
-        return False
-    need = replica_need_bytes(Footprint.from_dict(record))
-    return need is not None and need <= tier
+        log_parent_summary(parent, records, selection, plot=plot_path, tracker=_tracker(uri, experiment))
 
 
 def register_step(
@@ -91,7 +79,8 @@ def register_step(
 ) -> tuple[str, dict[str, Any]]:
     """Register the chosen variant's run model with ``alias`` and its memory-tier alias; returns its URI."""
     from tightfit import names
-    from tightfit.tracking import register_variant, variant_record_id
+    from tightfit.select.choose import tier_alias
+    from tightfit.track.runs import register_variant, variant_record_id
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
@@ -100,14 +89,12 @@ def register_step(
         if not chosen:  # nothing fits the target: nothing to register
             return "", stats
         aliases = [alias]
-        # The budget's tier alias (the largest tier not above the budget) names the chosen variant only if
-        # that variant really fits the tier; then it is also the best fit for the tier.
+        # The budget's tier alias names the chosen variant only if it really fits the tier (then it is
+        # also the best fit for the tier).
         memory = (selection.get("target") or {}).get("memory_bytes")
-        tier = names.tier_for_budget(int(memory)) if memory else None
-        if tier is not None and _fits_tier(selection.get("chosen_record") or {}, tier):
-            tier_alias = names.budget_alias(tier)
-            if tier_alias not in aliases:
-                aliases.append(tier_alias)
+        extra = tier_alias(Footprint.from_dict(selection["chosen_record"]), memory)
+        if extra is not None and extra not in aliases:
+            aliases.append(extra)
         register_variant(
             variant_record_id(parent_handle(pipeline_run), chosen),
             model_name=registered_model,

@@ -38,7 +38,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
         test: float = config.data.test,
         max_length: int = config.data.max_length,
         epochs: int = ft.epochs,
-        batch_size: int = ft.batch_size,
+        batch_size: int = ft.global_batch,
         lr: float = ft.lr,
         workers: int = ft.workers,
         cpus_per_worker: int = ft.cpus_per_worker,

@@ -81,7 +81,7 @@ def task_resources(config: PipelineConfig) -> dict[str, TaskResources]:
     shape = ModelShape(params=params, hidden=arch.hidden, layers=arch.layers, heads=arch.heads, vocab=arch.vocab)
     ft = config.finetune
     train_peak = estimate_training_memory(
-        shape, micro_batch=ft.batch_size, seq_len=seq_len, workers=ft.workers
+        shape, micro_batch=ft.global_batch, seq_len=seq_len, workers=ft.workers
     ).total
     serve_b32 = ServingMemoryModel().predict(weight_bytes, arch, batch=32, seq_len=seq_len).total
     gpu = 1 if config.resources.gpu else 0

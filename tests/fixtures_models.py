@@ -31,7 +31,7 @@ def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
     from pathlib import Path
 
     from tightfit.assets import cache_dir
-    from tightfit.variant import MANIFEST
+    from tightfit.compress.variant import MANIFEST
 
     target = Path(root or cache_dir() / "test-models") / f"minilm-rt-{version}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +42,9 @@ def _finetuned_minilm(root, version: str, train_rows: int, steps: int):
 
             from tightfit.assets import load_model
             from tightfit.compress import quick_finetune
+            from tightfit.compress.variant import save_variant
             from tightfit.data import load_dataset
             from tightfit.spec import VariantSpec
-            from tightfit.variant import save_variant
 
             torch.set_num_threads(int(os.environ.get("TIGHTFIT_THREADS", "1")))
             torch.manual_seed(0)

@@ -18,7 +18,7 @@ def free_port() -> int:
 
 def serve_until_healthy(plan: Any, port: int, timeout_s: float = 120.0) -> str:
     """Deploy ``plan`` on the running Ray (127.0.0.1:``port``) and wait for ``/healthz``; returns the URL."""
-    from tightfit.serving import start_serving
+    from tightfit.serve.deploy import start_serving
 
     url = start_serving(plan, host="127.0.0.1", port=port)
     deadline = time.time() + timeout_s

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from tightfit.components import steps
+from tightfit.components import common, steps
 
 from tightfit.footprint import Footprint
 
 
 def test_prepare_data_writes_splits_that_read_back(tmp_path: Path) -> None:
     stats = steps.prepare_data_step("rotten_tomatoes", 3, 120, 0.1, 0.2, str(tmp_path / "data"))
-    assert stats["rows_train"] == 120 and stats["rows_test"] == 120 and stats[steps.ELAPSED] > 0
+    assert stats["rows_train"] == 120 and stats["rows_test"] == 120 and stats[common.ELAPSED] > 0
     splits = steps.load_splits(tmp_path / "data")
     from tightfit.data import load_dataset
 
@@ -32,7 +32,7 @@ def test_compress_failure_becomes_a_failed_record(tmp_path: Path) -> None:
     )
     assert failure is not None and failure.status == "failed"
     assert "unknown compression method 'no_such_method'" in (failure.error or "")
-    assert steps.ELAPSED in stats
+    assert common.ELAPSED in stats
     again = steps.failed_record(tmp_path / "variant")
     assert again == failure
     # The profiler passes a failed record through without measuring anything.
@@ -43,9 +43,8 @@ def test_compress_failure_becomes_a_failed_record(tmp_path: Path) -> None:
 
 
 def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
-    from tightfit.components.report import write_report
-
-    from tightfit.select import select_variant
+    from tightfit.select.choose import select_variant
+    from tightfit.select.report import write_report
     from tightfit.spec import HardwareTarget
 
     records = [
@@ -62,7 +61,7 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
 
 
 def test_evict_failed_removes_only_the_failed_variants_entries(tmp_path: Path) -> None:
-    from tightfit.local_run import evict_failed
+    from tightfit.pipelines.local import evict_failed
 
     cache = tmp_path / ".kfp_cache"
     cache.mkdir()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tightfit.compress import apply_chain
+from tightfit.compress.variant import load_variant, save_variant
 from tightfit.errors import ConfigError, UnsupportedError
-from tightfit.measure import count_params, tensor_bytes
+from tightfit.measure.profile import count_params, tensor_bytes
 from tightfit.spec import VariantSpec
-from tightfit.variant import load_variant, save_variant
 
 N_TEXTS = 48
 
@@ -157,7 +157,7 @@ def test_distill_without_teacher_or_data_is_a_clear_error(finetuned_minilm_dir):
 def test_causal_lm_int8_perplexity_and_round_trip(rt_data, tmp_path):
     """SmolLM2-135M: int8 dynamic keeps perplexity within 10 % of fp32 and reloads to identical logits."""
     from tightfit.assets import load_model
-    from tightfit.evaluate import evaluate
+    from tightfit.measure.quality import evaluate
 
     frame = rt_data.test.head(16)
     fp32 = load_model("smollm2")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tightfit.variant import read_manifest
+from tightfit.compress.variant import read_manifest
 
 
 def _tightfit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

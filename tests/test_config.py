@@ -115,10 +115,20 @@ def test_dataset_file_columns_are_checked(tmp_path: Path) -> None:
 
 
 def test_other_fields_are_validated(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"finetune.workers must be >= 1"):
+    with pytest.raises(ConfigError, match=r"finetune.workers: Input should be greater than 0"):
         config_from_dict(_base(finetune={"workers": 0}))
-    with pytest.raises(ConfigError, match=r"finetune.memory_budget.*no unit"):
+    with pytest.raises(ConfigError, match=r"finetune.memory_budget: '4' has no unit"):
         config_from_dict(_base(finetune={"memory_budget": "4"}))
+    with pytest.raises(ConfigError, match=r"finetune.memory_budget: 4096 has no unit"):
+        config_from_dict(_base(finetune={"memory_budget": 4096}))
+    with pytest.raises(ConfigError, match=r"finetune: set model -> model at the top level"):
+        config_from_dict(_base(finetune={"model": "smollm2"}))
+    with pytest.raises(ConfigError, match=r"target: memory: 512 has no unit; write '512MiB'"):
+        config_from_dict(_base(target={"memory": 512}))
+    with pytest.raises(ConfigError, match=r"target: latency: 50 has no unit; write '50ms'"):
+        config_from_dict(_base(target={"latency": 50}))
+    with pytest.raises(ConfigError, match=r"finetune.lr: Input should be a finite number"):
+        config_from_dict(_base(finetune={"lr": float("inf")}))
     with pytest.raises(ConfigError, match=r"data.limit must be positive"):
         config_from_dict(_base(data={"limit": -3}))
     with pytest.raises(ConfigError, match="modle: unknown key"):

@@ -1,6 +1,6 @@
 """The Helm chart, rendered by the real Helm engine (helm-python-sdk): strict lint, every object validated
 (core kinds with kubernetes-validate, KubeRay kinds against the CRDs), the values schema, pod security,
-secrets by reference only, and no drift between the chart's KubeRay objects and tightfit.k8s."""
+secrets by reference only, and no drift between the chart's KubeRay objects and tightfit.kube.manifests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tightfit import k8s
-from tightfit.k8s_values import manifests_from_values
+from tightfit import kube
+from tightfit.kube.helm_values import manifests_from_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "tightfit"
@@ -154,7 +154,7 @@ def test_every_rendered_object_validates(case: str, kuberay_crd_dir: Path) -> No
     assert objects
     for obj in objects:
         if obj["kind"] in KUBERAY_KINDS:
-            k8s.validate_kuberay(obj, kuberay_crd_dir)
+            kube.validate_kuberay(obj, kuberay_crd_dir)
         else:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         assert obj["metadata"]["namespace"] == NAMESPACE
@@ -227,8 +227,8 @@ def test_broken_values_file_fails_with_every_schema_message() -> None:
 def test_schema_patterns_are_the_python_ones() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     ray = schema["properties"]["ray"]["properties"]
-    assert ray["workers"]["properties"]["memory"]["pattern"] == k8s.MEMORY_PATTERN
-    assert ray["head"]["properties"]["cpu"]["anyOf"][0]["pattern"] == k8s.CPU_PATTERN
+    assert ray["workers"]["properties"]["memory"]["pattern"] == kube.MEMORY_PATTERN
+    assert ray["head"]["properties"]["cpu"]["anyOf"][0]["pattern"] == kube.CPU_PATTERN
     assert schema["additionalProperties"] is False
 
 
@@ -346,7 +346,7 @@ def test_chart_and_python_build_the_same_kuberay_objects(case: str) -> None:
 def test_default_serve_config_is_a_real_serving_plan() -> None:
     """The chart's default RayService runs what the serving code reads: its plan loads as a ServePlan and
     `to_serve_config()` of that plan gives back exactly the rendered serveConfigV2."""
-    from tightfit.serving_plan import ServePlan
+    from tightfit.serve.schema import ServePlan
 
     service = next(o for o in render({"rayService": {"enabled": True}}) if o["kind"] == "RayService")
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -367,10 +367,10 @@ def test_image_and_versions_agree_across_chart_package_and_dockerfile() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     image = f"{values['image']['repository']}:{values['image']['tag']}"
-    assert image == k8s.DEFAULT_IMAGE  # the KFP components' base image is the chart's default image
+    assert image == kube.DEFAULT_IMAGE  # the KFP components' base image is the chart's default image
     assert values["image"]["tag"].startswith(chart["appVersion"] + "-")
     assert chart["appVersion"] == importlib.metadata.version("tightfit")
-    assert values["ray"]["version"] == k8s.RAY_VERSION == importlib.metadata.version("ray")
+    assert values["ray"]["version"] == kube.RAY_VERSION == importlib.metadata.version("ray")
 
     pins = {
         dep.split("==")[0]: dep.split("==")[1]

@@ -1,4 +1,4 @@
-"""tightfit.k8s: KubeRay manifests validate against the KubeRay v1.7.0 CRDs, go through a real HTTP
+"""tightfit.kube.manifests: KubeRay manifests validate against the KubeRay v1.7.0 CRDs, go through a real HTTP
 Kubernetes API (kmock's in-memory emulator on 127.0.0.1) with the official client, and fail clearly."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tightfit import k8s
+from tightfit import kube
 from tightfit.errors import BackendError, ConfigError
 
 SERVE_CONFIG = {
@@ -82,7 +82,7 @@ class _ApiServer:
 
 
 @pytest.fixture
-def kube() -> Iterator[_ApiServer]:
+def apiserver() -> Iterator[_ApiServer]:
     import kmock
 
     with _ApiServer(kmock.KubernetesEmulator()) as server:
@@ -90,12 +90,12 @@ def kube() -> Iterator[_ApiServer]:
 
 
 def _job(name: str = "finetune-1") -> dict[str, Any]:
-    return k8s.rayjob_manifest(
+    return kube.rayjob_manifest(
         name,
         namespace="ml",
         image="ghcr.io/tightfit/tightfit:0.1.0-cpu",
         entrypoint="python -m tightfit.ray_jobs.finetune --set workers=2",
-        workers=k8s.WorkerGroupSpec(replicas=2, min_replicas=2, max_replicas=2, cpu="2", memory="4Gi"),
+        workers=kube.WorkerGroupSpec(replicas=2, min_replicas=2, max_replicas=2, cpu="2", memory="4Gi"),
         runtime_env={"env_vars": {"TIGHTFIT_FINETUNE_CONFIG": "{}"}},
         service_account="tightfit",
     )
@@ -103,12 +103,12 @@ def _job(name: str = "finetune-1") -> dict[str, Any]:
 
 def test_manifests_validate_against_kuberay_crds(kuberay_crd_dir: Path) -> None:
     job = _job()
-    service = k8s.rayservice_manifest(
+    service = kube.rayservice_manifest(
         "serve-1", namespace="ml", serve_config=SERVE_CONFIG, workers={"replicas": 1, "memory": "2Gi", "gpu": 1}
     )
-    cluster = k8s.raycluster_manifest("train", namespace="ml", head=k8s.HeadSpec(cpu="1", memory="2Gi"))
+    cluster = kube.raycluster_manifest("train", namespace="ml", head=kube.HeadSpec(cpu="1", memory="2Gi"))
     for obj in (job, service, cluster):
-        k8s.validate_kuberay(obj, kuberay_crd_dir)
+        kube.validate_kuberay(obj, kuberay_crd_dir)
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
@@ -119,15 +119,15 @@ def test_crd_validation_rejects_what_the_api_server_would(kuberay_crd_dir: Path)
     container = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     container["resource"] = container.pop("resources")  # a typo deep inside a pod template
     job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
-    errors = k8s.kuberay_errors(job, kuberay_crd_dir)
+    errors = kube.kuberay_errors(job, kuberay_crd_dir)
     assert any("'resource' was unexpected" in e for e in errors), errors
     assert any(e.startswith("spec.rayClusterSpec.workerGroupSpecs.0.replicas:") for e in errors), errors
     with pytest.raises(ConfigError, match="does not match the KubeRay CRD schema"):
-        k8s.validate_kuberay(job, kuberay_crd_dir)
+        kube.validate_kuberay(job, kuberay_crd_dir)
     # int-or-string quantities: a plain integer CPU is as valid as "2"
     ok = _job()
     ok["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 2
-    assert k8s.kuberay_errors(ok, kuberay_crd_dir) == []
+    assert kube.kuberay_errors(ok, kuberay_crd_dir) == []
 
 
 @pytest.mark.parametrize(
@@ -142,48 +142,48 @@ def test_crd_validation_rejects_what_the_api_server_would(kuberay_crd_dir: Path)
 )
 def test_bad_sizes_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        k8s.rayjob_manifest("job", namespace="ml", entrypoint="python -m x", **kwargs)
+        kube.rayjob_manifest("job", namespace="ml", entrypoint="python -m x", **kwargs)
 
 
 def test_bad_names_and_serve_config_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="not a valid RayJob name") as info:
-        k8s.rayjob_manifest("Fine_Tune", namespace="ml", entrypoint="python -m x")
+        kube.rayjob_manifest("Fine_Tune", namespace="ml", entrypoint="python -m x")
     assert "gives 'fine-tune'" in str(info.value)
     with pytest.raises(ConfigError, match="at most 47 characters"):
-        k8s.rayservice_manifest("s" * 48, namespace="ml", serve_config=SERVE_CONFIG)
-    assert k8s.raycluster_manifest("c" * 53, namespace="ml")["metadata"]["name"] == "c" * 53
-    long_name = k8s.kuberay_name("tightfit-Structured_Heads.FFN-50-distilled-int8-dynamic-v2", "RayService")
-    assert len(long_name) <= 47 and k8s.rayservice_manifest(long_name, namespace="ml", serve_config=SERVE_CONFIG)
-    assert k8s.kuberay_name("3-layer student") == "tf-3-layer-student"
+        kube.rayservice_manifest("s" * 48, namespace="ml", serve_config=SERVE_CONFIG)
+    assert kube.raycluster_manifest("c" * 53, namespace="ml")["metadata"]["name"] == "c" * 53
+    long_name = kube.kuberay_name("tightfit-Structured_Heads.FFN-50-distilled-int8-dynamic-v2", "RayService")
+    assert len(long_name) <= 47 and kube.rayservice_manifest(long_name, namespace="ml", serve_config=SERVE_CONFIG)
+    assert kube.kuberay_name("3-layer student") == "tf-3-layer-student"
     with pytest.raises(ConfigError, match="applications"):
-        k8s.rayservice_manifest("serve", namespace="ml", serve_config={"deployments": []})
+        kube.rayservice_manifest("serve", namespace="ml", serve_config={"deployments": []})
 
 
-def test_create_rayjob_and_rayservice_over_http(kube: _ApiServer, kuberay_crd_dir: Path) -> None:
+def test_create_rayjob_and_rayservice_over_http(apiserver: _ApiServer, kuberay_crd_dir: Path) -> None:
     from kubernetes import client
 
-    api_client = kube.client()
+    api_client = apiserver.client()
     job = _job()
-    service = k8s.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG)
+    service = kube.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG)
     for obj in (job, service):
-        k8s.validate_kuberay(obj, kuberay_crd_dir)
-    created_job = k8s.create_rayjob(job, "ml", api_client=api_client)
-    created_service = k8s.create_rayservice(service, "ml", api_client=api_client)
+        kube.validate_kuberay(obj, kuberay_crd_dir)
+    created_job = kube.create_rayjob(job, "ml", api_client=api_client)
+    created_service = kube.create_rayservice(service, "ml", api_client=api_client)
     assert created_job["kind"] == "RayJob" and created_service["kind"] == "RayService"
 
     api = client.CustomObjectsApi(api_client)
     stored = api.get_namespaced_custom_object("ray.io", "v1", "ml", "rayservices", "serve-1")
     assert stored["spec"] == service["spec"]
-    assert k8s.get_rayjob("finetune-1", "ml", api_client=api_client)["spec"] == job["spec"]
+    assert kube.get_rayjob("finetune-1", "ml", api_client=api_client)["spec"] == job["spec"]
     listed = api.list_namespaced_custom_object("ray.io", "v1", "ml", "rayjobs")
     assert [item["metadata"]["name"] for item in listed["items"]] == ["finetune-1"]
 
     with pytest.raises(BackendError, match=r"RayJob ml/finetune-1 already exists; delete it first"):
-        k8s.create_rayjob(job, "ml", api_client=api_client)
+        kube.create_rayjob(job, "ml", api_client=api_client)
     with pytest.raises(BackendError, match=r"RayService ml/serve-1 already exists"):
-        k8s.create_rayservice(service, "ml", api_client=api_client)
+        kube.create_rayservice(service, "ml", api_client=api_client)
     with pytest.raises(BackendError, match="not found"):
-        k8s.get_rayjob("absent", "ml", api_client=api_client)
+        kube.get_rayjob("absent", "ml", api_client=api_client)
 
 
 def test_missing_kuberay_says_install_it() -> None:
@@ -196,7 +196,7 @@ def test_missing_kuberay_says_install_it() -> None:
 
     emulator["post", re.compile(r"/apis/ray\.io/.*")] << no_crd
     with _ApiServer(emulator) as server, pytest.raises(BackendError, match="install the KubeRay operator"):
-        k8s.create_rayjob(_job(), "ml", api_client=server.client())
+        kube.create_rayjob(_job(), "ml", api_client=server.client())
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
@@ -209,19 +209,19 @@ def test_unreachable_api_is_a_clear_error() -> None:
     config.host = f"http://127.0.0.1:{port}"
     config.retries = 0
     with pytest.raises(BackendError, match="cannot reach the Kubernetes API"):
-        k8s.create_rayjob(_job(), "ml", api_client=client.ApiClient(config))
+        kube.create_rayjob(_job(), "ml", api_client=client.ApiClient(config))
 
 
 def test_wrong_kind_or_namespace_is_refused() -> None:
     job = _job()
     with pytest.raises(ConfigError, match="differs from namespace"):
-        k8s.create_rayjob(job, "other", api_client=object())
+        kube.create_rayjob(job, "other", api_client=object())
     with pytest.raises(ConfigError, match="RayJob, RayService or RayCluster"):
-        k8s.create_rayjob({"apiVersion": "v1", "kind": "Pod"}, "ml", api_client=object())
+        kube.create_rayjob({"apiVersion": "v1", "kind": "Pod"}, "ml", api_client=object())
 
 
 def test_kfp_upload_unreachable_host_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tightfit.k8s_kfp_upload import main, upload_pipelines
+    from tightfit.pipelines.upload import main, upload_pipelines
 
     with pytest.raises(ConfigError, match="compile it first"):
         upload_pipelines("http://127.0.0.1:9", [tmp_path / "absent.yaml"])
@@ -302,7 +302,7 @@ class _FakeKfpApi:
 
 def test_kfp_upload_creates_then_versions_then_is_idempotent(tmp_path: Path) -> None:
     """What the chart's upload Job does on install and each upgrade: create, new version, no-op."""
-    from tightfit.k8s_kfp_upload import upload_pipelines
+    from tightfit.pipelines.upload import upload_pipelines
 
     package = tmp_path / "tiny.yaml"
     package.write_text("pipelineInfo:\n  name: tiny\nroot: {}\n")

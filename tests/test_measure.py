@@ -7,10 +7,10 @@ import os
 import pytest
 
 from tightfit.compress import build_variant
-from tightfit.evaluate import f1_macro
-from tightfit.measure import evaluate, measure_variant
+from tightfit.compress.variant import load_variant
+from tightfit.measure.profile import evaluate, measure_variant
+from tightfit.measure.quality import f1_macro
 from tightfit.spec import VariantSpec
-from tightfit.variant import load_variant
 
 if os.environ.get("TIGHTFIT_THREADS"):
     import torch as _torch

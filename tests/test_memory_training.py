@@ -94,5 +94,7 @@ def test_fsdp_on_cpu_is_a_clear_error() -> None:
     from tightfit.train import FinetuneConfig
 
     with pytest.raises(UnsupportedError, match="fsdp needs GPU"):
-        FinetuneConfig(strategy="fsdp").validate()
-    assert FinetuneConfig(strategy="fsdp", use_gpu=True).validate().strategy == "fsdp"
+        FinetuneConfig(strategy="fsdp")
+    with pytest.raises(UnsupportedError, match="fsdp needs GPU"):
+        FinetuneConfig.from_dict({"strategy": "fsdp"})
+    assert FinetuneConfig(strategy="fsdp", use_gpu=True).strategy == "fsdp"

@@ -14,10 +14,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from test_tracking_support import real_sweep
+from test_tracking_support import log_summary, real_sweep
 
-from tightfit import names, tracking
-from tightfit.tracking_server import LocalMlflowServer
+from tightfit import names, track
+from tightfit.track.server import LocalMlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +50,11 @@ def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Pa
     server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-ui-server"))
     server.start()
     try:
-        t = tracking.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
-        parent = tracking.start_parent("minilm-sweep", base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+        t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+        parent = track.start_parent("minilm-sweep", base_model="minilm", dataset="rotten_tomatoes", tracker=t)
         for record in records:
-            tracking.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
-        tracking.log_parent_summary(parent, records, tracker=t)
+            track.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+        log_summary(parent, records, t)
         assert t.outbox.pending() == []
         yield server, t, parent, records
     finally:
@@ -117,7 +117,7 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
     from mlflow import MlflowClient
 
     exp_id = MlflowClient(server.uri).get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
-    back = tracking.read_footprints(EXPERIMENT, parent, tracking_uri=server.uri)
+    back = track.read_footprints(EXPERIMENT, parent, tracking_uri=server.uri)
     run_ids = [r.extra["mlflow_run_id"] for r in back]
     url = (
         f"{server.uri}/#/compare-runs?runs={urllib.parse.quote(json.dumps(run_ids))}"

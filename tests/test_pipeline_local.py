@@ -47,7 +47,7 @@ def _quick(**over: Any) -> PipelineConfig:
 
 
 def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
-    from tightfit.local_run import run_local
+    from tightfit.pipelines.local import run_local
 
     # Budgets that do not hinge on latency (this machine is shared; p95 latency swings with load).
     config = _quick(target=ROBUST_TARGET)
@@ -61,7 +61,7 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     assert chosen.ok and chosen.peak_rss_serve_bytes is not None
     assert chosen.peak_rss_serve_bytes <= config.target.memory_bytes
     assert summary.chosen in summary.selection["front"]
-    from tightfit.select import pareto_front
+    from tightfit.select.choose import pareto_front
 
     assert summary.chosen in [r.variant for r in pareto_front(summary.records)]
     # The fine-tuned baseline learned something real: above chance on the held-out split.
@@ -108,7 +108,7 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
 
 
 def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) -> None:
-    from tightfit.local_run import run_local
+    from tightfit.pipelines.local import run_local
 
     variants = [
         {"variant": "fp32", "chain": "fp32"},

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tightfit import names
 from tightfit.errors import BudgetError
 from tightfit.footprint import Footprint
-from tightfit.select import (
+from tightfit.select.choose import (
     DEFAULT_OBJECTIVES,
     _score,
     dominates,
@@ -72,8 +72,8 @@ def test_unmeasured_objective_counts_as_worst() -> None:
 def test_memory_limit_also_holds_for_the_serving_replica(sweep: list[Footprint]) -> None:
     """The bare-process peak of int8_dynamic fits 385 MiB, but a Ray Serve replica of it would not: selection
     uses the serving planner's figure, so it never chooses what serving then declines."""
-    from tightfit.serving_plan import plan_serving
-    from tightfit.serving_records import replica_need_bytes
+    from tightfit.memory.replica import replica_need_bytes
+    from tightfit.serve.plan import plan_serving
 
     int8 = next(r for r in sweep if r.variant == "int8_dynamic")
     need = replica_need_bytes(int8)

@@ -23,8 +23,9 @@ def lm_served():
     import ray
     from ray import serve
 
-    from tightfit.serving_calibrate import with_load_rss
-    from tightfit.serving_plan import footprint_for_source, plan_serving
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.serve.calibrate import with_load_rss
+    from tightfit.serve.plan import plan_serving
 
     record = with_load_rss([footprint_for_source("smollm2")])[0]
     plan = plan_serving([record], BUDGET, max_tokens=48, max_new_tokens=16, max_batch=8)
@@ -39,7 +40,7 @@ def lm_served():
 
 
 def test_served_generation_equals_in_process_greedy(lm_served):
-    from tightfit.serving_runtime import generate, load_for_serving
+    from tightfit.serve.replica import generate, load_for_serving
 
     url, plan = lm_served["url"], lm_served["plan"]
     assert plan.primary.kind == "causal_lm" and plan.primary.kv_cache_bytes > 0
@@ -80,7 +81,7 @@ def test_calibration_on_a_generating_replica_predicts_its_peaks(lm_served):
     """Calibrate from a fresh LM replica at three batch sizes (KV cache counted exactly, one fitted
     activation scale) and check the fitted model explains every measured peak."""
     from tightfit.memory.serving import fit_serving_model, prediction_error
-    from tightfit.serving_calibrate import measure_replica
+    from tightfit.serve.calibrate import measure_replica
 
     base = f"http://127.0.0.1:{lm_served['port']}"
     points = measure_replica(lm_served["record"], base_url=base, batch_sizes=(1, 4, 8), max_tokens=32, new_tokens=8)

@@ -27,9 +27,9 @@ def _pool_variants(finetuned_minilm_dir, root) -> dict[str, str]:
     """The fine-tuned fp32 variant plus two smaller ones (bf16, and bf16 with a pruned vocabulary) for the
     multiplexed pool. None needs torchao, whose import alone would add ~300 MiB to a replica's runtime."""
     from tightfit.compress import apply_chain
+    from tightfit.compress.variant import load_variant, save_variant
     from tightfit.data import load_dataset
     from tightfit.spec import VariantSpec
-    from tightfit.variant import load_variant, save_variant
 
     data = load_dataset("rotten_tomatoes", seed=0)  # the whole train split: its vocabulary covers the test
     dirs = {"minilm-rt": str(finetuned_minilm_dir)}
@@ -52,8 +52,9 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     import ray
     from ray import serve
 
-    from tightfit.serving_calibrate import with_load_rss
-    from tightfit.serving_plan import footprint_for_source, plan_serving
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.serve.calibrate import with_load_rss
+    from tightfit.serve.plan import plan_serving
 
     dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
     records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]

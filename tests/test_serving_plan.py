@@ -10,10 +10,11 @@ import pytest
 
 from tightfit.errors import BudgetError, ConfigError
 from tightfit.footprint import Footprint, save_footprints
+from tightfit.memory.replica import footprint_for_source
 from tightfit.memory.serving import ServingMemoryModel
-from tightfit.serving_autoscale import desired_replicas
-from tightfit.serving_plan import footprint_for_source, plan_serving
-from tightfit.serving_runtime import RequestError, lru_evictions, validate_request
+from tightfit.serve.autoscale import desired_replicas
+from tightfit.serve.plan import plan_serving
+from tightfit.serve.replica import RequestError, lru_evictions, validate_request
 
 MIB = 2**20
 MODEL = ServingMemoryModel()
@@ -85,7 +86,7 @@ def test_backpressure_and_replica_memory_come_from_the_plan(records):
     assert options["ray_actor_options"]["memory"] == plan.predicted_peak_bytes
     assert options["backpressure_config"]["status_code"] == 503 and options["backpressure_config"]["retry_after_s"] >= 1
     policy = options["autoscaling_config"]["policy"]["policy_function"]
-    assert policy == "tightfit.serving_autoscale:memory_aware_policy"
+    assert policy == "tightfit.serve.autoscale:memory_aware_policy"
     assert "fp32" in plan.describe() or "bf16" in plan.describe()
 
 
@@ -104,8 +105,8 @@ def test_serve_config_validates_with_rays_schema(records):
 def test_rayservice_manifest_from_the_same_plan(records, kuberay_crd_dir):
     import yaml
 
-    from tightfit.k8s_validate import validate_kuberay
-    from tightfit.serving import rayservice_for_plan
+    from tightfit.kube.validate import validate_kuberay
+    from tightfit.serve.deploy import rayservice_for_plan
 
     plan = plan_serving(records, 1 * 2**30, model=MODEL)
     manifest = rayservice_for_plan(plan, name="tf-serve", namespace="ml")
@@ -181,7 +182,7 @@ def test_language_model_plan_accounts_for_the_kv_cache(tmp_path):
 
 
 def test_footprint_file_and_direct_variant(records, tmp_path, minilm_dir):
-    from tightfit.serving import make_plan
+    from tightfit.serve.deploy import make_plan
 
     path = tmp_path / "footprints.json"
     save_footprints(path, records)

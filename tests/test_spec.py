@@ -41,16 +41,29 @@ def test_step_scalars() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1GiB", 2**30), ("500MB", 500_000_000), ("2Gi", 2 * 2**30), (1024, 1024), ("1.5KiB", 1536), ("10B", 10)],
+    [("1Gi", 2**30), ("1GiB", 2**30), ("500MB", 500_000_000), ("500M", 500_000_000), ("2Gi", 2 * 2**30),
+     (1024, 1024), ("1.5KiB", 1536), ("10B", 10), ("1 gib", 2**30), ("4k", 4000), ("1e3MB", 10**9)],
 )
 def test_parse_bytes(value, expected) -> None:
+    """One rule: units ending in B are byte units (ByteSize), other suffixes Kubernetes quantities."""
     assert parse_bytes(value) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [("-1GiB", "negative"), ("512", "no unit"), ("3 parsecs", "unknown unit"), ("lots", "cannot read")])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-1GiB", "negative"), ("12", "'12' has no unit"), ("512", "no unit"), ("10m", "'m' means milli"),
+     ("3 parsecs", "unknown unit"), ("lots", "cannot read"), ("1e400GiB", "larger than any machine"),
+     (True, "expected a size"), (-3, "negative")],
+)
 def test_parse_bytes_errors(value, message) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_bytes(value, field="memory")
+
+
+def test_a_person_must_write_the_unit() -> None:
+    assert parse_bytes(12) == 12  # code may pass a byte count
+    with pytest.raises(ConfigError, match="memory: 12 has no unit; write '12MiB'"):
+        parse_bytes(12, field="memory", require_unit=True)
 
 
 def test_units_format_and_time() -> None:

@@ -10,12 +10,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_tracking_support import log_summary
 
-from tightfit import names, tracking
+from tightfit import names, settings, track
 from tightfit.footprint import Footprint
-from tightfit.select import select_variant
 from tightfit.spec import HardwareTarget, VariantSpec
-from tightfit.tracking_server import free_port
+from tightfit.track.server import free_port
 
 MiB = 2**20
 
@@ -52,23 +52,22 @@ def _runs(uri: str, experiment: str = names.DEFAULT_EXPERIMENT) -> list:
 
 
 def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(names.ENV_TRACKING_URI, raising=False)
-    monkeypatch.setenv(names.ENV_HOME, str(tmp_path / "home"))
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'home' / names.LOCAL_DB_FILE}"
-    monkeypatch.setenv(names.ENV_TRACKING_URI, "http://127.0.0.1:1")
-    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:1"
-    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.delenv(settings.ENV_TRACKING_URI, raising=False)
+    monkeypatch.setenv(settings.ENV_HOME, str(tmp_path / "home"))
+    assert track.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'home' / settings.LOCAL_DB_FILE}"
+    monkeypatch.setenv(settings.ENV_TRACKING_URI, "http://127.0.0.1:1")
+    assert track.resolve_tracking_uri() == "http://127.0.0.1:1"
+    assert track.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_sweep_layout_names_and_read_back(tmp_path: Path, store_uri: str) -> None:
-    t = tracking.Tracker(store_uri, "sweep", outbox_dir=tmp_path / "run")
+    t = track.Tracker(store_uri, "sweep", outbox_dir=tmp_path / "run")
     records = _records()
-    parent = tracking.start_parent("sweep-1", pipeline_run_id="p1", base_model="minilm", dataset="rotten_tomatoes",
+    parent = track.start_parent("sweep-1", pipeline_run_id="p1", base_model="minilm", dataset="rotten_tomatoes",
                                    target=HardwareTarget.parse(memory="512MiB"), tracker=t)
     for r in records:
-        tracking.log_variant(r, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
-    selection = select_variant(records, HardwareTarget.parse(memory="512MiB"))
-    tracking.log_parent_summary(parent, records, selection=selection, tracker=t)
+        track.log_variant(r, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+    log_summary(parent, records, t, HardwareTarget.parse(memory="512MiB"))
     assert t.outbox.pending() == []
 
     runs = _runs(store_uri, "sweep")
@@ -94,15 +93,15 @@ def test_sweep_layout_names_and_read_back(tmp_path: Path, store_uri: str) -> Non
     assert by_name["int4"].data.tags[names.TAG_ERROR] == "UnsupportedError: needs a GPU"
     assert {v for v, r in by_name.items() if r.data.tags[names.TAG_PARETO] == "true"} == {"fp32", "bf16"}
 
-    back = tracking.read_footprints("sweep", tracking_uri=store_uri)
+    back = track.read_footprints("sweep", tracking_uri=store_uri)
     assert [b.variant for b in back] == [r.variant for r in records]
     for original, read in zip(records, back, strict=True):
         assert read.metrics() == pytest.approx(original.metrics())
         assert (read.chain, read.status, read.error) == (original.chain, original.status, original.error)
         assert isinstance(read.params_total, int | None) and isinstance(read.disk_bytes, int | None)
     assert back[1].extra["note"] == "cast"
-    assert tracking.read_footprints("sweep", parent, tracking_uri=store_uri)[0].variant == "fp32"
-    assert [b.variant for b in tracking.read_footprints("sweep", tracking_uri=store_uri, include_failed=False)] == [
+    assert track.read_footprints("sweep", parent, tracking_uri=store_uri)[0].variant == "fp32"
+    assert [b.variant for b in track.read_footprints("sweep", tracking_uri=store_uri, include_failed=False)] == [
         "fp32", "bf16", "pruned"]
 
     client = _client(store_uri)
@@ -118,13 +117,13 @@ def test_sweep_layout_names_and_read_back(tmp_path: Path, store_uri: str) -> Non
 
 
 def test_training_run_per_worker_metrics(tmp_path: Path, store_uri: str) -> None:
-    t = tracking.Tracker(store_uri, "train", outbox_dir=tmp_path)
-    run = tracking.start_run(names.ROLE_TRAINING, "finetune", params={names.PARAM_EPOCHS: 2}, tracker=t)
+    t = track.Tracker(store_uri, "train", outbox_dir=tmp_path)
+    run = track.start_run(names.ROLE_TRAINING, "finetune", params={names.PARAM_EPOCHS: 2}, tracker=t)
     for epoch in range(2):
-        tracking.log_metrics(run, {names.EPOCH: epoch, names.VAL_ACCURACY: 0.6 + 0.1 * epoch,
+        track.log_metrics(run, {names.EPOCH: epoch, names.VAL_ACCURACY: 0.6 + 0.1 * epoch,
                                    names.worker_metric(0, names.PEAK_RSS_BYTES): 1e9 + epoch,
                                    names.worker_metric(1, names.PEAK_RSS_BYTES): 2e9}, step=epoch, tracker=t)
-    tracking.end_run(run, tracker=t)
+    track.end_run(run, tracker=t)
     run_id = t.run_id(run)
     assert run_id is not None
     history = _client(store_uri).get_metric_history(run_id, names.VAL_ACCURACY)
@@ -133,25 +132,25 @@ def test_training_run_per_worker_metrics(tmp_path: Path, store_uri: str) -> None
     assert data.metrics["worker1.peak_rss_bytes"] == 2e9
     assert data.tags[names.TAG_ROLE] == names.ROLE_TRAINING
     with pytest.raises(Exception, match="unknown run role"):
-        tracking.start_run("bogus", "x", tracker=t)
+        track.start_run("bogus", "x", tracker=t)
 
 
 def test_offline_buffers_with_one_warning_then_syncs_without_duplicates(tmp_path: Path, store_uri: str) -> None:
     outbox_dir = tmp_path / "run"
-    dead = tracking.Tracker(f"http://127.0.0.1:{free_port()}", "offline", outbox_dir=outbox_dir, retry_interval_s=0)
+    dead = track.Tracker(f"http://127.0.0.1:{free_port()}", "offline", outbox_dir=outbox_dir, retry_interval_s=0)
     records = _records()
-    with pytest.warns(tracking.TrackingUnavailableWarning, match="unreachable"):
-        parent = tracking.start_parent("offline", pipeline_run_id="p-off", tracker=dead)
+    with pytest.warns(track.TrackingUnavailableWarning, match="unreachable"):
+        parent = track.start_parent("offline", pipeline_run_id="p-off", tracker=dead)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", tracking.TrackingUnavailableWarning)  # only one warning per outage
+        warnings.simplefilter("error", track.TrackingUnavailableWarning)  # only one warning per outage
         for r in records:
-            tracking.log_variant(r, parent=parent, tracker=dead)
-        tracking.log_parent_summary(parent, records, tracker=dead)
+            track.log_variant(r, parent=parent, tracker=dead)
+        log_summary(parent, records, dead)
     assert dead.offline and len(dead.outbox.pending()) > 10
     assert dead.run_id(parent) is None
 
     # The store is back (here: a SQLite one); the same outbox syncs into it.
-    back = tracking.Tracker(store_uri, "offline", outbox_dir=outbox_dir)
+    back = track.Tracker(store_uri, "offline", outbox_dir=outbox_dir)
     report = back.sync()
     assert report.complete and report.applied > 10
     assert len(_runs(store_uri, "offline")) == len(records) + 1
@@ -163,9 +162,9 @@ def test_offline_buffers_with_one_warning_then_syncs_without_duplicates(tmp_path
     assert len(_runs(store_uri, "offline")) == len(records) + 1
 
     # Logging the same variant again under the same parent updates its run instead of adding one.
-    tracking.log_variant(records[0], parent=parent, tracker=back)
+    track.log_variant(records[0], parent=parent, tracker=back)
     assert len(_runs(store_uri, "offline")) == len(records) + 1
-    assert [r.variant for r in tracking.read_footprints("offline", tracking_uri=store_uri)] == [
+    assert [r.variant for r in track.read_footprints("offline", tracking_uri=store_uri)] == [
         r.variant for r in records]
 
 
@@ -173,18 +172,18 @@ def test_read_errors_are_clear(tmp_path: Path, store_uri: str) -> None:
     from tightfit.errors import BackendError, ConfigError
 
     with pytest.raises(BackendError, match="unreachable"):
-        tracking.read_footprints("x", tracking_uri=f"http://127.0.0.1:{free_port()}")
-    tracking.Tracker(store_uri, "exists", outbox_dir=tmp_path).sync()
+        track.read_footprints("x", tracking_uri=f"http://127.0.0.1:{free_port()}")
+    track.Tracker(store_uri, "exists", outbox_dir=tmp_path).sync()
     with pytest.raises(ConfigError, match="no MLflow experiment 'missing'"):
-        tracking.read_footprints("missing", tracking_uri=store_uri)
+        track.read_footprints("missing", tracking_uri=store_uri)
 
 
 def test_system_metrics_are_host_context_on_the_run(tmp_path: Path, store_uri: str) -> None:
     import time
 
-    t = tracking.Tracker(store_uri, "system", outbox_dir=tmp_path)
-    run = tracking.start_run(names.ROLE_PARENT, "with-system-metrics", tracker=t)
-    with tracking.system_metrics(run, interval_s=0.5, tracker=t) as sampling:
+    t = track.Tracker(store_uri, "system", outbox_dir=tmp_path)
+    run = track.start_run(names.ROLE_PARENT, "with-system-metrics", tracker=t)
+    with track.system_metrics(run, interval_s=0.5, tracker=t) as sampling:
         time.sleep(2.0)
     assert sampling
     metrics = _client(store_uri).get_run(t.run_id(run)).data.metrics  # type: ignore[arg-type]
@@ -193,25 +192,25 @@ def test_system_metrics_are_host_context_on_the_run(tmp_path: Path, store_uri: s
 
 
 def test_outbox_compacts_to_the_run_map(tmp_path: Path, store_uri: str) -> None:
-    t = tracking.Tracker(store_uri, "compact", outbox_dir=tmp_path)
-    parent = tracking.start_parent("compact", tracker=t)
-    tracking.log_variant(_records()[0], parent=parent, tracker=t)
+    t = track.Tracker(store_uri, "compact", outbox_dir=tmp_path)
+    parent = track.start_parent("compact", tracker=t)
+    track.log_variant(_records()[0], parent=parent, tracker=t)
     run_id = t.run_id(parent)
     assert run_id is not None and t.outbox.path.stat().st_size > 200
     with t.outbox.locked():
         assert t.outbox.compact(max_bytes=0)
     assert t.outbox.read()[0] == [] and t.run_id(parent) == run_id
-    tracking.log_variant(_records()[1], parent=parent, tracker=t)  # still nests under the same parent run
+    track.log_variant(_records()[1], parent=parent, tracker=t)  # still nests under the same parent run
     assert len(_runs(store_uri, "compact")) == 3
 
 
 def test_a_refused_op_is_skipped_and_does_not_block_the_rest(tmp_path: Path, store_uri: str) -> None:
-    from tightfit.tracking_buffer import OP_LOG
+    from tightfit.track.outbox import OP_LOG
 
-    t = tracking.Tracker(store_uri, "refused", outbox_dir=tmp_path)
-    run = tracking.start_run(names.ROLE_TRAINING, "r", params={names.PARAM_EPOCHS: 1}, tracker=t)
+    t = track.Tracker(store_uri, "refused", outbox_dir=tmp_path)
+    run = track.start_run(names.ROLE_TRAINING, "r", params={names.PARAM_EPOCHS: 1}, tracker=t)
     t.push(OP_LOG, run, params={names.PARAM_EPOCHS: "2"})  # MLflow refuses changing a param
-    tracking.log_metrics(run, {names.VAL_ACCURACY: 0.7}, tracker=t)
+    track.log_metrics(run, {names.VAL_ACCURACY: 0.7}, tracker=t)
     assert t.outbox.pending() == [] and not t.offline
     data = _client(store_uri).get_run(t.run_id(run)).data  # type: ignore[arg-type]
     assert data.params[names.PARAM_EPOCHS] == "1" and data.metrics[names.VAL_ACCURACY] == 0.7

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_tracking_support import log_summary
 from typer.testing import CliRunner
 
-from tightfit import tracking
+from tightfit import track
 from tightfit.cli import app
 from tightfit.footprint import Footprint
 
@@ -19,8 +20,8 @@ MiB = 2**20
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("cli-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    t = tracking.Tracker(uri, "cli", outbox_dir=root)
-    parent = tracking.start_parent("cli-sweep", tracker=t)
+    t = track.Tracker(uri, "cli", outbox_dir=root)
+    parent = track.start_parent("cli-sweep", tracker=t)
     records = [
         Footprint(variant="fp32", accuracy=0.81, disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB,
                   peak_rss_load_bytes=550 * MiB, latency_ms_b1_p95=10.0),
@@ -31,8 +32,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         Footprint(variant="int4", chain="int4_weight_only", status="failed", error="needs a GPU"),
     ]
     for r in records:
-        tracking.log_variant(r, parent=parent, tracker=t)
-    tracking.log_parent_summary(parent, records, tracker=t)
+        track.log_variant(r, parent=parent, tracker=t)
+    log_summary(parent, records, t)
     return uri
 
 

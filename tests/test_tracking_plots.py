@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tightfit.footprint import Footprint
-from tightfit.plots import pareto_plot
+from tightfit.select.plot import pareto_plot
 
 MiB = 2**20
 FRONT_RGB = np.array([0xD1, 0x49, 0x5B]) / 255

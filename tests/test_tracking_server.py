@@ -6,13 +6,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_tracking_support import SAMPLE_TEXTS, labels_before_logging, real_sweep
+from test_tracking_support import SAMPLE_TEXTS, labels_before_logging, log_summary, real_sweep
 
-from tightfit import names, tracking
+from tightfit import names, track
 from tightfit.footprint import Footprint
-from tightfit.select import select_variant
+from tightfit.select import registry_aliases
 from tightfit.spec import HardwareTarget
-from tightfit.tracking_server import LocalMlflowServer
+from tightfit.track.server import LocalMlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,17 @@ def sweep(finetuned_minilm_dir: Path) -> list[tuple[Footprint, Path]]:
 @pytest.fixture(scope="module")
 def logged(server: LocalMlflowServer, sweep, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Log the sweep with its models under one parent, the summary, and the registry aliases."""
-    t = tracking.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+    t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
     records = [r for r, _ in sweep]
     target = HardwareTarget.parse(min_accuracy=0.5)
-    parent = tracking.start_parent("real-sweep", base_model="minilm", dataset="rotten_tomatoes", target=target, tracker=t)
+    parent = track.start_parent("real-sweep", base_model="minilm", dataset="rotten_tomatoes", target=target, tracker=t)
     for record, variant_dir in sweep:
-        tracking.log_variant(record, parent=parent, variant_dir=variant_dir, base_model="minilm",
+        track.log_variant(record, parent=parent, variant_dir=variant_dir, base_model="minilm",
                              dataset="rotten_tomatoes", tracker=t)
-    selection = select_variant(records, target)
-    tracking.log_parent_summary(parent, records, selection=selection, tracker=t)
-    aliases = tracking.register_selection(parent, records, target, model_name=MODEL_NAME, tracker=t)
+    selection = log_summary(parent, records, t, target)
+    chosen_aliases = registry_aliases(records, target)
+    track.register_aliases(parent, chosen_aliases, model_name=MODEL_NAME, tracker=t)
+    aliases = {alias: variant for variant, items in chosen_aliases.items() for alias in items}
     assert t.outbox.pending() == []
     return {"tracker": t, "parent": parent, "selection": selection, "aliases": aliases}
 
@@ -54,7 +55,7 @@ def test_every_metric_reads_back_by_name(server: LocalMlflowServer, sweep, logge
     from mlflow import MlflowClient
 
     client = MlflowClient(server.uri)
-    back = {r.variant: r for r in tracking.read_footprints(EXPERIMENT, logged["parent"], tracking_uri=server.uri)}
+    back = {r.variant: r for r in track.read_footprints(EXPERIMENT, logged["parent"], tracking_uri=server.uri)}
     assert set(back) == {r.variant for r, _ in sweep}
     for record, _ in sweep:
         measured = record.metrics()
@@ -73,7 +74,7 @@ def test_every_metric_reads_back_by_name(server: LocalMlflowServer, sweep, logge
 
 
 def test_champion_loads_back_and_predicts_the_same_labels(server: LocalMlflowServer, sweep, logged: dict) -> None:
-    from tightfit.tracking_model import load_registered
+    from tightfit.track.flavor import load_registered
 
     chosen = logged["selection"].chosen
     assert chosen is not None and logged["aliases"][names.ALIAS_CHAMPION] == chosen.variant
@@ -100,20 +101,20 @@ def test_champion_loads_back_and_predicts_the_same_labels(server: LocalMlflowSer
 
 
 def test_server_outage_mid_run_buffers_then_arrives(server: LocalMlflowServer, sweep, tmp_path: Path) -> None:
-    t = tracking.Tracker(server.uri, "outage", outbox_dir=tmp_path, retry_interval_s=0)
+    t = track.Tracker(server.uri, "outage", outbox_dir=tmp_path, retry_interval_s=0)
     records = [r for r, _ in sweep]
-    parent = tracking.start_parent("outage", tracker=t)
-    tracking.log_variant(records[0], parent=parent, tracker=t)
+    parent = track.start_parent("outage", tracker=t)
+    track.log_variant(records[0], parent=parent, tracker=t)
     assert t.outbox.pending() == []
 
     server.stop()
     try:
-        with pytest.warns(tracking.TrackingUnavailableWarning, match="unreachable"):
+        with pytest.warns(track.TrackingUnavailableWarning, match="unreachable"):
             for record in records[1:]:
-                tracking.log_variant(record, parent=parent, tracker=t)  # the compute work goes on
+                track.log_variant(record, parent=parent, tracker=t)  # the compute work goes on
         with warnings.catch_warnings():
-            warnings.simplefilter("error", tracking.TrackingUnavailableWarning)
-            tracking.log_parent_summary(parent, records, tracker=t)
+            warnings.simplefilter("error", track.TrackingUnavailableWarning)
+            log_summary(parent, records, t)
         pending = len(t.outbox.pending())
         assert t.offline and pending >= 3 * (len(records) - 1)
     finally:
@@ -121,9 +122,9 @@ def test_server_outage_mid_run_buffers_then_arrives(server: LocalMlflowServer, s
 
     report = t.sync()
     assert report.complete and report.applied == pending and not t.offline
-    back = tracking.read_footprints("outage", parent, tracking_uri=server.uri)
+    back = track.read_footprints("outage", parent, tracking_uri=server.uri)
     assert [r.variant for r in back] == [r.variant for r in records]
     for original, read in zip(records, back, strict=True):
         assert read.metrics() == pytest.approx(original.metrics())
     assert t.sync().applied == 0  # nothing left, nothing duplicated
-    assert len(tracking.read_footprints("outage", parent, tracking_uri=server.uri)) == len(records)
+    assert len(track.read_footprints("outage", parent, tracking_uri=server.uri)) == len(records)

@@ -1,7 +1,7 @@
 """Shared by the tracking test modules (no tests here): a real, measured variant sweep cached on disk.
 
 The sweep (fp32, bf16, int8 dynamic) is built from the fine-tuned MiniLM with ``tightfit.compress.build_variant``
-and measured with ``tightfit.measure.measure_variant``; both are cached under $TIGHTFIT_CACHE so the server
+and measured with ``tightfit.measure.profile.measure_variant``; both are cached under $TIGHTFIT_CACHE so the server
 and UI test modules (and reruns) share one build.
 """
 
@@ -30,7 +30,7 @@ _RSS_PROBE = """
 import resource, sys, torch
 torch.set_num_threads(2)
 from tightfit import load_variant
-from tightfit.evaluate import predict_logits
+from tightfit.measure.quality import predict_logits
 v = load_variant(sys.argv[1], device="cpu")
 predict_logits(v.model, v.tokenizer, ["a fine film"] * 32, batch_size=32, max_length=64)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -38,14 +38,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _fallback_measure(variant_dir: Path, data: object, baseline: Footprint | None) -> Footprint:
-    """A small stand-in for ``measure_variant`` while tightfit.measure is not there (real figures, fewer)."""
+    """A small stand-in for ``measure_variant`` while tightfit.measure.profile is not there (real figures, fewer)."""
     import statistics
     import subprocess
     import sys
     import time
 
     from tightfit import load_variant
-    from tightfit.evaluate import evaluate
+    from tightfit.measure.quality import evaluate
 
     variant = load_variant(variant_dir, device="cpu")
     quality = evaluate(variant.model, variant.tokenizer, data.test.head(256), "classifier", batch_size=32)  # type: ignore[attr-defined]
@@ -67,7 +67,7 @@ def _fallback_measure(variant_dir: Path, data: object, baseline: Footprint | Non
 
 def _measure(variant_dir: Path, data: object, baseline: Footprint | None) -> Footprint:
     try:
-        from tightfit.measure import measure_variant
+        from tightfit.measure.profile import measure_variant
     except ImportError:
         return _fallback_measure(variant_dir, data, baseline)
     return measure_variant(variant_dir, data, seq_len=64, baseline=baseline, memory_subprocess=True, quick=True)
@@ -108,8 +108,26 @@ def real_sweep(finetuned_dir: Path) -> list[tuple[Footprint, Path]]:
 def labels_before_logging(variant_dir: Path, texts: list[str]) -> list[int]:
     """Predicted labels straight from the variant dir (no MLflow involved)."""
     from tightfit import load_variant
-    from tightfit.evaluate import predict_logits
+    from tightfit.measure.quality import predict_logits
 
     variant = load_variant(variant_dir, device="cpu")
     logits = predict_logits(variant.model, variant.tokenizer, texts, batch_size=32, max_length=64)
     return [int(x) for x in logits.argmax(dim=-1).tolist()]
+
+
+def log_summary(parent: str, records: list[Footprint], tracker: object, target: object = None) -> object:
+    """What the pipeline's ``select`` step does after a sweep: select under ``target`` (no limits by
+    default), draw the Pareto plot, and log both on the parent run. Returns the Selection."""
+    import tempfile
+
+    from tightfit import track
+    from tightfit.select import pareto_plot, select_variant
+    from tightfit.spec import HardwareTarget
+
+    selection = select_variant(records, target or HardwareTarget())
+    plot = None
+    if any(r.ok for r in records):
+        chosen = selection.chosen.variant if selection.chosen else None
+        plot = pareto_plot(records, Path(tempfile.mkdtemp(prefix="tightfit-test-")) / "pareto.png", chosen=chosen)
+    track.log_parent_summary(parent, records, selection, plot=plot, tracker=tracker)  # type: ignore[arg-type]
+    return selection

@@ -29,7 +29,7 @@ def _config(tmp: Path, **overrides):
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     """One unfaulted 2-worker run shared by the accuracy, tracking and fault tests."""
-    from tightfit.train import run_finetune
+    from tightfit.train.run import run_finetune
 
     tmp = tmp_path_factory.mktemp("baseline")
     return run_finetune(_config(tmp)), tmp
@@ -39,7 +39,7 @@ def _untrained_accuracy(tmp: Path, frame) -> float:
     import torch
 
     from tightfit.assets import load_model
-    from tightfit.train_support import evaluate_classifier
+    from tightfit.train.support import evaluate_classifier
 
     torch.manual_seed(0)
     loaded = load_model("minilm")
@@ -86,7 +86,7 @@ def test_every_rank_and_the_footprint_reach_mlflow(baseline) -> None:
 
 
 def test_fault_at_epoch_two_resumes_from_checkpoint_and_matches(baseline, tmp_path) -> None:
-    from tightfit.train import run_finetune
+    from tightfit.train.run import run_finetune
 
     clean, _ = baseline
     faulted = run_finetune(_config(tmp_path, fail_at_epoch=2, max_failures=1))
@@ -120,7 +120,7 @@ def test_distillation_trains_a_smaller_student_from_the_teacher(baseline, tmp_pa
     from mlflow import MlflowClient
 
     from tightfit.data import load_dataset
-    from tightfit.train import run_finetune
+    from tightfit.train.run import run_finetune
 
     teacher, _ = baseline
     student_dir = _layer_dropped_student(tmp_path / "student")

@@ -60,9 +60,9 @@ def kube_api() -> Iterator[Any]:
 def test_rayjob_created_through_kubernetes_client_matches_crd(kube_api, kuberay_crd_dir, tmp_path) -> None:
     from kubernetes import client
 
-    from tightfit.k8s import validate_kuberay
+    from tightfit.kube import validate_kuberay
+    from tightfit.train.launch import CONFIG_ENV, launch_kuberay
     from tightfit.train import FinetuneConfig
-    from tightfit.train_launch import CONFIG_ENV, launch_kuberay
 
     config = _config(tmp_path, workers=2, cpus_per_worker=2, run_name="ft-kmock-test")
     created = launch_kuberay(config, "ml-team", api_client=kube_api)
@@ -144,7 +144,7 @@ def test_jobs_api_submission_with_token_succeeds(ray_head, tmp_path) -> None:
     import urllib.error
     import urllib.request
 
-    from tightfit.train_launch import submit_finetune
+    from tightfit.train.launch import submit_finetune
 
     # Token auth is on: without the token the Jobs API refuses.
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -160,10 +160,9 @@ def test_jobs_api_submission_with_token_succeeds(ray_head, tmp_path) -> None:
 
 
 def test_entrypoint_reads_config_from_file_env_and_overrides(tmp_path, monkeypatch) -> None:
-    from tightfit.ray_jobs.finetune import load_config
-
+    from tightfit.config import load_finetune_config as load_config
     from tightfit.errors import ConfigError
-    from tightfit.train_launch import CONFIG_ENV, entrypoint_command, job_runtime_env
+    from tightfit.train.launch import CONFIG_ENV, entrypoint_command, job_runtime_env
 
     config = _config(tmp_path, workers=3, teacher_dir="/models/teacher")
     path = tmp_path / "cfg.json"
@@ -171,8 +170,10 @@ def test_entrypoint_reads_config_from_file_env_and_overrides(tmp_path, monkeypat
     assert load_config(str(path)) == config
     monkeypatch.setenv(CONFIG_ENV, job_runtime_env(config)["env_vars"][CONFIG_ENV])
     assert load_config(overrides=["epochs=3", "precision=bf16"]).epochs == 3
-    with pytest.raises(ConfigError, match="unknown finetune config key"):
+    with pytest.raises(ConfigError, match="epoch: unknown key"):
         load_config(overrides=["epoch=3"])
-    with pytest.raises(ConfigError, match="workers must be >= 1"):
+    with pytest.raises(ConfigError, match="workers: Input should be greater than 0"):
         load_config(overrides=["workers=0"])
+    with pytest.raises(ConfigError, match="memory_budget: 4096 has no unit"):
+        load_config(overrides=["memory_budget=4096"])
     assert entrypoint_command().startswith(sys.executable + " -m tightfit.ray_jobs.finetune")

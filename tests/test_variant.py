@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import tightfit
+from tightfit.compress.variant import MANIFEST, load_variant, read_manifest, save_variant
 from tightfit.errors import VariantError
 from tightfit.spec import VariantSpec
-from tightfit.variant import MANIFEST, load_variant, read_manifest, save_variant
 
 if os.environ.get("TIGHTFIT_THREADS"):
     import torch as _torch

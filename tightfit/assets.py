@@ -10,12 +10,12 @@ Anything else is a local HF-format directory or a ``.pt``/``.safetensors`` check
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tightfit.errors import AssetMissingError, ConfigError
+from tightfit.settings import cache_dir
 
 ModelKind = Literal["classifier", "causal_lm"]
 
@@ -35,13 +35,6 @@ class LoadedModel:
     tokenizer: Any
     kind: ModelKind
     source: str
-
-
-def cache_dir() -> Path:
-    """Where derived assets (the dequantized SmolLM2) are kept: $TIGHTFIT_CACHE or ~/.cache/tightfit."""
-    root = Path(os.environ.get("TIGHTFIT_CACHE", Path.home() / ".cache" / "tightfit"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def install_hint(dist: str, *, no_deps: bool) -> str:

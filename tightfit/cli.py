@@ -1,4 +1,4 @@
-"""The ``tightfit`` command line: one Typer app; each area registers its commands from ``tightfit.commands``.
+"""The ``tightfit`` command line: one Typer app; each area of ``tightfit.commands`` registers its commands.
 
 Errors a user can fix (``TightfitError``) print their message and exit with status 2, no traceback.
 Heavy libraries (torch, ray, mlflow, kfp) are imported inside commands, so ``tightfit --help`` is fast.
@@ -6,15 +6,13 @@ Heavy libraries (torch, ray, mlflow, kfp) are imported inside commands, so ``tig
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 from rich.console import Console
 
+from tightfit.commands import compress, pipeline, serve, track, train
 from tightfit.errors import TightfitError
-
-COMMAND_MODULES = ("pipeline", "compress", "train", "serve", "track")
 
 app = typer.Typer(
     name="tightfit",
@@ -26,8 +24,8 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"tightfit.commands.{_name}").register(app)
+for _area in (pipeline, compress, train, serve, track):
+    _area.register(app)
 
 
 def main() -> None:

@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tightfit.errors import ConfigError
-from tightfit.spec import HardwareTarget, VariantSpec
+from tightfit.compress.build import default_variant_set
+from tightfit.compress.registry import validate_chain
+from tightfit.data import BUILTIN_DATASETS
+from tightfit.errors import ConfigError, describe_validation_error
+from tightfit.spec import PERSON, HardwareTarget, VariantSpec
+from tightfit.train.config import CONFIG_ENV, FinetuneConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 PROFILES = ("quick", "full")
+UNKNOWN_KEY_HINT = "check the spelling; tightfit/configs/default.yaml lists every key"
 
 
 class DataConfig(BaseModel):
@@ -54,33 +60,6 @@ class DataConfig(BaseModel):
             )
         if self.max_length < 8:
             raise ValueError(f"data.max_length must be >= 8 tokens, got {self.max_length}")
-        return self
-
-
-class FinetuneSettings(BaseModel):
-    """The baseline fine-tune on Ray Train (fields mirror ``tightfit.train.FinetuneConfig``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 5e-5
-    workers: int = 1
-    cpus_per_worker: int = 1
-    memory_budget: str | None = Field(default=None, description="per-worker budget, e.g. '4GiB'")
-    address: str | None = Field(default=None, description="Ray Jobs API address; None = a local Ray")
-
-    @model_validator(mode="after")
-    def _check(self) -> FinetuneSettings:
-        for key in ("epochs", "batch_size", "workers", "cpus_per_worker"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"finetune.lr must be in (0, 1), got {self.lr}")
-        if self.memory_budget is not None:
-            from tightfit.units import parse_bytes
-
-            parse_bytes(self.memory_budget, field="finetune.memory_budget")
         return self
 
 
@@ -137,10 +116,15 @@ class ResourceSettings(BaseModel):
     gpu: bool = False
 
 
+SHARED_WITH_FINETUNE = {"model": "model", "dataset": "dataset", "seed": "seed", "limit": "data.limit",
+                        "max_length": "data.max_length", "experiment": "tracking.experiment"}
+"""Fine-tune keys the pipeline file sets once, at the top level (value: where)."""
+
+
 class PipelineConfig(BaseModel):
     """The whole configuration file after its profile has been applied."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = "minilm"
     kind: Literal["classifier", "causal_lm"] = "classifier"
@@ -148,7 +132,7 @@ class PipelineConfig(BaseModel):
     seed: int = 0
     profile: str = "full"
     data: DataConfig = Field(default_factory=DataConfig)
-    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     variants: list[VariantItem] = Field(default_factory=list)
     target: HardwareTarget = Field(default_factory=HardwareTarget)
     measure: MeasureSettings = Field(default_factory=MeasureSettings)
@@ -156,17 +140,31 @@ class PipelineConfig(BaseModel):
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
 
-    @field_validator("variants", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _default_set(cls, value: Any) -> Any:
-        if value == "default":
-            from tightfit.compress import default_variant_set
-
-            return [{"variant": s.name, "chain": s.chain} for s in default_variant_set("classifier")]
-        return value
+    def _expand(cls, data: Any) -> Any:
+        """``variants: default`` -> the default set for the model kind; the fine-tune section takes what the
+        whole pipeline shares (model, dataset, seed, rows, tokens) from the top level only."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("variants") == "default":
+            kind = data.get("kind", "classifier")
+            data["variants"] = [{"variant": s.name, "chain": s.chain} for s in default_variant_set(kind)]
+        finetune = data.get("finetune")
+        if isinstance(finetune, dict):
+            owned = sorted(set(finetune) & set(SHARED_WITH_FINETUNE))
+            if owned:
+                where = ", ".join(f"{key} -> {SHARED_WITH_FINETUNE[key]}" for key in owned)
+                raise ValueError(f"finetune: set {where} at the top level of the file; the whole pipeline shares them")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
+        self.finetune = self.finetune.model_copy(update={
+            "model": self.model, "dataset": self.dataset, "seed": self.seed, "limit": self.data.limit,
+            "max_length": self.data.max_length, "experiment": self.tracking.experiment,
+        })
         if not self.variants:
             raise ValueError("variants: list at least one {variant: NAME, chain: SPEC} (or write 'variants: default')")
         seen: set[str] = set()
@@ -197,17 +195,6 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see tightfit/configs/default.yaml for every key)"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
-
-
 def config_from_dict(raw: dict[str, Any], *, profile: str | None = None, source: str = "config") -> PipelineConfig:
     """Apply ``profile`` (from ``raw['profiles']``), validate the schema, the variant chains and the dataset."""
     if not isinstance(raw, dict):
@@ -227,9 +214,9 @@ def config_from_dict(raw: dict[str, Any], *, profile: str | None = None, source:
         raw = _deep_merge(raw, override)
     raw["profile"] = chosen
     try:
-        config = PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw, context={PERSON: True})
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(exc, unknown_key_hint=UNKNOWN_KEY_HINT)}") from None
     except ConfigError as exc:  # raised by a unit parser or the registry inside a validator
         raise ConfigError(f"{source}: {exc}") from None
     _check_variants(config, source)
@@ -238,16 +225,16 @@ def config_from_dict(raw: dict[str, Any], *, profile: str | None = None, source:
 
 
 def _check_variants(config: PipelineConfig, source: str) -> None:
+
     for index, item in enumerate(config.variants):
         try:
-            item.spec().validate_for(config.kind)
+            validate_chain(item.spec(), config.kind)
         except ConfigError as exc:
             raise ConfigError(f"{source}: variants[{index}] ({item.variant}, chain {item.chain!r}): {exc}") from None
 
 
 def _check_dataset(dataset: str, source: str) -> None:
     """Built-in names pass; a file must exist and have ``text`` and ``label`` columns (header only is read)."""
-    from tightfit.data import BUILTIN_DATASETS
 
     if dataset in BUILTIN_DATASETS:
         return
@@ -283,13 +270,53 @@ def _dataset_columns(path: Path) -> list[str]:
     raise ConfigError(f"dataset {path}: use a .csv or .jsonl file with 'text' and 'label' columns")
 
 
-def load_config(path: str | Path | None = None, *, profile: str | None = None) -> PipelineConfig:
-    """Read and validate a YAML config (default: ``tightfit/configs/default.yaml``) with ``profile`` applied."""
-    file = Path(path) if path is not None else DEFAULT_CONFIG
-    if not file.exists():
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML (or JSON) file whose top level is a mapping; any problem is one ``ConfigError`` line."""
+    file = Path(path)
+    if not file.is_file():
         raise ConfigError(f"config file {file} does not exist")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not a text file (not UTF-8); give a YAML or JSON config") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    return config_from_dict(raw or {}, profile=profile, source=str(file))
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, *, profile: str | None = None) -> PipelineConfig:
+    """Read and validate a pipeline config (default: ``tightfit/configs/default.yaml``) with ``profile`` applied."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    return config_from_dict(read_mapping(file), profile=profile, source=str(file))
+
+
+def load_finetune_config(
+    path: str | Path | None = None, text: str | None = None, overrides: list[str] | None = None,
+) -> FinetuneConfig:
+    """A ``FinetuneConfig`` from a YAML/JSON file, a JSON string or ``$TIGHTFIT_FINETUNE_CONFIG`` (first
+    given wins), with ``key=value`` overrides (values read as JSON when they parse)."""
+    data: dict[str, Any] = {}
+    if path:
+        data = read_mapping(path)
+    elif text or os.environ.get(CONFIG_ENV):
+        try:
+            data = json.loads(text or os.environ[CONFIG_ENV])
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"the finetune config is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("the finetune config must be a JSON object of keys to values")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            data[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            data[key.strip()] = value
+    return FinetuneConfig.from_dict(data, source=str(path or "finetune config"))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+from tightfit.errors import UnsupportedError
+
 
 def pick_device(requested: str | None = None) -> str:
     """``cuda`` when available (or requested), else ``cpu``. A requested GPU that is absent is an error."""
     import torch
-
-    from tightfit.errors import UnsupportedError
 
     if requested in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,3 +33,18 @@ class BudgetError(TightfitError):
 
 class BackendError(TightfitError):
     """An external service (Ray cluster, MLflow server, KFP API, Kubernetes API) is unreachable or refused."""
+
+
+def describe_validation_error(exc: Exception, *, unknown_key_hint: str = "check the spelling") -> str:
+    """One line from a pydantic ``ValidationError``: ``field.path: what is wrong`` for each problem."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = f"unknown key ({unknown_key_hint})"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines) or str(exc)

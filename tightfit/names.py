@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from tightfit.errors import ConfigError
 from tightfit.footprint import METRIC_FIELDS, NON_METRIC_FIELDS
 
 # --------------------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ SPEEDUP_B32: Final = "speedup_b32"
 ACCURACY_DROP: Final = "accuracy_drop"
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
-# accepts (``tightfit.serving_records.replica_need_bytes``). Selection constrains and ranks memory by it.
+# accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.
 SERVING_REPLICA_BYTES: Final = "serving_replica_bytes"
 
 FOOTPRINT_METRICS: Final[tuple[str, ...]] = METRIC_FIELDS
@@ -54,7 +55,6 @@ def latency_metric(batch: int, percentile: int = 95) -> str:
     name = f"latency_ms_b{batch}_p{percentile}"
     if name not in METRIC_FIELDS:
         known = sorted({m.split("_")[2] for m in METRIC_FIELDS if m.startswith("latency_ms_b")})
-        from tightfit.errors import ConfigError
 
         raise ConfigError(
             f"no latency is measured at batch {batch} / p{percentile}; measured batches: {', '.join(known)}, "
@@ -192,7 +192,7 @@ TAG_BACKEND: Final = "tightfit.backend"
 TAG_DEVICE: Final = "tightfit.device"
 TAG_STATUS: Final = "tightfit.status"
 TAG_ERROR: Final = "tightfit.error"
-TAG_VARIANT: Final = "tightfit.variant"
+TAG_VARIANT: Final = "tightfit.compress.variant"
 TAG_CHAIN: Final = "tightfit.chain"
 TAG_RECORD_ID: Final = "tightfit.record_id"
 """A stable id per logged record, so a resync after an outage never duplicates a run."""
@@ -222,12 +222,6 @@ MLFLOW_RUN_NAME_TAG: Final = "mlflow.runName"
 # --------------------------------------------------------------------------------------------------
 DEFAULT_EXPERIMENT: Final = "tightfit"
 DEFAULT_REGISTERED_MODEL: Final = "tightfit-classifier"
-ENV_TRACKING_URI: Final = "MLFLOW_TRACKING_URI"
-ENV_EXPERIMENT: Final = "TIGHTFIT_EXPERIMENT"
-ENV_HOME: Final = "TIGHTFIT_HOME"
-DEFAULT_HOME_DIR: Final = "tightfit-runs"
-LOCAL_DB_FILE: Final = "mlflow.db"
-LOCAL_ARTIFACT_DIR: Final = "mlartifacts"
 OUTBOX_FILE: Final = "mlflow-outbox.jsonl"
 
 ARTIFACT_FOOTPRINT_TABLE: Final = "footprints.json"

@@ -11,13 +11,15 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tightfit.errors import ConfigError
-from tightfit.units import parse_bytes, parse_millis
+from tightfit.errors import ConfigError, describe_validation_error
+from tightfit.units import format_bytes, parse_bytes, parse_millis
 
 Scalar = bool | int | float | str
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+PERSON = "person"
+"""Validation context key: the values come from a person (a config file, a flag), so units are required."""
 
 
 def _parse_scalar(text: str) -> Scalar:
@@ -95,33 +97,6 @@ class VariantSpec(BaseModel):
         """The canonical spec string."""
         return "|".join(str(s) for s in self.steps) or "fp32"
 
-    def validate_for(self, kind: str = "classifier", device: str | None = None) -> list[Any]:
-        """Check every step against the registry; return the built method configs in order."""
-        from tightfit.compress.registry import STAGE_NAMES, get_method
-
-        configs = []
-        last_stage, last_method = -1, None
-        for step in self.steps:
-            info = get_method(step.method)
-            if kind not in info.kinds:
-                raise ConfigError(
-                    f"variant {self.name!r}: method {step.method!r} does not support {kind} models "
-                    f"(it supports {', '.join(info.kinds)})"
-                )
-            if device is not None and device not in info.devices:
-                raise ConfigError(
-                    f"variant {self.name!r}: method {step.method!r} needs {' or '.join(info.devices)}, not {device}"
-                )
-            if info.stage < last_stage:
-                raise ConfigError(
-                    f"variant {self.name!r}: {step.method!r} ({STAGE_NAMES[info.stage]}) cannot come after "
-                    f"{last_method!r} ({STAGE_NAMES[last_stage]}); order steps structure -> recovery -> precision, "
-                    "e.g. 'prune_structured|distill|int8_dynamic'"
-                )
-            last_stage, last_method = info.stage, step.method
-            configs.append(info.make_config(dict(step.params)))
-        return configs
-
     def to_params(self) -> dict[str, str]:
         """Flat MLflow params: the chain plus one entry per step parameter."""
         params = {"variant": self.name, "chain": self.chain, "n_steps": str(len(self.steps))}
@@ -150,7 +125,7 @@ class HardwareTarget(BaseModel):
     Every field is optional; a variant fits when it satisfies each limit that is set.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     memory_bytes: int | None = None
     disk_bytes: int | None = None
@@ -163,10 +138,13 @@ class HardwareTarget(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _parse_units(cls, data: Any) -> Any:
+    def _parse_units(cls, data: Any, info: ValidationInfo) -> Any:
+        """Sizes and durations through ``tightfit.units``; written by a person (``context={"person": True}``,
+        as config files and flags are validated) every size and duration needs its unit."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        person = bool((info.context or {}).get(PERSON))
         aliases = {"memory": "memory_bytes", "disk": "disk_bytes", "latency": "latency_ms", "bandwidth": "bandwidth_bytes_per_s"}
         for short, full in aliases.items():
             if short in data:
@@ -175,14 +153,14 @@ class HardwareTarget(BaseModel):
                 data[full] = data.pop(short)
         for key in ("memory_bytes", "disk_bytes"):
             if data.get(key) is not None:
-                data[key] = parse_bytes(data[key], field=key.removesuffix("_bytes"))
+                data[key] = parse_bytes(data[key], field=key.removesuffix("_bytes"), require_unit=person)
         if data.get("bandwidth_bytes_per_s") is not None:
             value = data["bandwidth_bytes_per_s"]
             if isinstance(value, str):
                 value = value.strip().removesuffix("/s")
-            data["bandwidth_bytes_per_s"] = float(parse_bytes(value, field="bandwidth"))
+            data["bandwidth_bytes_per_s"] = float(parse_bytes(value, field="bandwidth", require_unit=person))
         if data.get("latency_ms") is not None:
-            data["latency_ms"] = parse_millis(data["latency_ms"], field="latency")
+            data["latency_ms"] = parse_millis(data["latency_ms"], field="latency", require_unit=person)
         return data
 
     @model_validator(mode="after")
@@ -204,12 +182,11 @@ class HardwareTarget(BaseModel):
     def parse(cls, **values: Any) -> HardwareTarget:
         """Build from user values (sizes as '1GiB' strings), dropping Nones; errors become ConfigError."""
         try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
+            return cls.model_validate({k: v for k, v in values.items() if v is not None}, context={PERSON: True})
         except ValueError as exc:
-            raise ConfigError(f"invalid hardware target: {_first_error(exc)}") from None
+            raise ConfigError(f"invalid hardware target: {describe_validation_error(exc)}") from None
 
     def describe(self) -> str:
-        from tightfit.units import format_bytes
 
         parts = []
         if self.memory_bytes:
@@ -227,14 +204,3 @@ class HardwareTarget(BaseModel):
         if self.max_perplexity:
             parts.append(f"perplexity <= {self.max_perplexity:g}")
         return ", ".join(parts) or "no limits"
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        items = errors()
-        if items:
-            loc = ".".join(str(p) for p in items[0].get("loc", ()))
-            msg = str(items[0].get("msg", exc)).removeprefix("Value error, ")
-            return f"{loc}: {msg}" if loc else msg
-    return str(exc)

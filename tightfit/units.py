@@ -1,62 +1,109 @@
-"""Parse and format byte sizes and durations given by users ("1GiB", "500MB", "250ms")."""
+"""Sizes and durations given by people ("1GiB", "500MB", "2Gi", "250ms"), read one way everywhere.
+
+The rule for sizes, written once:
+- a unit ending in ``B`` is a byte unit and is read by pydantic's ``ByteSize`` (``500MB`` = 500 * 10^6,
+  ``1GiB`` = 2^30; case does not matter);
+- any other suffix is a Kubernetes quantity read by ``kubernetes.utils.parse_quantity`` (``2Gi``, ``500M``,
+  ``4k``); there ``m`` means milli, so ``10m`` is a hundredth of a byte and is refused, never read as 10 MB;
+- a number without a unit is refused when a person wrote it (it could be bytes, KB or MB); code may pass
+  a plain ``int`` count of bytes;
+- negative, non-finite and absurd sizes (beyond 1 EiB) are refused.
+Every refusal is a ``ConfigError`` naming the field, the value and a spelling that works.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal, InvalidOperation
 
 from tightfit.errors import ConfigError
 
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    # Kubernetes quantity spellings, so values from a pod spec parse too.
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+MAX_BYTES = 2**60
+"""1 EiB: no memory, disk or bandwidth figure a person means is larger."""
+_SIZE_RE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_KUBERNETES_SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "m")
+_EXAMPLE = "write it like '1GiB', '500MB' or the Kubernetes '2Gi'"
 
 
-def parse_bytes(value: str | int | float, *, field: str = "size") -> int:
-    """Return a byte count from an int or a string with a unit ("1GiB", "500MB", "2Gi").
+def _where(field: str) -> str:
+    """The message prefix naming the field ('' inside a pydantic validator, which names it itself)."""
+    return f"{field}: " if field else ""
 
-    Plain numbers count as bytes only when given as numbers; a unitless string is ambiguous and refused.
+
+def _number(text: str, value: object, field: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ConfigError(_where(field) + f"cannot read {value!r} as a size; {_EXAMPLE}") from None
+    if not number.is_finite():
+        raise ConfigError(_where(field) + f"{value!r} is not a finite size; {_EXAMPLE}")
+    if number < 0:
+        raise ConfigError(_where(field) + f"size must not be negative, got {value!r}")
+    return number
+
+
+def _checked(n_bytes: Decimal | float | int, value: object, field: str) -> int:
+    if not math.isfinite(float(n_bytes)) or n_bytes > MAX_BYTES:
+        raise ConfigError(_where(field) + f"{value!r} is larger than any machine (over 1 EiB); check the number and unit")
+    if n_bytes != int(n_bytes):
+        raise ConfigError(_where(field) + f"{value!r} is not a whole number of bytes")
+    return int(n_bytes)
+
+
+def parse_bytes(value: str | int | float, *, field: str = "size", require_unit: bool = False) -> int:
+    """A byte count from a size with a unit ("1GiB", "500MB", "2Gi") or, from code, a plain number of bytes.
+
+    ``require_unit``: the value came from a person (a config file, a flag), so a bare number is refused.
     """
     if isinstance(value, bool):
-        raise ConfigError(f"{field}: expected a size like '1GiB' or '500MB', got {value!r}")
+        raise ConfigError(_where(field) + f"expected a size; {_EXAMPLE}; got {value!r}")
     if isinstance(value, int | float):
         if value < 0:
-            raise ConfigError(f"{field}: size must not be negative, got {value!r}")
-        return int(value)
+            raise ConfigError(_where(field) + f"size must not be negative, got {value!r}")
+        if require_unit:
+            raise ConfigError(
+                _where(field) + f"{value!r} has no unit; write '{value}MiB' or '{value}MB' (or '{value}B' for bytes)"
+            )
+        return _checked(value, value, field)
     if not isinstance(value, str):
-        raise ConfigError(f"{field}: expected a size like '1GiB' or '500MB', got {type(value).__name__}")
-    text = value.strip()
-    if text.startswith("-"):
-        raise ConfigError(f"{field}: size must not be negative, got {value!r}")
-    match = _SIZE_RE.match(text)
+        raise ConfigError(_where(field) + f"expected a size; {_EXAMPLE}; got {type(value).__name__}")
+    match = _SIZE_RE.match(value)
     if not match:
-        raise ConfigError(f"{field}: cannot read {value!r} as a size; write it like '1GiB', '500MB' or '2048KiB'")
-    number, unit = match.groups()
+        raise ConfigError(_where(field) + f"cannot read {value!r} as a size; {_EXAMPLE}")
+    text, unit = match.groups()
+    number = _number(text, value, field)
     if not unit:
-        raise ConfigError(
-            f"{field}: {value!r} has no unit; write '{number}B' for bytes or use MB/MiB/GB/GiB"
-        )
-    factor = _SIZE_UNITS.get(unit.lower())
-    if factor is None:
+        raise ConfigError(_where(field) + f"{value!r} has no unit; write '{text}B' for bytes or use MB/MiB/GB/GiB")
+    if unit.lower().endswith("b"):
+        return _byte_unit(number, unit, value, field)
+    if unit in _KUBERNETES_SUFFIXES:
+        return _kubernetes_quantity(number, unit, value, field)
+    known = "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, or the Kubernetes Ki, Mi, Gi, Ti, k, M, G, T"
+    raise ConfigError(_where(field) + f"unknown unit {unit!r} in {value!r}; use one of {known}")
+
+
+def _byte_unit(number: Decimal, unit: str, value: object, field: str) -> int:
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        per_unit = int(TypeAdapter(ByteSize).validate_python(f"1{unit}"))
+    except ValidationError:
         known = "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB"
-        raise ConfigError(f"{field}: unknown unit {unit!r} in {value!r}; use one of {known}")
-    return int(float(number) * factor)
+        raise ConfigError(_where(field) + f"unknown unit {unit!r} in {value!r}; use one of {known}") from None
+    return _checked((number * per_unit).to_integral_value(), value, field)
+
+
+def _kubernetes_quantity(number: Decimal, unit: str, value: object, field: str) -> int:
+    from kubernetes.utils.quantity import parse_quantity
+
+    quantity = parse_quantity(f"{number:f}{unit}")
+    if unit == "m":
+        raise ConfigError(
+            _where(field) + f"{value!r} is {quantity} bytes: in Kubernetes quantities 'm' means milli; "
+            f"write '{number}Mi' or '{number}M' (or '{number}MB')"
+        )
+    return _checked(quantity.to_integral_value(), value, field)
 
 
 def format_bytes(n: float) -> str:
@@ -73,19 +120,21 @@ _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 _TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*$", re.IGNORECASE)
 
 
-def parse_millis(value: str | int | float, *, field: str = "latency") -> float:
-    """Return milliseconds from a number (taken as ms) or a string with a unit ("250ms", "1.5s")."""
+def parse_millis(value: str | int | float, *, field: str = "latency", require_unit: bool = False) -> float:
+    """Milliseconds from a string with a unit ("250ms", "1.5s") or, from code, a number taken as ms."""
     if isinstance(value, bool):
-        raise ConfigError(f"{field}: expected a duration like '250ms', got {value!r}")
+        raise ConfigError(_where(field) + f"expected a duration like '250ms', got {value!r}")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ConfigError(f"{field}: duration must be positive, got {value!r}")
+        if require_unit:
+            raise ConfigError(_where(field) + f"{value!r} has no unit; write '{value}ms' or '{value}s'")
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(_where(field) + f"duration must be a positive number, got {value!r}")
         return float(value)
     match = _TIME_RE.match(str(value))
     if not match:
-        raise ConfigError(f"{field}: cannot read {value!r} as a duration; write it like '250ms' or '1.5s'")
+        raise ConfigError(_where(field) + f"cannot read {value!r} as a duration; write it like '250ms' or '1.5s'")
     number, unit = match.groups()
     millis = float(number) * _TIME_UNITS[unit.lower()]
     if millis <= 0:
-        raise ConfigError(f"{field}: duration must be positive, got {value!r}")
+        raise ConfigError(_where(field) + f"duration must be positive, got {value!r}")
     return millis

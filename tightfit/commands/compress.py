@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         needs_data = any(s.method in DATA_METHODS for s in variant_spec.steps)
         data = _load_data(dataset if needs_data else None, limit, seed)
         path = build_variant(model, variant_spec, out, data=data, teacher=teacher, device=device, progress=True)
-        from tightfit.variant import read_manifest
+        from tightfit.compress.variant import read_manifest
 
         manifest = read_manifest(path)
         weights = manifest["files"][manifest["weights"]["file"]]["bytes"]
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from tightfit.errors import ConfigError
         from tightfit.footprint import Footprint
-        from tightfit.measure import measure_variant
+        from tightfit.measure.profile import measure_variant
 
         if seq_len < 8:
             raise ConfigError(f"--seq-len must be at least 8, got {seq_len}")

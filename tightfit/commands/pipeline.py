@@ -39,7 +39,7 @@ def compile_pipeline(name: str, output: Path, *, config_file: Path | None = None
     from kfp import compiler, components
 
     from tightfit.config import load_config
-    from tightfit.local_run import build_pipeline
+    from tightfit.pipelines.local import build_pipeline
 
     config = load_config(config_file, profile="quick" if quick else None)
     func = build_pipeline(name, config)
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from tightfit.config import load_config
-        from tightfit.local_run import print_summary, run_local
+        from tightfit.pipelines.local import print_summary, run_local
 
         console = Console()
         cfg = load_config(config, profile="quick" if quick else None)

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from tightfit.memory.serving import ServingMemoryModel
-        from tightfit.serving import load_records, plan_serving, start_serving
+        from tightfit.serve.deploy import load_records, plan_serving, start_serving
         from tightfit.units import parse_bytes, parse_millis
 
         console = Console()
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             variant=None if (footprints or from_mlflow) else variant, tracking_uri=tracking_uri,
         )
         if measure:
-            from tightfit.serving_calibrate import with_load_rss
+            from tightfit.serve.calibrate import with_load_rss
 
             records = with_load_rss(records)
         model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if rayservice_manifest is not None:
             import yaml
 
-            from tightfit.serving import rayservice_for_plan
+            from tightfit.serve.deploy import rayservice_for_plan
 
             manifest = rayservice_for_plan(plan, namespace=namespace)
             rayservice_manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import typer
 
 if TYPE_CHECKING:
     from tightfit.footprint import Footprint
-    from tightfit.select import Selection
+    from tightfit.select.choose import Selection
 
 
 def _mib(value: float | None) -> str:
@@ -79,9 +79,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from tightfit.errors import BudgetError
-        from tightfit.select import select_variant
+        from tightfit.select.choose import select_variant
         from tightfit.spec import HardwareTarget
-        from tightfit.tracking import Tracker, read_footprints
+        from tightfit.track import Tracker, read_footprints
 
         console = Console()
         if sync:

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         image: Annotated[str | None, typer.Option(help="container image of the RayJob")] = None,
     ) -> None:
-        from tightfit.train import FinetuneConfig
+        from tightfit.train.config import FinetuneConfig
 
         if address and kuberay_namespace:
             raise ConfigError("give either --address (Ray Jobs API) or --kuberay-namespace (RayJob), not both")
@@ -59,13 +59,13 @@ def register(app: typer.Typer) -> None:
             "tracking_uri": tracking_uri,
         })
         if kuberay_namespace:
-            from tightfit.train_launch import launch_kuberay
+            from tightfit.train.launch import launch_kuberay
 
             created = launch_kuberay(config, kuberay_namespace, image=image)
             typer.echo(f"created RayJob {created['metadata']['name']} in namespace {kuberay_namespace}")
             return
         if address:
-            from tightfit.train_launch import submit_finetune
+            from tightfit.train.launch import submit_finetune
 
             outcome = submit_finetune(config, address, token=ray_token)
             typer.echo(outcome.logs[-4000:])
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
             if outcome.status != "SUCCEEDED":
                 raise typer.Exit(1)
             return
-        from tightfit.train import run_finetune  # plans the micro-batch (BudgetError) before Ray starts
+        from tightfit.train.run import run_finetune  # plans the micro-batch (BudgetError) before Ray starts
 
         result = run_finetune(config)
         typer.echo(json.dumps({"model_dir": str(result.model_dir), "run_id": result.run_id,

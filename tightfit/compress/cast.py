@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tightfit.compress.registry import STAGE_PRECISION, ApplyContext, register_method
-from tightfit.errors import UnsupportedError
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,4 @@ def cast_bf16(model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
 def cast_fp16(model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
     import torch
 
-    if not str(ctx.device).startswith("cuda"):
-        raise UnsupportedError("fp16 needs a GPU (CPU has no fast fp16 kernels); use bf16 on CPU")
     return model.to(torch.float16)

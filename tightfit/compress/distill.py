@@ -1,20 +1,39 @@
 """Distillation: recover a pruned or shallower student's accuracy from the teacher's softened logits.
 
-A single-process loop behind the registry function; the Ray Train job (``ray_jobs/finetune.py``) uses the
-same ``distillation_loss`` (``tightfit.compress.losses``).
+A single-process loop behind the registry function; the Ray Train worker loop (``tightfit.train.loop``)
+uses the same ``distillation_loss``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tightfit.compress.losses import distillation_loss
 from tightfit.compress.registry import STAGE_RECOVERY, ApplyContext, register_method
+from tightfit.compress.training import train_loop
 from tightfit.errors import ConfigError
 
-__all__ = ["DistillConfig", "distill", "distillation_loss"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DistillConfig", "distill", "distill_loop", "distillation_loss"]
+
+
+def distillation_loss(
+    student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 2.0, alpha: float = 0.5
+) -> Any:
+    """Knowledge distillation: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
+
+    The T^2 factor keeps the soft-target gradients on the same scale as CE when T changes (Hinton et al.).
+    """
+    import torch.nn.functional as F
+
+    soft_student = F.log_softmax(student_logits / temperature, dim=-1)
+    soft_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    kl = F.kl_div(soft_student, soft_teacher, reduction="batchmean", log_target=True) * temperature**2
+    ce = F.cross_entropy(student_logits, labels)
+    return alpha * kl + (1.0 - alpha) * ce
 
 
 @dataclass(frozen=True)
@@ -54,8 +73,6 @@ class DistillConfig:
     description="train the student on the teacher's softened logits (KL at temperature T) plus CE",
 )
 def distill(model: Any, config: DistillConfig, ctx: ApplyContext) -> Any:
-    from tightfit.compress.training import distill_loop
-
     if ctx.teacher is None or ctx.data is None or ctx.tokenizer is None:
         raise ConfigError(
             "distill needs a teacher model and training data: pass data= (and optionally teacher=) "
@@ -66,4 +83,36 @@ def distill(model: Any, config: DistillConfig, ctx: ApplyContext) -> Any:
         model, ctx.teacher, ctx.tokenizer, ctx.data.train, steps=steps, batch_size=config.batch_size,
         lr=float(config.lr), temperature=float(config.temperature), alpha=float(config.alpha),
         seed=ctx.seed, max_length=config.max_length, progress=bool(ctx.extra.get("progress", False)),
+    )
+
+
+def distill_loop(
+    student: Any,
+    teacher: Any,
+    tokenizer: Any,
+    train_frame: pd.DataFrame,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+    max_length: int = 64,
+    progress: bool = False,
+    freeze_embeddings: bool = True,
+) -> Any:
+    """Train ``student`` on ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE``."""
+    import torch
+
+    teacher.eval()
+
+    def kd(m: Any, inputs: dict[str, Any], labels: Any) -> Any:
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits.float()
+        return distillation_loss(m(**inputs).logits.float(), teacher_logits, labels, temperature, alpha)
+
+    return train_loop(
+        student, tokenizer, train_frame, kd, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        max_length=max_length, description="distill", progress=progress, freeze_embeddings=freeze_embeddings,
     )

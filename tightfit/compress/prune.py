@@ -14,6 +14,7 @@ from typing import Any
 
 from tightfit.compress.registry import STAGE_STRUCTURE, ApplyContext, register_method
 from tightfit.compress.structure import encoder_layers, head_size, set_attention_heads
+from tightfit.compress.training import batches, tokenize_batch
 from tightfit.errors import ConfigError, UnsupportedError
 
 SKIP_HEADS = ("classifier", "lm_head", "score")
@@ -124,8 +125,6 @@ def _importance(model: Any, config: StructuredConfig, ctx: ApplyContext) -> tupl
     """
     import torch
     import torch.nn.functional as F
-
-    from tightfit.compress.training import batches, tokenize_batch
 
     layers = encoder_layers(model)
     assert layers is not None

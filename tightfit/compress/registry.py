@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tightfit.errors import ConfigError
+from tightfit.errors import ConfigError, UnsupportedError
+from tightfit.spec import VariantSpec
 
 STAGE_STRUCTURE = 0
 STAGE_RECOVERY = 1
@@ -140,3 +141,57 @@ def get_method(name: str) -> MethodInfo:
     if name not in methods:
         raise ConfigError(f"unknown compression method {name!r}; known methods: {', '.join(methods)}")
     return methods[name]
+
+
+LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
+CASTS = ("bf16", "fp16")
+
+
+def validate_chain(spec: VariantSpec, kind: str = "classifier", device: str | None = None) -> list[Any]:
+    """The one check of a chain, before any work: every method is known, takes these parameters and
+    supports ``kind``; stages run structure -> recovery -> precision -> runtime; at most one cast and one
+    Linear quantizer, a cast before quantizing, each precision step once; and, given a ``device``, every
+    method runs there (``cuda:1`` counts as ``cuda``). Returns the method configs in order.
+
+    Bad chains raise ``ConfigError``; a method that needs another device raises ``UnsupportedError``.
+    """
+    configs = []
+    last_stage, last_method = -1, None
+    for step in spec.steps:
+        info = get_method(step.method)
+        if kind not in info.kinds:
+            raise ConfigError(
+                f"variant {spec.name!r}: method {step.method!r} does not support {kind} models "
+                f"(it supports {', '.join(info.kinds)})"
+            )
+        if info.stage < last_stage:
+            raise ConfigError(
+                f"variant {spec.name!r}: {step.method!r} ({STAGE_NAMES[info.stage]}) cannot come after "
+                f"{last_method!r} ({STAGE_NAMES[last_stage]}); order steps structure -> recovery -> precision "
+                "-> runtime, e.g. 'prune_structured|distill|int8_dynamic'"
+            )
+        last_stage, last_method = info.stage, step.method
+        configs.append(info.make_config(dict(step.params)))
+    methods = [s.method for s in spec.steps]
+    for group, what in ((CASTS, "cast"), (LINEAR_QUANTIZERS, "Linear quantizer")):
+        chosen = [m for m in methods if m in group]
+        if len(chosen) > 1:
+            raise ConfigError(f"variant {spec.name!r}: pick one {what}, not {' and '.join(chosen)}")
+    precision = [m for m in methods if get_method(m).stage >= STAGE_PRECISION]
+    repeated = sorted({m for m in precision if precision.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"variant {spec.name!r}: {', '.join(repeated)} appears twice; apply it once")
+    quantized = [i for i, m in enumerate(methods) if get_method(m).stage == STAGE_PRECISION and m not in CASTS]
+    casts = [i for i, m in enumerate(methods) if m in CASTS]
+    if casts and quantized and casts[0] > quantized[0]:
+        raise ConfigError(
+            f"variant {spec.name!r}: cast ({methods[casts[0]]}) before quantizing, e.g. 'bf16|int8_weight_only'"
+        )
+    if device is not None:
+        family = device.split(":", 1)[0]
+        for method in methods:
+            info = get_method(method)
+            if family not in info.devices:
+                need = "a GPU" if info.devices == ("cuda",) else " or ".join(info.devices)
+                raise UnsupportedError(f"{method} needs {need}; this run is on {device}")
+    return configs

@@ -141,37 +141,3 @@ def quick_finetune(
         model, tokenizer, train_frame, ce, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         max_length=max_length, description="fine-tune", progress=progress, freeze_embeddings=freeze_embeddings,
     )
-
-
-def distill_loop(
-    student: Any,
-    teacher: Any,
-    tokenizer: Any,
-    train_frame: pd.DataFrame,
-    *,
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
-    seed: int = 0,
-    max_length: int = 64,
-    progress: bool = False,
-    freeze_embeddings: bool = True,
-) -> Any:
-    """Train ``student`` on ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE``."""
-    import torch
-
-    from tightfit.compress.losses import distillation_loss
-
-    teacher.eval()
-
-    def kd(m: Any, inputs: dict[str, Any], labels: Any) -> Any:
-        with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits.float()
-        return distillation_loss(m(**inputs).logits.float(), teacher_logits, labels, temperature, alpha)
-
-    return train_loop(
-        student, tokenizer, train_frame, kd, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        max_length=max_length, description="distill", progress=progress, freeze_embeddings=freeze_embeddings,
-    )

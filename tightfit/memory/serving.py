@@ -6,7 +6,7 @@ predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
                + activations(batch, seq_len) (+ the KV cache for causal LMs)
 
 The replica overhead, the activation scale and a fallback for unmeasured load RSS are calibrated from
-real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serving_calibrate``);
+real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serve.calibrate``);
 the activation and KV-cache shapes come from the model's config. Everything here is pure arithmetic.
 """
 

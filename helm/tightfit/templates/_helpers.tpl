@@ -70,7 +70,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://%s-mlflow:%v" (include "tightfit.fullname" .) .Values.mlflow.service.port }}
 {{- end }}
 
-{{/* Pod-level security settings of every pod (tightfit.k8s.pod_security_context). */}}
+{{/* Pod-level security settings of every pod (tightfit.kube.manifests.pod_security_context). */}}
 {{- define "tightfit.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: {{ .Values.securityContext.runAsUser }}
@@ -80,7 +80,7 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Container-level security settings of every container (tightfit.k8s.container_security_context). */}}
+{{/* Container-level security settings of every container (tightfit.kube.manifests.container_security_context). */}}
 {{- define "tightfit.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
@@ -91,7 +91,7 @@ capabilities:
 {{- end }}
 
 {{/*
-One Ray pod template (tightfit.k8s._pod_template). Call with
+One Ray pod template (tightfit.kube.manifests._pod_template). Call with
 (dict "root" $ "container" "ray-head" "size" $head "head" true "component" "rayjob" "restartPolicy" "").
 */}}
 {{- define "tightfit.rayPodTemplate" -}}
@@ -173,7 +173,7 @@ spec:
 {{- end }}
 
 {{/*
-A RayCluster spec (tightfit.k8s.raycluster_spec) for one section of values: rayCluster, rayJob or rayService.
+A RayCluster spec (tightfit.kube.manifests.raycluster_spec) for one section of values: rayCluster, rayJob or rayService.
 Call with (dict "root" $ "section" .Values.rayJob "component" "rayjob"); the section's head/workers
 override ray.head/ray.workers key by key.
 */}}

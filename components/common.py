@@ -1,0 +1,79 @@
+"""What every KFP component body shares: the step stopwatch, quiet logs, Metrics artifacts, JSON parameters.
+
+Imported first by each component body (``steps``, ``tracking_steps``, ``serve_steps``), so ``BODY_START``
+marks when the body began.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ELAPSED = "elapsed_s"
+BODY_START = time.perf_counter()
+"""When the component body began: its first statement imports this module."""
+
+
+@contextmanager
+def stopwatch(into: dict[str, float], key: str = ELAPSED) -> Iterator[None]:
+    """Record the step's own compute time in ``into[key]``: from the component body's start (library
+    imports included) to the end of the block. Interpreter start-up and the KFP executor are not in it."""
+    try:
+        yield
+    finally:
+        into[key] = round(time.perf_counter() - BODY_START, 3)
+
+
+def quiet() -> None:
+    """Quiet, bounded library logs inside a component process."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def log_stats(artifact: Any, figures: dict[str, Any]) -> None:
+    """Log ``figures`` on a Metrics artifact and write them to its file too: kfp.local treats a cached
+    output artifact whose file is missing as a cache miss, so a metrics-only artifact must exist on disk."""
+    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for key, value in numbers.items():
+        artifact.log_metric(key, value)
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(numbers, sort_keys=True))
+
+
+def read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def model_uri(registered_model: str, alias: str) -> str:
+    """``models:/NAME@ALIAS`` (``tightfit.names.model_uri``)."""
+    from tightfit import names
+
+    return names.model_uri(registered_model, alias)
+
+
+def tracking_uri(value: str) -> str | None:
+    """The tracking URI given to the task, else ``MLFLOW_TRACKING_URI`` (set from a Secret on a cluster)."""
+    return value or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def as_object(value: Any) -> Any:
+    """A JSON string parameter as its object. kfp.local hands a str output that holds JSON to the next task
+    already parsed; a cluster hands the string: accept both."""
+    if isinstance(value, str):
+        return json.loads(value) if value else None
+    return value

@@ -1,0 +1,131 @@
+"""Compression: apply a ``VariantSpec`` chain (registered methods) to a model and save the variant directory.
+
+    build_variant("minilm", VariantSpec.parse("prune_structured:heads=0.5,ffn=0.5|distill|int8_dynamic"),
+                  "out/student", data=load_dataset("rotten_tomatoes"))
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from tightfit.assets import load_model
+from tightfit.compress._torch import quiet_transformers
+from tightfit.compress.registry import ApplyContext, get_method, validate_chain
+from tightfit.compress.variant import load_variant, save_variant
+from tightfit.device import pick_device
+from tightfit.spec import VariantSpec
+
+
+def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
+    """(model, tokenizer, kind, base_model, parent) for a built-in name, an HF dir or a variant dir."""
+
+    quiet_transformers()
+    path = Path(str(base)).expanduser()
+    if (path / "manifest.json").exists():
+
+        variant = load_variant(path, device="cpu")
+        return variant.model, variant.tokenizer, variant.kind, variant.manifest["base_model"], str(path)
+    loaded = load_model(str(base))
+    return loaded.model, loaded.tokenizer, loaded.kind, str(base), None
+
+
+def apply_chain(
+    model: Any,
+    spec: VariantSpec,
+    *,
+    kind: str,
+    tokenizer: Any = None,
+    data: Any = None,
+    teacher: Any = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Validate ``spec`` for ``kind``/``device`` and run its steps in order; returns (model, notes)."""
+    configs = validate_chain(spec, kind, device)
+    ctx = ApplyContext(kind=kind, device=device, seed=seed, tokenizer=tokenizer, data=data, teacher=teacher)
+    ctx.extra["progress"] = progress
+    timings: dict[str, float] = {}
+    bar = None
+    if progress and spec.steps:
+        from rich.progress import Progress
+
+        bar = Progress(transient=False)
+        bar.start()
+        task = bar.add_task(f"{spec.name}", total=len(spec.steps))
+    try:
+        for i, (step, config) in enumerate(zip(spec.steps, configs, strict=True)):
+            if bar is not None:
+                bar.update(task, description=f"{spec.name}: {step.method}")
+            started = time.perf_counter()
+            model = get_method(step.method).apply(model, config, ctx)
+            timings[f"step{i}.{step.method}.seconds"] = round(time.perf_counter() - started, 3)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    notes = {k: v for k, v in ctx.extra.items() if k != "progress"}
+    notes["timings"] = timings
+    return model.eval(), notes
+
+
+def build_variant(
+    base: str | Path,
+    spec: VariantSpec,
+    out_dir: str | Path,
+    *,
+    data: Any = None,
+    teacher: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Load ``base``, validate and apply ``spec``, save the variant directory; returns its path.
+
+    ``teacher`` (for ``distill``) defaults to the unmodified base model.
+    """
+
+    device = pick_device(device)
+    model, tokenizer, kind, base_model, parent = load_base(base)
+    validate_chain(spec, kind, device)
+    teacher_model = None
+    if any(s.method == "distill" for s in spec.steps):
+        teacher_model = load_base(teacher)[0] if teacher is not None else copy.deepcopy(model)
+    model, notes = apply_chain(
+        model, spec, kind=kind, tokenizer=tokenizer, data=data, teacher=teacher_model, device=device,
+        progress=progress,
+    )
+    if data is not None:
+        notes["dataset"] = getattr(data, "name", None)
+    if teacher is not None:
+        notes["teacher"] = str(teacher)
+    return save_variant(model, tokenizer, out_dir, spec, base_model=base_model, kind=kind, parent=parent, extra=notes)
+
+
+def default_variant_set(kind: str = "classifier", device: str | None = None) -> list[VariantSpec]:
+    """The variants the default pipeline sweeps for a model kind (GPU-only ones only where a GPU is)."""
+
+    on_gpu = pick_device(device).startswith("cuda")
+    p = VariantSpec.parse
+    if kind == "causal_lm":
+        specs = [p("fp32"), p("bf16"), p("int8_dynamic", "int8-dynamic"), p("int8_weight_only", "int8-weight-only"),
+                 p("prune_unstructured:sparsity=0.5", "unstructured-50")]
+        return specs + ([p("int4_weight_only", "int4-weight-only")] if on_gpu else [])
+    specs = [
+        p("fp32"),
+        p("bf16"),
+        p("int8_dynamic|compile", "int8-dynamic"),
+        p("int8_weight_only", "int8-weight-only"),
+        p("int8_dynamic|int8_embeddings|compile", "int8-all"),
+        p("prune_unstructured:sparsity=0.5", "unstructured-50"),
+        p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill", "structured-50-distilled"),
+        p("drop_layers:keep_every=2|distill", "student-3layer-distilled"),
+        p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill|int8_dynamic|int8_embeddings|compile",
+          "structured-50-distilled-int8"),
+    ]
+    if on_gpu:
+        specs.insert(5, p("int4_weight_only", "int4-weight-only"))
+    return specs

@@ -1,0 +1,203 @@
+"""Measure a variant's footprint: parameters, bytes, peak memory, latency, throughput, bandwidth, quality.
+
+Everything is measured, not estimated. Peak RSS comes from a fresh subprocess (``tightfit.measure.memory``);
+latency is timed in-process on fixed-shape inputs (padded to ``seq_len``). A variant whose manifest says
+``run_compiled`` is timed under ``torch.compile`` with its warm-up (compilation) excluded.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tightfit.compress.variant import load_variant
+from tightfit.footprint import Footprint
+from tightfit.measure.memory import measure_memory
+from tightfit.measure.quality import evaluate
+
+LATENCY_BATCHES = (1, 32)
+
+
+def _inner_tensors(tensor: Any) -> list[Any]:
+    """The plain tensors behind a (possibly nested) tensor subclass such as torchao's Int8Tensor."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return [tensor]
+    names, _ = flatten()
+    out: list[Any] = []
+    for name in names:
+        out.extend(_inner_tensors(getattr(tensor, name)))
+    return out
+
+
+def tensor_bytes(tensor: Any) -> int:
+    """Bytes a tensor really holds (packed data + scales for quantized tensors)."""
+    return sum(int(t.numel()) * int(t.element_size()) for t in _inner_tensors(tensor))
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(total, non-zero) parameter counts from the state dict: quantized modules hide packed weights from
+    ``parameters()``, so the logical shape of every weight is counted instead; non-zero counts real zeros."""
+    total = nonzero = 0
+    for tensor in model.state_dict().values():
+        inner = _inner_tensors(tensor)
+        quantized = len(inner) > 1 or inner[0] is not tensor
+        if not (quantized or tensor.dtype.is_floating_point):
+            continue  # integer buffers such as position ids
+        numel = int(tensor.numel())
+        data = inner[0] if quantized else tensor
+        total += numel
+        nonzero += int((data != 0).sum()) if data.numel() == numel else numel
+    return total, nonzero
+
+
+def weight_bytes_per_forward(model: Any, seq_len: int) -> int:
+    """Weight bytes read by one forward pass of one sequence: every weight, except that embedding tables
+    contribute only the ``seq_len`` rows they gather (bandwidth-bound latency scales with this)."""
+    import torch
+
+    embeddings = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    total = 0
+    seen: set[int] = set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        inner = _inner_tensors(tensor)
+        if id(inner[0]) in seen or not (len(inner) > 1 or tensor.dtype.is_floating_point):
+            continue  # tied weights are read once; integer buffers are not weights
+        seen.add(id(inner[0]))
+        size = tensor_bytes(tensor)
+        if key in embeddings:
+            rows = int(tensor.shape[0])
+            size = size * min(rows, seq_len) // max(rows, 1)
+        total += size
+    return total
+
+
+def forward_for(model: Any, compiled: bool, mode: str = "default") -> Callable[..., Any]:
+    """The callable to time: the model itself, or ``torch.compile(model, dynamic=False)`` (one graph per
+    padded shape bucket, cached by torch)."""
+    if not compiled:
+        return model  # type: ignore[no-any-return]
+    import torch
+
+    return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[no-any-return]
+
+
+def fixed_inputs(tokenizer: Any, texts: list[str], batch: int, seq_len: int, device: Any = "cpu") -> dict[str, Any]:
+    """A batch of real texts padded to exactly ``seq_len`` tokens."""
+    chosen = [texts[i % len(texts)] for i in range(batch)]
+    enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def latency_ms(forward: Callable[..., Any], inputs: dict[str, Any], *, repeats: int, warmup: int = 2) -> list[float]:
+    """Wall-clock milliseconds of ``repeats`` forward passes after ``warmup`` untimed ones."""
+    import torch
+
+    cuda = any(getattr(v, "is_cuda", False) for v in inputs.values())
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            forward(**inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(1000.0 * (time.perf_counter() - started))
+    return times
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 95)), float(np.percentile(arr, 99))
+
+
+def decode_tokens_per_s(model: Any, tokenizer: Any, texts: list[str], batch: int, new_tokens: int) -> float:
+    """Greedy generation speed of a causal LM (new tokens per second over the batch)."""
+    import torch
+
+    enc = fixed_inputs(tokenizer, texts, batch, 16, next(model.parameters()).device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id)
+        elapsed = time.perf_counter() - started
+    return batch * new_tokens / elapsed
+
+
+def _disk(path: Path, manifest: dict[str, Any]) -> tuple[int, int | None, int]:
+    weights = path / manifest["weights"]["file"]
+    dir_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    compressed = None
+    if manifest["weights"].get("sparse"):
+        compressed = len(zlib.compress(weights.read_bytes(), 6))
+    return weights.stat().st_size, compressed, dir_bytes
+
+
+def measure_variant(
+    variant_dir: str | Path,
+    data: Any,
+    *,
+    seq_len: int = 64,
+    baseline: Footprint | None = None,
+    memory_subprocess: bool = True,
+    quick: bool = False,
+    device: str | None = None,
+    eval_rows: int | None = None,
+) -> Footprint:
+    """The footprint of a saved variant on ``data.test`` (``data`` may be None: no quality figures).
+
+    ``quick`` uses fewer timing repeats and at most 200 evaluation rows (tests, pipeline smoke runs).
+    """
+    import torch
+
+    path = Path(variant_dir)
+    variant = load_variant(path, device=device)
+    model, tokenizer, manifest = variant.model, variant.tokenizer, variant.manifest
+    dev = next(model.parameters()).device
+    compiled = variant.run_compiled
+    fp = Footprint(
+        variant=manifest["name"], chain=manifest["chain"], kind=variant.kind, device=dev.type,
+        backend="compile" if compiled else "eager", compiled=compiled, seq_len=seq_len,
+    )
+    fp.params_total, fp.params_nonzero = count_params(model)
+    fp.disk_bytes, fp.disk_bytes_compressed, dir_bytes = _disk(path, manifest)
+    fp.weight_bytes_per_forward = weight_bytes_per_forward(model, seq_len if variant.kind == "classifier" else 1)
+    fp.extra.update({"dir_bytes": dir_bytes, "base_model": manifest["base_model"], "parent": manifest["parent"],
+                     "torch_threads": torch.get_num_threads()})
+    forward = forward_for(model, compiled, (manifest.get("compile") or {}).get("mode", "default"))
+    texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
+    repeats = {1: 5, 32: 3} if quick else {1: 30, 32: 12}
+    for batch in LATENCY_BATCHES:
+        inputs = fixed_inputs(tokenizer, texts, batch, seq_len, dev)
+        p50, p95, p99 = percentiles(latency_ms(forward, inputs, repeats=repeats[batch], warmup=2))
+        setattr(fp, f"latency_ms_b{batch}_p50", p50)
+        setattr(fp, f"latency_ms_b{batch}_p95", p95)
+        setattr(fp, f"latency_ms_b{batch}_p99", p99)
+    if fp.latency_ms_b32_p50:
+        fp.throughput_sps = 32 * 1000.0 / fp.latency_ms_b32_p50
+    if variant.kind == "causal_lm":
+        new_tokens = 4 if quick else 16
+        for batch in (1, 8):
+            fp.extra[f"tokens_per_s_b{batch}"] = decode_tokens_per_s(model, tokenizer, texts, batch, new_tokens)
+    if data is not None:
+        frame = data.test.head(eval_rows or (200 if quick else len(data.test)))
+        quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, forward=forward)
+        fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
+        fp.extra["eval_rows"] = len(frame)
+    if memory_subprocess:
+
+        mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
+        fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
+        fp.gpu_peak_bytes = mem.get("gpu_peak_bytes")
+        for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes"):
+            fp.extra[key] = mem.get(key)
+    if dev.type == "cuda" and fp.gpu_peak_bytes is None:
+        fp.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())
+    return fp.with_baseline(baseline) if baseline is not None else fp

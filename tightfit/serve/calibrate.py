@@ -1,0 +1,185 @@
+"""Calibrate the serving memory model from real replicas.
+
+For each variant a fresh Ray Serve replica (the real serving app, so the Ray worker, FastAPI and Serve
+overheads are all in) loads it, warms up, and serves batches of 2-3 sizes at the full token cap; its
+RSS when idle and its peak RSS (ru_maxrss, which catches spikes between samples) after each batch are
+the calibration points. `fit_serving_model` turns them into coefficients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tightfit.errors import BackendError
+from tightfit.footprint import Footprint
+from tightfit.memory.replica import footprint_for_source, source_of
+from tightfit.memory.rss import peak_rss_bytes as peak_rss
+from tightfit.memory.serving import (
+    ArchInfo,
+    CalibrationPoint,
+    ServingMemoryModel,
+    activation_dtype_bytes,
+    fit_serving_model,
+)
+from tightfit.serve.plan import plan_serving
+from tightfit.serve.replica import classify, generate, load_for_serving
+
+CALIBRATION_APP = "tightfit-calibrate"
+
+
+def measure_load_rss(source: str, kind: str = "classifier", timeout_s: float = 300.0) -> tuple[int, int]:
+    """(RSS after importing torch + transformers, peak RSS after loading + a warm-up forward), in a
+    fresh plain process with the replica's own loader: what a replica holds before Ray's share."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tightfit.serve.calibrate", source, kind],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise BackendError(f"measuring the load RSS of {source} failed: {proc.stderr.strip()[-400:]}")
+    data = json.loads(lines[-1])
+    return int(data["base"]), int(data["peak"])
+
+
+def with_load_rss(records: Sequence[Footprint], sources: dict[str, str] | None = None) -> list[Footprint]:
+    """Records with ``extra.serving_load_rss_bytes``: the load RSS measured with the replica's own loader
+    (plus a warm-up forward), which the plan prefers to the profiler's ``peak_rss_load_bytes``."""
+    out = []
+    for record in records:
+        source = (sources or {}).get(record.variant) or source_of(record)
+        if record.ok and source and not (record.extra or {}).get("serving_load_rss_bytes"):
+            extra = dict(record.extra or {})
+            extra["serving_load_rss_bytes"] = measure_load_rss(source, record.kind)[1]
+            record = dataclasses.replace(record, extra=extra)
+        out.append(record)
+    return out
+
+
+def text_of_tokens(source: str, tokens: int) -> str:
+    """A text that tokenizes to exactly ``tokens`` tokens (special tokens included) for this tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source)
+    words = ["the film was good and long"] * tokens
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
+    specials = len(tok("a", add_special_tokens=True)["input_ids"]) - len(tok("a", add_special_tokens=False)["input_ids"])
+    return str(tok.decode(ids[: max(1, tokens - specials)]))
+
+
+def _wait_json(url: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    import requests
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            response = requests.get(url, timeout=10)
+            if response.status_code == 200:
+                return dict(response.json())
+        except requests.RequestException:
+            pass
+        if time.time() > deadline:
+            raise BackendError(f"calibration replica did not answer {url} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def measure_replica(
+    record: Footprint,
+    *,
+    base_url: str,
+    batch_sizes: Sequence[int] = (1, 16, 48),
+    max_tokens: int = 64,
+    new_tokens: int = 16,
+) -> list[CalibrationPoint]:
+    """Serve ``record``'s variant in a fresh replica (Serve must be running) and measure its peaks:
+    classifiers through ``/v1/classify``, causal LMs through ``/v1/generate`` with ``new_tokens`` each."""
+    import requests
+    from ray import serve
+
+    from tightfit.serve.app import build_app
+
+    generating = record.kind == "causal_lm"
+    new_tokens = new_tokens if generating else 0
+    plan = plan_serving(
+        [record], 64 * 2**30, max_tokens=max_tokens, max_batch=max(batch_sizes), headroom=0.0, pool_size=1,
+        max_new_tokens=max(1, new_tokens),
+    )
+    plan.primary.max_batch_size = max(batch_sizes)
+    plan.max_ongoing_requests = max(2 * max(batch_sizes), plan.max_ongoing_requests)
+    plan.max_queued_requests = max(2 * max(batch_sizes), plan.max_queued_requests)
+    serve.run(build_app(plan), name=CALIBRATION_APP, route_prefix="/calibrate")
+    try:
+        idle = _wait_json(f"{base_url}/calibrate/v1/stats")
+        process_base, load_rss = measure_load_rss(plan.primary.source, plan.primary.kind)
+        text = text_of_tokens(plan.primary.source, max_tokens)
+        arch = ArchInfo.from_dir(plan.primary.source, kind=plan.primary.kind)
+        points = []
+        for batch in sorted(batch_sizes):
+            body: dict[str, Any] = {"texts": [text] * batch}
+            if generating:
+                body["max_new_tokens"] = new_tokens
+            route = "generate" if generating else "classify"
+            response = requests.post(f"{base_url}/calibrate/v1/{route}", json=body, timeout=300)
+            if response.status_code != 200:
+                raise BackendError(f"calibration batch {batch} failed: {response.status_code} {response.text[:200]}")
+            stats = _wait_json(f"{base_url}/calibrate/v1/stats")
+            points.append(
+                CalibrationPoint(
+                    weight_bytes=plan.primary.weight_bytes,
+                    arch=arch,
+                    dtype_bytes=activation_dtype_bytes(record.chain),
+                    batch=batch,
+                    seq_len=max_tokens,
+                    peak_rss_bytes=int(stats["peak_rss_bytes"]),
+                    idle_rss_bytes=int(idle["rss_bytes"]),
+                    load_rss_bytes=load_rss,
+                    process_base_bytes=process_base,
+                    new_tokens=new_tokens,
+                )
+            )
+        return points
+    finally:
+        serve.delete(CALIBRATION_APP)
+
+
+def calibrate_serving_memory(
+    records: Sequence[Footprint],
+    *,
+    base_url: str,
+    batch_sizes: Sequence[int] = (1, 16, 48),
+    max_tokens: int = 64,
+    new_tokens: int = 16,
+) -> ServingMemoryModel:
+    """Measure each variant in a fresh replica and fit the serving memory model to all the points."""
+    points: list[CalibrationPoint] = []
+    for record in records:
+        points.extend(measure_replica(
+            record, base_url=base_url, batch_sizes=batch_sizes, max_tokens=max_tokens, new_tokens=new_tokens,
+        ))
+    return fit_serving_model(points, source=f"calibrated on {', '.join(r.variant for r in records)}")
+
+
+def _measure_here(source: str, kind: str) -> None:
+    """Child side of `measure_load_rss`: print the two RSS figures as JSON."""
+    import psutil
+    import torch  # noqa: F401  (the runtime every replica imports)
+    import transformers  # noqa: F401
+
+    base = psutil.Process().memory_info().rss
+    plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, pool_size=1)
+    loaded = load_for_serving(plan.primary, 1)
+    if kind == "causal_lm":
+        generate(loaded, ["Hello"], 1)
+    else:
+        classify(loaded, ["warm up"])
+    peak = peak_rss()  # VmHWM: ru_maxrss would carry the forking parent's peak over exec
+    print(json.dumps({"base": base, "peak": peak}))
+
+
+if __name__ == "__main__":
+    _measure_here(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "classifier")

@@ -1,0 +1,112 @@
+"""Memory-aware serving, the library front door: records -> plan -> a running Ray Serve app.
+
+- `load_records(...)`: footprint records from a local footprint file, MLflow, or one variant given directly.
+- `make_plan(...)`: the `ServePlan` for a per-replica memory budget (see ``tightfit.serve.plan``).
+- `start_serving(plan, ...)`: run the plan's app on a local or remote Ray; returns the URL.
+- `rayservice_for_plan(plan, ...)`: the KubeRay RayService manifest from the same plan.
+The Serve application itself is ``tightfit.serve.app``; the memory model ``tightfit.memory.serving``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tightfit.errors import BackendError, ConfigError
+from tightfit.footprint import Footprint, load_footprints
+from tightfit.kube.manifests import rayservice_manifest
+from tightfit.memory.replica import footprint_for_source
+from tightfit.memory.serving import ServingMemoryModel
+from tightfit.serve.plan import plan_serving
+from tightfit.serve.schema import APP_NAME, ServePlan
+from tightfit.track.read import read_footprints
+from tightfit.units import parse_bytes
+
+
+def load_records(
+    *,
+    footprints: str | Path | None = None,
+    from_mlflow: str | None = None,
+    variant: str | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[list[Footprint], Path | None]:
+    """Footprint records and the directory variant names resolve against (the footprint file's folder)."""
+    if footprints is not None:
+        path = Path(footprints)
+        if not path.exists():
+            raise ConfigError(f"footprint file {path} does not exist; write one with `tightfit profile`")
+        try:
+            return load_footprints(path), path.parent
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{path} is not a footprint file (a JSON list of records): {exc}") from None
+    if from_mlflow is not None:
+        return _records_from_mlflow(from_mlflow, tracking_uri), None
+    if variant is not None:
+        return [footprint_for_source(variant)], None
+    raise ConfigError("say what to serve: --variant NAME_OR_DIR, --footprints FILE or --from-mlflow EXPERIMENT")
+
+
+def _records_from_mlflow(experiment: str, tracking_uri: str | None) -> list[Footprint]:
+    """The footprint records of the newest pipeline run in an MLflow experiment."""
+    records = read_footprints(experiment, tracking_uri=tracking_uri)
+    if not records:
+        raise ConfigError(f"MLflow experiment {experiment!r} holds no footprint records")
+    return records
+
+
+def make_plan(
+    budget: str | int,
+    *,
+    variant: str | None = None,
+    footprints: str | Path | None = None,
+    from_mlflow: str | None = None,
+    tracking_uri: str | None = None,
+    calibration: str | Path | None = None,
+    **options: Any,
+) -> ServePlan:
+    """Parse the budget, gather records and plan (``options`` go to `plan_serving`)."""
+
+    budget_bytes = parse_bytes(budget, field="memory budget")
+    records, base_dir = load_records(
+        footprints=footprints, from_mlflow=from_mlflow, variant=None if (footprints or from_mlflow) else variant,
+        tracking_uri=tracking_uri,
+    )
+    model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()
+    chosen = variant if (footprints or from_mlflow) else None
+    return plan_serving(records, budget_bytes, model=model, variant=chosen, base_dir=base_dir, **options)
+
+
+def start_serving(
+    plan: ServePlan,
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    num_cpus: int | None = None,
+    blocking: bool = False,
+) -> str:
+    """Deploy the plan's app on Ray (a local one the call starts, or ``address``); return the base URL."""
+    import ray
+    from ray import serve
+
+    from tightfit.serve.app import build_app
+
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False)
+        except ConnectionError as exc:
+            raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(plan), name=APP_NAME, route_prefix="/", blocking=blocking)
+    return f"http://{host}:{port}"
+
+
+def rayservice_for_plan(
+    plan: ServePlan, *, name: str = "tightfit-serve", namespace: str = "default", **options: Any
+) -> dict[str, Any]:
+    """The KubeRay RayService manifest whose serveConfigV2 is ``plan.to_serve_config()``."""
+
+    return rayservice_manifest(name, namespace=namespace, serve_config=plan.to_serve_config(), **options)

@@ -1,0 +1,49 @@
+"""Where tightfit keeps things, read one way everywhere: the run home, the tracking URI, caches, the image.
+
+Every value comes from an environment variable when it is set, else from a default that keeps a run
+self-contained under one directory (``./tightfit-runs``). Tasks of a pipeline run inherit the environment,
+so a KFP task, a Ray worker and the CLI all resolve the same paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+ENV_HOME: Final = "TIGHTFIT_HOME"
+"""Root of local runs: MLflow SQLite store, artifacts, outbox, pipeline root, logs."""
+ENV_CACHE: Final = "TIGHTFIT_CACHE"
+"""Derived assets (the dequantized SmolLM2, converted CRD schemas)."""
+ENV_TRACKING_URI: Final = "MLFLOW_TRACKING_URI"
+ENV_EXPERIMENT: Final = "TIGHTFIT_EXPERIMENT"
+"""The default experiment name when a command gives none."""
+DEFAULT_HOME_DIR: Final = "tightfit-runs"
+LOCAL_DB_FILE: Final = "mlflow.db"
+LOCAL_ARTIFACT_DIR: Final = "mlartifacts"
+"""Artifacts of a local SQLite store live beside it, never in ./mlruns of the current directory."""
+
+DEFAULT_IMAGE: Final = "ghcr.io/tightfit/tightfit:0.1.0-cpu"
+"""The one container image of the components, Ray pods and the chart (the Dockerfile builds it)."""
+
+
+def home_dir() -> Path:
+    """``$TIGHTFIT_HOME`` or ``./tightfit-runs`` (absolute): the local store, artifacts and outbox live here."""
+    return Path(os.environ.get(ENV_HOME, DEFAULT_HOME_DIR)).expanduser().resolve()
+
+
+def local_tracking_uri(root: Path | None = None) -> str:
+    """The SQLite store under ``root`` (default: the run home)."""
+    return f"sqlite:///{(root or home_dir()) / LOCAL_DB_FILE}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Flag > ``$MLFLOW_TRACKING_URI`` > SQLite under the run home (``./tightfit-runs/mlflow.db``)."""
+    return uri or os.environ.get(ENV_TRACKING_URI) or local_tracking_uri()
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$TIGHTFIT_CACHE`` or ``~/.cache/tightfit`` (joined with ``parts``), created on first use."""
+    root = Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "tightfit")).joinpath(*parts)
+    root.mkdir(parents=True, exist_ok=True)
+    return root

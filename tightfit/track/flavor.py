@@ -1,0 +1,151 @@
+"""Models that load back from MLflow: a ``mlflow.pyfunc`` wrapper around a tightfit variant directory.
+
+The variant directory (manifest + safetensors/state dict) travels as the pyfunc model's artifact and
+``load_context`` calls ``tightfit.load_variant``, so quantized, pruned and bf16 variants all load through
+``models:/name@alias`` with no pickled torch modules (MLflow 3.17's default ``pt2`` format fails on
+quantized modules and returns a GraphModule). The wrapper class itself is stored by reference.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+from tightfit import names, settings
+from tightfit.compress.variant import load_variant
+from tightfit.errors import BackendError
+from tightfit.measure.quality import predict_logits
+
+
+class VariantPyfunc(PythonModel):
+    """``predict(texts)`` -> class labels (classifiers) or generated text (causal LMs)."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        self.variant = load_variant(context.artifacts[names.PYFUNC_VARIANT_ARTIFACT], device="cpu")
+
+    @staticmethod
+    def _texts(model_input: Any) -> list[str]:
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            column = "text" if "text" in model_input.columns else model_input.columns[0]
+            return [str(t) for t in model_input[column].tolist()]
+        if isinstance(model_input, str):
+            return [model_input]
+        return [str(t) for t in list(model_input)]
+
+    # No type hints on predict's inputs on purpose: MLflow would validate by them instead of the signature.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import numpy as np
+        import torch
+
+        texts = self._texts(model_input)
+        params = params or {}
+        max_length = int(params.get("max_length", 64))
+        batch_size = int(params.get("batch_size", 32))
+        model, tokenizer = self.variant.model, self.variant.tokenizer
+        if self.variant.kind != "classifier":
+            max_new = int(params.get("max_new_tokens", 16))
+            outputs = []
+            with torch.inference_mode():
+                for text in texts:
+                    enc = tokenizer(text, return_tensors="pt")
+                    generated = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
+                    outputs.append(tokenizer.decode(generated[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+            return np.array(outputs, dtype=object)
+
+        # The same fixed-shape tokenization and batching as evaluation, so labels match the measured accuracy.
+        logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+        labels = [int(x) for x in logits.argmax(dim=-1).tolist()]
+        return np.array(labels, dtype=np.int64)
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in ("torch", "transformers", "torchao", "safetensors", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    reqs.append("tightfit")
+    return reqs
+
+
+def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
+    """Write a pyfunc model at ``path`` whose artifact is (a copy of) ``variant_dir``."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_length", "long", 64),
+                ParamSpec("batch_size", "long", 32),
+                ParamSpec("max_new_tokens", "long", 16),
+            ]
+        ),
+    )
+    out = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no input example" / type-hint notes: the signature is explicit
+        mlflow.pyfunc.save_model(
+            path=str(out),
+            python_model=str(Path(__file__).with_name("tracking_pyfunc_code.py")),  # model from code: no pickle
+            artifacts={names.PYFUNC_VARIANT_ARTIFACT: str(Path(variant_dir).resolve())},
+            signature=signature,
+            pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
+        )
+    return out
+
+
+def register_run_model(
+    client: Any, run_id: str, model_name: str, aliases: list[str], artifact_path: str | None = None
+) -> str:
+    """Register ``runs:/run_id/model`` (reusing an existing version of that run) and point ``aliases`` at it."""
+    from mlflow.exceptions import MlflowException
+
+    path = artifact_path or names.ARTIFACT_MODEL
+    if not any(a.path == path for a in client.list_artifacts(run_id)):
+
+        raise BackendError(
+            f"run {run_id} has no '{path}' model artifact to register; log the variant with its variant_dir first"
+        )
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="tightfit variants; aliases name the chosen one per budget")
+    existing = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        created = client.create_model_version(model_name, source=f"runs:/{run_id}/{path}", run_id=run_id)
+        version = str(created.version)
+    for alias in aliases:
+        client.set_registered_model_alias(model_name, alias, version)
+    return version
+
+
+def load_registered(
+    model_name: str = names.DEFAULT_REGISTERED_MODEL,
+    alias: str = names.ALIAS_CHAMPION,
+    tracking_uri: str | None = None,
+) -> Any:
+    """Load ``models:/name@alias`` through ``mlflow.pyfunc`` (the variant comes back via ``load_variant``)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    uri = settings.resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(names.model_uri(model_name, alias))

@@ -1,0 +1,273 @@
+"""Replay the outbox into MLflow, idempotently: a run is found by its record-id tag before one is created.
+
+``sync_outbox`` probes the tracking server first (a fast ``/health`` request) and stops at the first
+failure, leaving the rest pending for the next try; it never raises for an unreachable server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tightfit import names, settings
+from tightfit.errors import BackendError
+from tightfit.track.backend import server_reachable, sync_errors
+from tightfit.track.outbox import OP_END, OP_LOG, OP_REGISTER, OP_START, Op, Outbox, is_record_id
+
+log = logging.getLogger("tightfit.track")
+
+# Fail fast while syncing: the outbox keeps the records, so long client retries only stall the compute work.
+_SYNC_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+@dataclass
+class SyncReport:
+    """What one sync did: ops applied, ops still pending, and the error that stopped it (if any)."""
+
+    applied: int = 0
+    pending: int = 0
+    rejected: int = 0
+    error: str | None = None
+    runs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0 and self.error is None
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in _SYNC_HTTP_ENV}
+    for key, value in _SYNC_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+
+
+_REFUSALS = frozenset(
+    {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
+)
+
+
+def _rejected(exc: BaseException) -> bool:
+    """True when the server answered and refused (a bad op), False for an outage (retry later)."""
+
+    if isinstance(exc, BackendError):
+        return True
+    return getattr(exc, "error_code", None) in _REFUSALS
+
+
+def artifact_root_for(uri: str, experiment: str) -> str | None:
+    """Local stores keep artifacts beside the database (not in ./mlruns of whatever the CWD is)."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / settings.LOCAL_ARTIFACT_DIR / experiment)
+    return None
+
+
+class _Syncer:
+    def __init__(self, outbox: Outbox, uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.outbox = outbox
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        self.experiments: dict[str, str] = {}
+        _, _, self.runs = outbox.read()
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self.experiments:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                self.experiments[name] = found.experiment_id
+            else:
+                self.experiments[name] = self.client.create_experiment(
+                    name, artifact_location=artifact_root_for(self.uri, name)
+                )
+        return self.experiments[name]
+
+    def find_run(self, record_id: str, experiment: str | None) -> str | None:
+        """The MLflow run carrying ``record_id`` (outbox memory first, then a tag search)."""
+        known = self.runs.get(record_id)
+        if known:
+            return known
+        if experiment is None:
+            start = self.outbox.start_op(record_id)
+            experiment = start.payload.get("experiment") if start else None
+        if experiment is None:
+            return None
+        found = self.client.search_runs(
+            [self.experiment_id(experiment)],
+            filter_string=f"tags.`{names.TAG_RECORD_ID}` = '{record_id}'",
+            max_results=1,
+        )
+        if found:
+            self.runs[record_id] = found[0].info.run_id
+            return found[0].info.run_id
+        return None
+
+    def resolve(self, handle: str | None, experiment: str | None) -> str | None:
+        """A record id or an MLflow run id -> the MLflow run id (None when the record has no run yet)."""
+        if not handle:
+            return None
+        return self.find_run(handle, experiment) if is_record_id(handle) else handle
+
+    def apply(self, op: Op) -> str | None:
+        handler = {OP_START: self._start, OP_LOG: self._log, OP_END: self._end, OP_REGISTER: self._register}[op.kind]
+        return handler(op)
+
+    def _start(self, op: Op) -> str:
+        p = op.payload
+        existing = self.find_run(op.record_id, p["experiment"])
+        if existing:
+            return existing
+        tags = {**p.get("tags", {}), names.TAG_RECORD_ID: op.record_id}
+        parent_run = self.resolve(p.get("parent"), p["experiment"])
+        if p.get("parent") and parent_run is None:
+            log.warning("parent %s of %s is not in MLflow; logging the run without a parent", p["parent"], op.record_id)
+        if parent_run:
+            tags[names.MLFLOW_PARENT_RUN_ID_TAG] = parent_run
+        run = self.client.create_run(
+            self.experiment_id(p["experiment"]), start_time=op.created_ms, tags=tags, run_name=p.get("name")
+        )
+        run_id = run.info.run_id
+        self._log_values(run_id, p)
+        self.runs[op.record_id] = run_id
+        return run_id
+
+    def _log_values(self, run_id: str, p: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        params = [Param(k, str(v)[:6000]) for k, v in p.get("params", {}).items()]
+        tags = [RunTag(k, str(v)[:7000]) for k, v in p.get("tags", {}).items()]
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in p.get("metrics", [])]
+        if not (params or tags or metrics):
+            return
+        for i in range(0, max(len(metrics), 1), 900):  # MLflow caps one batch at 1000 entries
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[i : i + 900],
+                params=params if i == 0 else [],
+                tags=tags if i == 0 else [],
+            )
+
+    def _log(self, op: Op) -> str | None:
+        p = op.payload
+        run_id = self.find_run(op.record_id, p.get("experiment"))
+        if run_id is None:
+            log.warning("no MLflow run for record %s; dropping a log op for it", op.record_id)
+            return None
+        self._log_values(run_id, p)
+        for local, artifact_path in p.get("artifacts", []):
+            if Path(local).exists():
+                self.client.log_artifact(run_id, local, artifact_path or None)
+            else:
+                log.warning("artifact %s vanished before it was synced; skipped", local)
+        table = p.get("table")
+        if table:
+            existing = {a.path for a in self.client.list_artifacts(run_id)}
+            if table["artifact_file"] not in existing:  # log_table appends: never twice
+                self.client.log_table(run_id, table["data"], table["artifact_file"])
+        model = p.get("model")
+        if model:
+            self._log_model(run_id, model)
+        return run_id
+
+    def _log_model(self, run_id: str, model: dict[str, Any]) -> None:
+        from tightfit.track.flavor import save_pyfunc
+
+        variant_dir = Path(model["variant_dir"])
+        path = model.get("artifact_path", names.ARTIFACT_MODEL)
+        if not variant_dir.exists():
+            log.warning("variant dir %s vanished before its model was synced; the run has no model", variant_dir)
+            self.client.set_tag(run_id, names.TAG_VARIANT_DIR, f"missing: {variant_dir}")
+            return
+        if any(a.path == path for a in self.client.list_artifacts(run_id)):
+            return
+        with tempfile.TemporaryDirectory(prefix="tightfit-pyfunc-") as tmp:
+            local = save_pyfunc(variant_dir, Path(tmp) / "model")
+            self.client.log_artifacts(run_id, str(local), path)
+
+    def _end(self, op: Op) -> str | None:
+        run_id = self.find_run(op.record_id, op.payload.get("experiment"))
+        if run_id is None:
+            return None
+        self.client.set_terminated(run_id, op.payload.get("status", "FINISHED"), end_time=op.created_ms)
+        return run_id
+
+    def _register(self, op: Op) -> str | None:
+        from tightfit.track.flavor import register_run_model
+
+        p = op.payload
+        run_id = self.resolve(p["run"], p.get("experiment"))
+        if run_id is None:
+            log.warning("cannot register %s: its run is not in MLflow", p["run"])
+            return None
+        version = register_run_model(self.client, run_id, p["model_name"], p.get("aliases", []), p.get("artifact_path"))
+        log.info("registered %s version %s (aliases: %s)", p["model_name"], version, ", ".join(p.get("aliases", [])))
+        return run_id
+
+
+def _drop_stashed(outbox: Outbox, op: Op) -> None:
+    """Delete the outbox's own copies of artifacts once they reached MLflow."""
+    for local, _ in op.payload.get("artifacts", []):
+        path = Path(local)
+        if outbox.artifact_dir in path.parents and path.exists():
+            path.unlink()
+
+
+def sync_outbox(outbox: Outbox, uri: str) -> SyncReport:
+    """Apply every pending op in order; stop at the first backend failure. Never raises for an outage."""
+    report = SyncReport()
+    with outbox.locked():
+        pending = outbox.pending()
+        report.pending = len(pending)
+        if not pending:
+            return report
+        ok, why = server_reachable(uri)
+        if not ok:
+            report.error = why
+            return report
+        errors = sync_errors()
+        with _fail_fast_http():
+            try:
+                syncer = _Syncer(outbox, uri)
+            except errors as exc:
+                report.error = f"{type(exc).__name__}: {exc}"
+                return report
+            for op in pending:
+                try:
+                    run_id = syncer.apply(op)
+                except errors as exc:
+                    if not _rejected(exc):
+                        report.error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                        break
+                    # The server answered and refused this op: retrying cannot help, so it must not block the rest.
+                    log.warning("MLflow refused a %s op for %s (%s); skipped", op.kind, op.record_id, str(exc)[:300])
+                    outbox.mark_done(op, None, rejected=str(exc)[:300])
+                    report.rejected += 1
+                    report.pending -= 1
+                    continue
+                outbox.mark_done(op, run_id)
+                _drop_stashed(outbox, op)
+                report.applied += 1
+                report.pending -= 1
+                if run_id:
+                    report.runs[op.record_id] = run_id
+        if report.pending == 0:
+            outbox.compact()
+    return report

@@ -1,0 +1,111 @@
+"""``FinetuneConfig``: the one schema of a fine-tuning (or distillation) run.
+
+The CLI (``tightfit finetune``), the pipeline file's ``finetune:`` section, the KFP ``finetune`` component,
+the Ray Jobs entrypoint and a KubeRay RayJob all build this model, so a key means the same everywhere and
+a bad value is refused the same way, before any worker starts. It round-trips through JSON (the Ray job
+receives it in ``$TIGHTFIT_FINETUNE_CONFIG``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tightfit import names
+from tightfit.errors import ConfigError, UnsupportedError, describe_validation_error
+from tightfit.spec import PERSON
+from tightfit.units import parse_bytes
+
+Fraction = float
+CONFIG_ENV = "TIGHTFIT_FINETUNE_CONFIG"
+"""The environment variable a Ray job reads its ``FinetuneConfig`` JSON from."""
+
+
+class FinetuneConfig(BaseModel):
+    """Everything one fine-tuning run needs (distillation when ``teacher_dir`` is set)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    model: str = "minilm"
+    dataset: str = "rotten_tomatoes"
+    teacher_dir: str | None = None
+    workers: PositiveInt = 2
+    cpus_per_worker: PositiveInt = 1
+    use_gpu: bool = False
+    epochs: PositiveInt = 2
+    global_batch: PositiveInt = Field(
+        default=32, validation_alias=AliasChoices("global_batch", "batch_size"),
+        description="samples per optimizer step over all workers (pipeline files call it batch_size)",
+    )
+    micro_batch: PositiveInt | None = None
+    memory_budget: str | None = Field(default=None, description="per-worker budget with a unit, e.g. '4GiB'")
+    max_length: int = Field(default=64, ge=8)
+    lr: float = Field(default=5e-5, gt=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: Fraction = Field(default=0.1, ge=0, lt=1)
+    seed: int = 0
+    limit: PositiveInt | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    gradient_checkpointing: bool = False
+    temperature: float = Field(default=2.0, gt=0)
+    alpha: Fraction = Field(default=0.5, ge=0, le=1)
+    out_dir: str | None = None
+    storage_path: str | None = None
+    run_name: str | None = None
+    max_failures: NonNegativeInt = 1
+    fail_at_epoch: PositiveInt | None = None
+    target_accuracy: Fraction | None = Field(default=None, gt=0, le=1)
+    tracking_uri: str | None = None
+    experiment: str = names.DEFAULT_EXPERIMENT
+    num_cpus: PositiveInt | None = None
+    address: str | None = Field(default=None, description="Ray Jobs API address; None = a local Ray")
+    evaluate_test: bool = True
+    log_model: bool = True
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if value is not None and not isinstance(value, bool):
+            parse_bytes(value, field="", require_unit=True)  # type: ignore[arg-type]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise UnsupportedError(
+                "strategy fsdp needs GPU workers (Ray Train's prepare_model wraps FSDP only on GPUs); "
+                "use --strategy ddp on CPU, or add --gpu"
+            )
+        if self.fail_at_epoch is not None and self.fail_at_epoch > self.epochs:
+            raise ValueError(f"fail_at_epoch must be within 1..{self.epochs}, got {self.fail_at_epoch}")
+        return self
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_bytes(self.memory_budget, field="memory_budget")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "finetune config") -> FinetuneConfig:
+        """Validate keys a person wrote (sizes need units); any problem is one ``ConfigError`` line."""
+        try:
+            return cls.model_validate(data, context={PERSON: True})
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def to_json(self) -> str:
+        return self.model_dump_json()

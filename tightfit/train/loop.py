@@ -1,0 +1,254 @@
+"""The Ray Train worker loop: DDP/FSDP fine-tuning or distillation of a sequence classifier.
+
+Runs inside every Ray Train worker (``train_loop_per_worker``). Deterministic for a seed: the head is
+initialised from the seed, dropout is reseeded per (epoch, rank), Ray Data keeps the shard order
+(``preserve_order``) and the local shuffle is seeded per epoch, so a run resumed from an epoch checkpoint
+reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from tightfit.compress.distill import distillation_loss
+from tightfit.memory.rss import peak_rss_bytes
+
+TRAIN_STATE_FILE = "train_state.pt"
+MODEL_SUBDIR = "model"
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by the fault-injection option, to prove that a run resumes from its last checkpoint."""
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def _full_state_dict(model: Any, strategy: str) -> dict[str, Any]:
+    """A full (unsharded) CPU state dict, also for FSDP (gathered on every rank)."""
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
+            return dict(model.state_dict())
+    return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
+
+    return schedule
+
+
+def _autocast(precision: str, device: Any) -> Any:
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _maybe_inject_fault(cfg: dict[str, Any], epoch: int, rank: int) -> None:
+    """Raise once on rank 0 at the configured (1-based) epoch; a marker file keeps it to once."""
+    fail_at = cfg.get("fail_at_epoch")
+    if fail_at is None or rank != 0 or epoch + 1 != int(fail_at):
+        return
+    marker = Path(cfg["fail_marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"fault injected at epoch {epoch + 1}\n")
+    raise InjectedFault(f"injected fault at epoch {epoch + 1} on rank 0 (marker {marker})")
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """One worker's training: load, (resume), train epochs with accumulation, validate, checkpoint, report."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForSequenceClassification
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(int(cfg["cpus_per_worker"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    strategy, precision = cfg["strategy"], cfg["precision"]
+    micro_batch, accumulation = int(cfg["micro_batch"]), int(cfg["accumulation_steps"])
+
+    torch.manual_seed(int(cfg["seed"]))  # the same fresh head on every rank
+    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+    if cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    teacher = None
+    if cfg.get("teacher_dir"):
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            cfg["teacher_dir"], num_labels=int(cfg["num_labels"])
+        )
+        teacher.eval().requires_grad_(False).to(device)
+
+    state: dict[str, Any] | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+
+    if world > 1 or strategy == "fsdp":
+        kwargs: dict[str, Any] = {} if strategy == "fsdp" else {"broadcast_buffers": False}
+        model = ray.train.torch.prepare_model(model, parallel_strategy=strategy, parallel_strategy_kwargs=kwargs)
+    else:
+        model = model.to(device)
+
+    steps_per_epoch = max(1, math.ceil(int(cfg["rows_per_worker"]) / (micro_batch * accumulation)))
+    total_steps = steps_per_epoch * int(cfg["epochs"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, int(total_steps * float(cfg["warmup_ratio"])))
+    )
+    start_epoch, elapsed_before = 0, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, elapsed_before = int(state["epoch"]) + 1, float(state["elapsed_s"])
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, int(cfg["epochs"])):
+        _maybe_inject_fault(cfg, epoch, rank)
+        torch.manual_seed(int(cfg["seed"]) * 1000 + epoch * 10 + rank)  # dropout masks per (epoch, rank)
+        model.train()
+        epoch_start = time.perf_counter()
+        seen, loss_sum, batches, micro_step = 0, 0.0, 0, 0
+        batches_iter = train_shard.iter_torch_batches(
+            batch_size=micro_batch,
+            local_shuffle_buffer_size=4 * micro_batch,
+            local_shuffle_seed=int(cfg["seed"]) + epoch,
+            device=device,
+        )
+        for batch in batches_iter:
+            micro_step += 1
+            last_of_group = micro_step % accumulation == 0
+            sync = nullcontext() if last_of_group or world == 1 or strategy == "fsdp" else model.no_sync()
+            with sync, _autocast(precision, device):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                        ).logits.float()
+                    loss = distillation_loss(
+                        logits, teacher_logits, batch["labels"], float(cfg["temperature"]), float(cfg["alpha"])
+                    )
+                else:
+                    loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+                (loss / accumulation).backward()
+            if last_of_group:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += len(batch["labels"])
+            loss_sum += float(loss.detach())
+            batches += 1
+        if micro_step % accumulation:  # a last, partial accumulation group
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        train_wall = time.perf_counter() - epoch_start
+
+        val = _validate(model, val_shard, micro_batch, precision, device)
+        if world > 1:
+            totals = torch.tensor([val["loss_sum"], val["correct"], val["count"]], dtype=torch.float64)
+            dist.all_reduce(totals)
+            val = {"loss_sum": float(totals[0]), "correct": float(totals[1]), "count": float(totals[2])}
+        elapsed = elapsed_before + time.perf_counter() - run_start
+        metrics = {
+            "rank": rank,
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(batches, 1),
+            "val_loss": val["loss_sum"] / max(val["count"], 1),
+            "val_accuracy": val["correct"] / max(val["count"], 1),
+            "samples_per_s": seen / max(train_wall, 1e-9),
+            "samples": seen,
+            "wall_s": train_wall,
+            "elapsed_s": elapsed,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()) if device.type == "cuda" else 0,
+            "micro_batch": micro_batch,
+            "accumulation_steps": accumulation,
+            "workers": world,
+            "predicted_peak_bytes": int(cfg.get("predicted_peak_bytes") or 0),
+        }
+        # FSDP gathers on every rank; DDP replicas are identical, so only rank 0 reads its weights.
+        full_state = _full_state_dict(model, strategy) if rank == 0 or strategy == "fsdp" else {}
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="tightfit-ckpt-") as tmp:
+                _write_checkpoint(
+                    Path(tmp), cfg, _unwrap(model), full_state, optimizer, scheduler, epoch, elapsed
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        elapsed_before, run_start = elapsed, time.perf_counter()
+
+
+def _write_checkpoint(
+    directory: Path, cfg: dict[str, Any], model: Any, full_state: dict[str, Any], optimizer: Any,
+    scheduler: Any, epoch: int, elapsed: float,
+) -> None:
+    """Training state (resume) plus the HF-format model with its tokenizer (the deliverable)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.save(
+        {
+            "model": full_state,
+            "optimizer": optimizer.state_dict() if cfg["strategy"] != "fsdp" else {},
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "elapsed_s": elapsed,
+        },
+        directory / TRAIN_STATE_FILE,
+    )
+    model_dir = directory / MODEL_SUBDIR
+    if cfg["strategy"] == "fsdp":
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        config = AutoConfig.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+        plain = AutoModelForSequenceClassification.from_config(config)
+        plain.load_state_dict(full_state)
+        plain.save_pretrained(model_dir)
+    else:
+        model.save_pretrained(model_dir, state_dict=full_state)
+    AutoTokenizer.from_pretrained(cfg["model_dir"]).save_pretrained(model_dir)
+
+
+def _validate(model: Any, shard: Any, batch_size: int, precision: str, device: Any) -> dict[str, float]:
+    import torch
+
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad(), _autocast(precision, device):
+        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 32), device=device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"]
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += len(labels)
+    model.train()
+    return {"loss_sum": loss_sum, "correct": float(correct), "count": float(count)}

@@ -1,0 +1,226 @@
+"""Distributed fine-tuning and distillation on Ray Train V2: ``FinetuneConfig`` -> ``run_finetune`` -> result.
+
+One library call behind every front door (CLI, the Ray job entrypoint, the Jobs API, a KubeRay RayJob):
+data goes through Ray Data (tokenized with ``map_batches``, split per worker, read with
+``iter_torch_batches``); the micro-batch comes from the training memory model and a per-worker budget;
+checkpoints are written every epoch and a failed worker restarts the group from the last one; every rank's
+figures go to MLflow through a driver-side ``UserCallback``; the final model is an HF-format directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tightfit import names, settings
+from tightfit.assets import resolve_model_path
+from tightfit.data import load_dataset
+from tightfit.errors import BackendError, ConfigError
+from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_training_memory
+from tightfit.train.config import FinetuneConfig
+from tightfit.train.loop import MODEL_SUBDIR, train_loop_per_worker
+from tightfit.train.support import (
+    FAULT_MARKER,
+    evaluate_classifier,
+    make_mlflow_callback,
+    ray_dataset,
+    unique_run_name,
+)
+from tightfit.units import parse_bytes
+
+
+@dataclass
+class FinetuneResult:
+    """Where the model went and what the run measured."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+    run_id: str
+    run_name: str
+    checkpoint_path: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainingPlan:
+    """The numbers fixed before any worker starts (all logged)."""
+
+    micro_batch: int
+    accumulation_steps: int
+    predicted_peak_bytes: int
+    precision: str
+    memory_breakdown: str
+
+
+def resolve_precision(choice: str, use_gpu: bool) -> str:
+    """``auto``: bf16 autocast on a GPU that supports it or a CPU with native bf16 (avx512_bf16/AMX), else fp32."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    if use_gpu:
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def plan_training(config: FinetuneConfig, model_dir: str | Path, num_labels: int) -> TrainingPlan:
+    """Micro-batch and accumulation from the memory model (BudgetError before any worker starts)."""
+
+    precision = resolve_precision(config.precision, config.use_gpu)
+    shape = ModelShape.from_pretrained_dir(model_dir, num_labels=num_labels)
+    options: dict[str, Any] = {
+        "precision": precision, "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
+    }
+    per_worker = math.ceil(config.global_batch / config.workers)
+    if config.memory_budget is not None:
+        budget = parse_bytes(config.memory_budget, field="memory_budget")
+        micro, accumulation = choose_micro_batch(
+            budget, config.global_batch, shape, seq_len=config.max_length, workers=config.workers, **options
+        )
+        if config.micro_batch is not None and config.micro_batch < micro:
+            micro = config.micro_batch
+            accumulation = math.ceil(per_worker / micro)
+    else:
+        micro = min(config.micro_batch or per_worker, per_worker)
+        accumulation = math.ceil(per_worker / micro)
+    estimate = estimate_training_memory(
+        shape, micro_batch=micro, seq_len=config.max_length, workers=config.workers, **options
+    )
+    return TrainingPlan(micro, accumulation, estimate.total, precision, estimate.describe())
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune (or distill) on Ray Train V2; log to MLflow; save the HF-format model; evaluate on test."""
+    import ray
+    import ray.train
+    from mlflow import MlflowClient
+    from ray.data import DataContext, ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    model_path, _ = resolve_model_path(config.model)
+    if model_path.is_file():
+        raise ConfigError(f"fine-tuning needs an HF-format model directory; {model_path} is a single file")
+    teacher_path = str(resolve_model_path(config.teacher_dir)[0]) if config.teacher_dir else None
+    data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
+    plan = plan_training(config, model_path, data.num_labels)
+
+    run_name = config.run_name or unique_run_name("distill" if teacher_path else "finetune")
+    home = settings.home_dir()
+    out_dir = Path(config.out_dir).expanduser().resolve() if config.out_dir else home / "finetune" / run_name
+    storage = config.storage_path or str(out_dir / "ray_results")
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    tracking_uri = settings.resolve_tracking_uri(config.tracking_uri)
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags={
+        names.TAG_ROLE: names.ROLE_TRAINING, names.TAG_BASE_MODEL: config.model, names.TAG_DATASET: config.dataset,
+    })
+    run_id = run.info.run_id
+    params = {
+        names.PARAM_BASE_MODEL: config.model, names.PARAM_DATASET: config.dataset, names.PARAM_SEED: config.seed,
+        names.PARAM_EPOCHS: config.epochs, names.PARAM_LR: config.lr, names.PARAM_MAX_LENGTH: config.max_length,
+        names.PARAM_TEACHER: config.teacher_dir or "", names.PARAM_MEMORY_BUDGET: config.memory_budget or "",
+        names.WORKERS: config.workers, names.GLOBAL_BATCH: config.global_batch, names.MICRO_BATCH: plan.micro_batch,
+        names.ACCUMULATION_STEPS: plan.accumulation_steps, "precision": plan.precision, "strategy": config.strategy,
+        "gradient_checkpointing": config.gradient_checkpointing, "memory_breakdown": plan.memory_breakdown[:500],
+    }
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value))
+
+    started_ray = False
+    if not ray.is_initialized():
+        if config.address:
+            ray.init(address=config.address)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init()  # inside a Ray job: the cluster the job runs on
+        else:
+            cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            started_ray = True
+    status = "FAILED"
+    try:
+        DataContext.get_current().execution_options.preserve_order = True
+        rows_per_worker = math.ceil(len(data.train) / config.workers)
+        loop_config = {
+            "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
+            "cpus_per_worker": config.cpus_per_worker, "epochs": config.epochs, "lr": config.lr,
+            "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
+            "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+            "rows_per_worker": rows_per_worker, "precision": plan.precision, "strategy": config.strategy,
+            "gradient_checkpointing": config.gradient_checkpointing, "temperature": config.temperature,
+            "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
+            "fail_marker": str(out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=config.workers, use_gpu=config.use_gpu,
+                resources_per_worker={"CPU": config.cpus_per_worker},
+            ),
+            datasets={
+                "train": ray_dataset(data.train, str(model_path), config.max_length),
+                "validation": ray_dataset(data.validation, str(model_path), config.max_length),
+            },
+            dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+            run_config=ray.train.RunConfig(
+                name=run_name,
+                storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=[make_mlflow_callback(tracking_uri, run_id, config.target_accuracy)],
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray wraps worker errors; report them as one clear line
+            raise BackendError(
+                f"Ray Train run {run_name!r} failed after {config.max_failures} restart(s): {exc}; "
+                f"logs and checkpoints are under {storage}/{run_name}"
+            ) from exc
+        if result.checkpoint is None:
+            raise BackendError(f"Ray Train run {run_name!r} finished without a checkpoint (see {storage}/{run_name})")
+        model_dir = out_dir / "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        with result.checkpoint.as_directory() as ckpt:
+            shutil.copytree(Path(ckpt) / MODEL_SUBDIR, model_dir)
+        metrics = dict(result.metrics or {})
+        metrics.update({"micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+                        "workers": config.workers, "precision": plan.precision})
+        if config.evaluate_test:
+            test = evaluate_classifier(model_dir, data.test, max_length=config.max_length)
+            metrics[names.TEST_ACCURACY] = test["accuracy"]
+            metrics["test_f1_macro"] = test["f1_macro"]
+            client.log_metric(run_id, names.TEST_ACCURACY, test["accuracy"])
+        history = [
+            {"epoch": int(m.step), "val_accuracy": m.value}
+            for m in client.get_metric_history(run_id, names.VAL_ACCURACY)
+        ]
+        ttt = client.get_metric_history(run_id, names.TIME_TO_TARGET_S)
+        if ttt:
+            metrics[names.TIME_TO_TARGET_S] = ttt[0].value
+        if config.log_model:
+            client.log_artifacts(run_id, str(model_dir), names.ARTIFACT_MODEL)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        status = "FINISHED"
+        return FinetuneResult(
+            model_dir=model_dir, metrics=metrics, run_id=run_id, run_name=run_name,
+            checkpoint_path=result.checkpoint.path, history=sorted(history, key=lambda h: h["epoch"]),
+        )
+    finally:
+        client.set_terminated(run_id, status=status)
+        if started_ray:
+            ray.shutdown()
