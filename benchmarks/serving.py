@@ -157,7 +157,7 @@ def main() -> None:
 
     from tightfit.serve.app import TightfitServer, build_app
     from tightfit.serve.calibrate import calibrate_serving_memory, text_of_tokens
-    from tightfit.serve.plan import plan_serving
+    from tightfit.serve.plan import ServeOptions, plan_serving
 
     work = cache_dir("bench-serving")
     work.mkdir(parents=True, exist_ok=True)
@@ -177,9 +177,9 @@ def main() -> None:
                   f"peak {point['peak_rss_bytes'] >> 20} MiB, load {point['load_rss_bytes'] >> 20} MiB")
         for r in records:
             print(f"  {r.variant}: load RSS {(r.extra or {}).get('serving_load_rss_bytes', 0) >> 20} MiB")
-        plan = plan_serving(records, BUDGET, model=model, cpus_per_replica=THREADS)
+        plan = plan_serving(records, BUDGET, ServeOptions(cpus_per_replica=THREADS), model=model)
         print(plan.describe())
-        naive_plan = plan_serving([by_name["fp32"]], BUDGET, model=model, max_batch=1, cpus_per_replica=THREADS)
+        naive_plan = plan_serving([by_name["fp32"]], BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
         naive_app: Any = TightfitServer
         serve.run(naive_app.options(num_replicas=1, ray_actor_options={"num_cpus": THREADS}).bind(naive_plan.to_dict()),
                   name="naive", route_prefix="/naive")

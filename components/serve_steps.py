@@ -27,7 +27,7 @@ def deploy_step(
 
     from tightfit.errors import BudgetError
     from tightfit.kube import kuberay_name, rayservice_manifest
-    from tightfit.serve.plan import plan_serving
+    from tightfit.serve.plan import ServeOptions, plan_serving
     from tightfit.spec import HardwareTarget
 
     stats: dict[str, Any] = {}
@@ -42,9 +42,8 @@ def deploy_step(
             plan = plan_serving(
                 [record],
                 budget,
+                ServeOptions(latency_slo_ms=target.latency_ms, min_accuracy=target.min_accuracy),
                 variant=record.variant,
-                latency_slo_ms=target.latency_ms,
-                min_accuracy=target.min_accuracy,
                 sources={record.variant: chosen_dir},
             )
         except BudgetError as exc:

@@ -54,11 +54,11 @@ def served(finetuned_minilm_dir, tmp_path_factory):
 
     from tightfit.memory.replica import footprint_for_source
     from tightfit.serve.calibrate import with_load_rss
-    from tightfit.serve.plan import plan_serving
+    from tightfit.serve.plan import ServeOptions, plan_serving
 
     dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
     records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]
-    plan = plan_serving(with_load_rss(records), BUDGET, max_batch=8, accuracy_tolerance=0.0, pool_size=3)
+    plan = plan_serving(with_load_rss(records), BUDGET, ServeOptions(max_batch=8, accuracy_tolerance=0.0, pool_size=3))
     sizes = {v.name: v.resident_bytes for v in plan.pool}
     assert plan.primary.name == "minilm-rt" and set(sizes) == set(POOL), plan.rejected
     assert sizes["bf16-vocab"] < sizes["bf16"] < sizes["minilm-rt"]

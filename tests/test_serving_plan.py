@@ -13,7 +13,7 @@ from tightfit.footprint import Footprint, save_footprints
 from tightfit.memory.replica import footprint_for_source
 from tightfit.memory.serving import ServingMemoryModel
 from tightfit.serve.autoscale import desired_replicas
-from tightfit.serve.plan import plan_serving
+from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.replica import RequestError, lru_evictions, validate_request
 
 MIB = 2**20
@@ -52,24 +52,38 @@ def test_budget_too_small_names_the_smallest_variant(records):
 
 def test_picks_the_best_accuracy_that_fits_and_the_largest_batch(records):
     plan = plan_serving(records, 1 * 2**30, model=MODEL)
-    # bf16 is within the 0.5-point tolerance of fp32 and faster at its batch
+    # bf16 is within the 0.5-point tolerance of fp32 and smaller on disk (the one selection policy)
     assert plan.primary.name == "bf16"
     assert plan.predicted_peak_bytes <= plan.usable_bytes < plan.budget_bytes
     assert plan.primary.max_batch_size == 64
     assert "broken" in plan.rejected and "int8" in plan.rejected
-    strict = plan_serving(records, 1 * 2**30, model=MODEL, accuracy_tolerance=0.0)
+    strict = plan_serving(records, 1 * 2**30, ServeOptions(accuracy_tolerance=0.0), model=MODEL)
     assert strict.primary.name == "fp32"
     # a tighter budget: fp32 still fits but with a smaller batch whose predicted peak stays inside
-    tight = plan_serving(records, 680 * MIB, model=MODEL, accuracy_tolerance=0.0)
+    tight = plan_serving(records, 680 * MIB, ServeOptions(accuracy_tolerance=0.0), model=MODEL)
     assert tight.primary.name == "fp32"
     assert 1 <= tight.primary.max_batch_size < strict.primary.max_batch_size
     assert tight.predicted_peak_bytes <= tight.usable_bytes
 
 
+def test_the_planner_chooses_by_the_selection_policy(records):
+    """What `tightfit compare` / the pipeline's select step chooses, serving chooses too."""
+    from tightfit.select import select_variant
+    from tightfit.spec import HardwareTarget
+
+    for tolerance in (0.0, 0.005, 0.05):
+        chosen = select_variant(records, HardwareTarget(latency_ms=40.0), tolerance=tolerance).chosen
+        plan = plan_serving(records, 1 * 2**30, ServeOptions(latency_slo_ms=40.0, accuracy_tolerance=tolerance),
+                            model=MODEL)
+        assert chosen is not None and plan.primary.name == chosen.variant, tolerance
+    assert [plan_serving(records, 1 * 2**30, ServeOptions(accuracy_tolerance=t), model=MODEL).primary.name
+            for t in (0.0, 0.005, 0.05)] == ["fp32", "bf16", "bf16"]
+
+
 def test_min_accuracy_latency_slo_and_explicit_variant(records):
     with pytest.raises(BudgetError):
-        plan_serving(records, 1 * 2**30, model=MODEL, min_accuracy=0.9)
-    slo = plan_serving(records, 1 * 2**30, model=MODEL, latency_slo_ms=40.0)
+        plan_serving(records, 1 * 2**30, ServeOptions(min_accuracy=0.9), model=MODEL)
+    slo = plan_serving(records, 1 * 2**30, ServeOptions(latency_slo_ms=40.0), model=MODEL)
     assert slo.primary.latency_ms_batch is not None and 2 * slo.primary.latency_ms_batch <= 40.0
     assert slo.primary.max_batch_size < 64
     chosen = plan_serving(records, 1 * 2**30, model=MODEL, variant="int8")
@@ -79,7 +93,7 @@ def test_min_accuracy_latency_slo_and_explicit_variant(records):
 
 
 def test_backpressure_and_replica_memory_come_from_the_plan(records):
-    plan = plan_serving(records, 1 * 2**30, model=MODEL, max_replicas=3)
+    plan = plan_serving(records, 1 * 2**30, ServeOptions(max_replicas=3), model=MODEL)
     options = plan.deployment_options()
     batch = plan.primary.max_batch_size
     assert options["max_ongoing_requests"] == 2 * batch and options["max_queued_requests"] == 2 * batch
@@ -93,7 +107,7 @@ def test_backpressure_and_replica_memory_come_from_the_plan(records):
 def test_serve_config_validates_with_rays_schema(records):
     from ray.serve.schema import ServeDeploySchema
 
-    plan = plan_serving(records, 1 * 2**30, model=MODEL, max_replicas=2)
+    plan = plan_serving(records, 1 * 2**30, ServeOptions(max_replicas=2), model=MODEL)
     config = plan.to_serve_config()
     json.dumps(config)  # plain JSON, as a RayService embeds it
     schema = ServeDeploySchema.model_validate(config)
@@ -116,7 +130,7 @@ def test_rayservice_manifest_from_the_same_plan(records, kuberay_crd_dir):
 
 
 def test_pool_members_fit_alone_and_are_evicted_by_bytes(records):
-    plan = plan_serving(records, 2 * 2**30, model=MODEL, accuracy_tolerance=0.0, pool_size=3)
+    plan = plan_serving(records, 2 * 2**30, ServeOptions(accuracy_tolerance=0.0, pool_size=3), model=MODEL)
     assert plan.pool[0].name == "fp32" and len(plan.pool) == 3
     assert all(v.resident_bytes <= plan.pool_bytes for v in plan.pool)
     held = min(plan.pool_bytes, sum(v.resident_bytes for v in plan.pool))
@@ -173,7 +187,7 @@ def test_language_model_plan_accounts_for_the_kv_cache(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     record = Footprint(variant="smol", kind="causal_lm", disk_bytes=538 * MIB, peak_rss_load_bytes=900 * MIB,
                        perplexity=12.0, extra={"variant_dir": str(tmp_path)})
-    plan = plan_serving([record], 2 * 2**30, model=MODEL, max_new_tokens=64)
+    plan = plan_serving([record], 2 * 2**30, ServeOptions(max_new_tokens=64), model=MODEL)
     p = plan.primary
     assert p.kind == "causal_lm" and p.kv_cache_bytes == 46_080 * (128 + 64) * p.max_batch_size
     assert plan.predicted_peak_bytes <= plan.usable_bytes

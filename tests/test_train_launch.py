@@ -61,8 +61,8 @@ def test_rayjob_created_through_kubernetes_client_matches_crd(kube_api, kuberay_
     from kubernetes import client
 
     from tightfit.kube import validate_kuberay
-    from tightfit.train.launch import CONFIG_ENV, launch_kuberay
     from tightfit.train import FinetuneConfig
+    from tightfit.train.launch import CONFIG_ENV, launch_kuberay
 
     config = _config(tmp_path, workers=2, cpus_per_worker=2, run_name="ft-kmock-test")
     created = launch_kuberay(config, "ml-team", api_client=kube_api)

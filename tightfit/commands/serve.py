@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from tightfit.memory.serving import ServingMemoryModel
-        from tightfit.serve.deploy import load_records, plan_serving, start_serving
+        from tightfit.serve.deploy import load_records, start_serving
+        from tightfit.serve.plan import ServeOptions, plan_serving
         from tightfit.units import parse_bytes, parse_millis
 
         console = Console()
@@ -65,11 +66,13 @@ def register(app: typer.Typer) -> None:
 
             records = with_load_rss(records)
         model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()
-        plan = plan_serving(
-            records, budget, model=model, variant=variant if (footprints or from_mlflow) else None,
+        options = ServeOptions(
             latency_slo_ms=slo, min_accuracy=min_accuracy, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
-            num_replicas=replicas, max_replicas=max_replicas, cpus_per_replica=cpus, base_dir=base_dir,
-            pool_size=pool_size,
+            num_replicas=replicas, max_replicas=max_replicas, cpus_per_replica=cpus, pool_size=pool_size,
+        )
+        plan = plan_serving(
+            records, budget, options, model=model, variant=variant if (footprints or from_mlflow) else None,
+            base_dir=base_dir,
         )
         if rayservice_manifest is not None:
             import yaml

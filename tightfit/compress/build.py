@@ -25,7 +25,6 @@ def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
     quiet_transformers()
     path = Path(str(base)).expanduser()
     if (path / "manifest.json").exists():
-
         variant = load_variant(path, device="cpu")
         return variant.model, variant.tokenizer, variant.kind, variant.manifest["base_model"], str(path)
     loaded = load_model(str(base))

@@ -192,7 +192,6 @@ def measure_variant(
         fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
         fp.extra["eval_rows"] = len(frame)
     if memory_subprocess:
-
         mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes = mem.get("gpu_peak_bytes")

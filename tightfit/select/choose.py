@@ -7,9 +7,12 @@ replica the planner would deploy (``tightfit.memory.replica.replica_need_bytes``
 a request served at batch 1 behind one in-flight request (the planner's check), so what selection chooses,
 serving can run. Failed records are reported, never chosen.
 
-The chosen variant is the fitting one with the best quality, ties broken by peak serving memory, disk,
-latency, then bandwidth. Every constrained figure is also a front objective, so the chosen variant always
-lies on the Pareto front of all measured variants: anything that dominated it would fit too and win.
+The one selection policy (``choose_best``; the serving planner chooses its primary variant with it too):
+among the fitting variants whose quality is within ``QUALITY_TOLERANCE`` of the best (0.5 accuracy points,
+or 0.5 % perplexity: below the noise of a test split of a few thousand rows), the one with the smallest
+serving memory, then disk, latency and bandwidth, then the better quality. Every constrained figure is
+also a front objective, so the chosen variant always lies on the Pareto front of all measured variants:
+anything that dominated it would be as close in quality and no worse elsewhere, and would win.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
 """Maximize accuracy; minimize disk, serving memory and p95 latency at batch 1."""
 
 MEASURED_LATENCY_BATCHES = (1, 32)
+QUALITY_TOLERANCE = 0.005
+"""Quality this close to the best counts as equal: accuracy in absolute points, perplexity relatively."""
 
 
 def _value(record: Footprint, name: str) -> float | None:
     if name == names.SERVING_REPLICA_BYTES:
-
         need = replica_need_bytes(record)
         return None if need is None else float(need)
     value = getattr(record, name, None)
@@ -80,7 +84,6 @@ def pareto_front(
     """
     for name, direction in objectives:
         if direction not in ("max", "min"):
-
             raise ConfigError(f"objective {name!r}: direction must be 'max' or 'min', got {direction!r}")
     ok = [r for r in records if r.ok]
     scores = [_score(r, objectives) for r in ok]
@@ -243,7 +246,28 @@ def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
     return why
 
 
-def select_variant(records: Sequence[Footprint], target: HardwareTarget) -> Selection:
+def choose_best(
+    records: Sequence[Footprint], objectives: Sequence[Objective], tolerance: float = QUALITY_TOLERANCE
+) -> Footprint | None:
+    """The policy: quality first (``objectives[0]``), within ``tolerance`` of the best; then the rest of the
+    objectives in order; then the better quality. None for no records."""
+    if not records:
+        return None
+    quality, rest = objectives[0], objectives[1:]
+    oriented = {id(r): _score(r, [quality])[0] for r in records}  # smaller is better
+    best = min(oriented.values())
+    if math.isinf(best):
+        close = list(records)
+    elif quality[1] == "max":
+        close = [r for r in records if oriented[id(r)] <= best + tolerance]
+    else:
+        close = [r for r in records if oriented[id(r)] <= best * (1 + tolerance)]
+    return min(close, key=lambda r: (*_score(r, rest), oriented[id(r)]))
+
+
+def select_variant(
+    records: Sequence[Footprint], target: HardwareTarget, tolerance: float = QUALITY_TOLERANCE
+) -> Selection:
     """The best fitting variant under ``target`` (or ``chosen=None``), the front and per-variant reasons."""
     objectives = selection_objectives(records, target)
     front = pareto_front(records, objectives)
@@ -255,7 +279,7 @@ def select_variant(records: Sequence[Footprint], target: HardwareTarget) -> Sele
             reasons.setdefault(record.variant, []).extend(why)
         else:
             fitting.append(record)
-    chosen = min(fitting, key=lambda r: _score(r, objectives)) if fitting else None
+    chosen = choose_best(fitting, objectives, tolerance)
     notes = []
     if target.compute_flops is not None:
         notes.append("compute_flops is not checked per variant (no FLOP count is measured); the latency SLO covers compute")

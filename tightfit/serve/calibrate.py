@@ -27,7 +27,7 @@ from tightfit.memory.serving import (
     activation_dtype_bytes,
     fit_serving_model,
 )
-from tightfit.serve.plan import plan_serving
+from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.replica import classify, generate, load_for_serving
 
 CALIBRATION_APP = "tightfit-calibrate"
@@ -105,10 +105,10 @@ def measure_replica(
 
     generating = record.kind == "causal_lm"
     new_tokens = new_tokens if generating else 0
-    plan = plan_serving(
-        [record], 64 * 2**30, max_tokens=max_tokens, max_batch=max(batch_sizes), headroom=0.0, pool_size=1,
-        max_new_tokens=max(1, new_tokens),
+    options = ServeOptions(
+        max_tokens=max_tokens, max_batch=max(batch_sizes), headroom=0.0, pool_size=1, max_new_tokens=max(1, new_tokens)
     )
+    plan = plan_serving([record], 64 * 2**30, options)
     plan.primary.max_batch_size = max(batch_sizes)
     plan.max_ongoing_requests = max(2 * max(batch_sizes), plan.max_ongoing_requests)
     plan.max_queued_requests = max(2 * max(batch_sizes), plan.max_queued_requests)
@@ -171,7 +171,7 @@ def _measure_here(source: str, kind: str) -> None:
     import transformers  # noqa: F401
 
     base = psutil.Process().memory_info().rss
-    plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, pool_size=1)
+    plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, ServeOptions(pool_size=1))
     loaded = load_for_serving(plan.primary, 1)
     if kind == "causal_lm":
         generate(loaded, ["Hello"], 1)

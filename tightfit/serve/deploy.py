@@ -17,7 +17,7 @@ from tightfit.footprint import Footprint, load_footprints
 from tightfit.kube.manifests import rayservice_manifest
 from tightfit.memory.replica import footprint_for_source
 from tightfit.memory.serving import ServingMemoryModel
-from tightfit.serve.plan import plan_serving
+from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.schema import APP_NAME, ServePlan
 from tightfit.track.read import read_footprints
 from tightfit.units import parse_bytes
@@ -73,7 +73,7 @@ def make_plan(
     )
     model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()
     chosen = variant if (footprints or from_mlflow) else None
-    return plan_serving(records, budget_bytes, model=model, variant=chosen, base_dir=base_dir, **options)
+    return plan_serving(records, budget_bytes, ServeOptions(**options), model=model, variant=chosen, base_dir=base_dir)
 
 
 def start_serving(

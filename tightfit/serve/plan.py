@@ -1,15 +1,21 @@
 """The serving planner: which variant, batch size, token cap, concurrency and replica memory fit a budget.
 
-Pure code: footprint records + a per-replica memory budget (+ optional latency SLO / minimum accuracy)
-+ the calibrated serving memory model in, a `ServePlan` out. The plan is the one source of every Ray
-Serve setting: the application (`ray_jobs/serve.py`) configures itself from it, `to_serve_config()` is
-the Serve config v2 dict the CLI deploys and the KubeRay RayService embeds.
+Pure code: footprint records + a per-replica memory budget + ``ServeOptions`` (latency SLO, minimum
+accuracy, token caps, pool size, replicas) + the calibrated serving memory model in, a `ServePlan` out. The
+plan is the one source of every Ray Serve setting: the application (`tightfit.serve.app`) configures itself
+from it, `to_serve_config()` is the Serve config v2 dict the CLI deploys and the KubeRay RayService embeds.
+
+The steps, each a function below: resolve the records to candidates; fit each candidate (the largest batch
+whose predicted peak and latency fit); choose the primary with the one selection policy
+(``tightfit.select.choose_best``, as the pipeline's ``select`` step does); fill the multiplexed pool; size
+concurrency and backpressure.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tightfit.errors import BudgetError, ConfigError
@@ -22,14 +28,52 @@ from tightfit.memory.replica import (
     Candidate,
     resolve_candidates,
 )
-from tightfit.memory.serving import ServingMemoryModel, activation_dtype_bytes
-from tightfit.serve.schema import (
-    PlannedVariant,
-    ServePlan,
-)
+from tightfit.memory.serving import Prediction, ServingMemoryModel, activation_dtype_bytes
+from tightfit.select.choose import QUALITY_TOLERANCE, select_variant
+from tightfit.serve.schema import PlannedVariant, ServePlan
+from tightfit.spec import HardwareTarget
 from tightfit.units import format_bytes
 
 BATCH_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What a user may set besides the budget (the CLI flags of ``tightfit serve``)."""
+
+    latency_slo_ms: float | None = None
+    min_accuracy: float | None = None
+    accuracy_tolerance: float = QUALITY_TOLERANCE
+    max_tokens: int | None = None  # per-text token cap; default per model kind
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_batch: int = 64
+    headroom: float = DEFAULT_HEADROOM
+    pool_size: int = 3
+    num_replicas: int = 1
+    max_replicas: int | None = None
+    cpus_per_replica: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.headroom < 0.5:
+            raise ConfigError(f"headroom is a fraction in [0, 0.5), got {self.headroom}")
+        for key in ("max_batch", "pool_size", "num_replicas", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.cpus_per_replica <= 0:
+            raise ConfigError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
+
+    def tokens_for(self, kind: str) -> int:
+        return self.max_tokens or DEFAULT_MAX_TOKENS.get(kind, 64)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The outcome of fitting one candidate: its plan, or why not and what batch 1 would need."""
+
+    planned: PlannedVariant | None
+    reason: str = ""
+    need_bytes: int = 0
 
 
 def estimate_batch_latency_ms(record: Footprint, batch: int) -> float | None:
@@ -45,110 +89,57 @@ def estimate_batch_latency_ms(record: Footprint, batch: int) -> float | None:
     return float(b1) + (float(b32) - float(b1)) * (batch - 1) / 31
 
 
-def plan_variant(
-    cand: Candidate,
-    model: ServingMemoryModel,
-    usable: int,
-    *,
-    max_tokens: int,
-    max_new_tokens: int,
-    latency_slo_ms: float | None,
-    max_batch: int,
-    activation_cap: int | None = None,
-) -> PlannedVariant | str:
-    """The largest batch whose predicted peak (and latency) fits, or the reason none does."""
-    dtype = activation_dtype_bytes(cand.record.chain)
-    new = max_new_tokens if cand.arch.kind == "causal_lm" else 0
-    best = None
-    for batch in [b for b in BATCH_LADDER if b <= max_batch]:
-        pred = model.predict(
-            cand.weight_bytes, cand.arch, batch=batch, seq_len=max_tokens, dtype_bytes=dtype, new_tokens=new,
-            load_rss_bytes=cand.load_rss_bytes,
-        )
+def _predict(cand: Candidate, model: ServingMemoryModel, options: ServeOptions, batch: int) -> Prediction:
+    new = options.max_new_tokens if cand.arch.kind == "causal_lm" else 0
+    return model.predict(
+        cand.weight_bytes, cand.arch, batch=batch, seq_len=options.tokens_for(cand.arch.kind),
+        dtype_bytes=activation_dtype_bytes(cand.record.chain), new_tokens=new, load_rss_bytes=cand.load_rss_bytes,
+    )
+
+
+def fit_variant(
+    cand: Candidate, model: ServingMemoryModel, usable: int, options: ServeOptions, activation_cap: int | None = None,
+) -> Fit:
+    """The largest batch on the ladder whose predicted peak fits ``usable`` bytes, whose activations stay
+    under ``activation_cap`` (pool members) and whose latency meets the SLO; or the reason none does."""
+    tokens = options.tokens_for(cand.arch.kind)
+    best: PlannedVariant | None = None
+    for batch in [b for b in BATCH_LADDER if b <= options.max_batch]:
+        pred = _predict(cand, model, options, batch)
         if pred.total > usable:
             if best is None:
-                return (
-                    f"needs {format_bytes(pred.total)} at batch 1 x {max_tokens} tokens "
-                    f"(runtime {format_bytes(pred.runtime)} + weights {format_bytes(pred.weights)} + activations "
+                return Fit(None, (
+                    f"needs {format_bytes(pred.total)} at batch 1 x {tokens} tokens (runtime "
+                    f"{format_bytes(pred.runtime)} + weights {format_bytes(pred.weights)} + activations "
                     f"{format_bytes(pred.activations + pred.kv_cache)}), over the usable {format_bytes(usable)}"
-                )
+                ), pred.total)
             break
-        if activation_cap is not None and pred.activations + pred.kv_cache > activation_cap and best is not None:
+        if activation_cap is not None and pred.activations + pred.kv_cache > activation_cap:
             break
         latency = estimate_batch_latency_ms(cand.record, batch)
         # a request may wait for the batch in flight and then run in its own: two batch times
-        if latency_slo_ms is not None and latency is not None and BATCHES_PER_REQUEST * latency > latency_slo_ms:
+        slo = options.latency_slo_ms
+        if slo is not None and latency is not None and BATCHES_PER_REQUEST * latency > slo:
             if best is None:
-                return f"batch-1 latency ~{latency:.0f} ms cannot meet the {latency_slo_ms:g} ms SLO"
+                return Fit(None, f"batch-1 latency ~{latency:.0f} ms cannot meet the {slo:g} ms SLO", pred.total)
             break
         best = PlannedVariant(
-            name=cand.record.variant,
-            kind=cand.arch.kind,
-            source=cand.source,
-            chain=cand.record.chain,
-            weight_bytes=cand.weight_bytes,
-            resident_bytes=pred.weights,
-            max_batch_size=batch,
-            max_tokens=max_tokens,
-            max_new_tokens=new,
-            predicted_peak_bytes=pred.total,
-            activation_bytes=pred.activations,
-            kv_cache_bytes=pred.kv_cache,
-            accuracy=cand.record.accuracy,
-            perplexity=cand.record.perplexity,
-            latency_ms_batch=latency,
+            name=cand.record.variant, kind=cand.arch.kind, source=cand.source, chain=cand.record.chain,
+            weight_bytes=cand.weight_bytes, resident_bytes=pred.weights, max_batch_size=batch, max_tokens=tokens,
+            max_new_tokens=options.max_new_tokens if cand.arch.kind == "causal_lm" else 0,
+            predicted_peak_bytes=pred.total, activation_bytes=pred.activations, kv_cache_bytes=pred.kv_cache,
+            accuracy=cand.record.accuracy, perplexity=cand.record.perplexity, latency_ms_batch=latency,
         )
-    assert best is not None
-    return best
+    if best is None:  # only an activation cap below batch 1 gets here
+        return Fit(None, "its batch-1 activations exceed what the replica leaves for them")
+    return Fit(best)
 
 
-def _quality_key(v: PlannedVariant) -> float:
-    if v.accuracy is not None:
-        return v.accuracy
-    if v.perplexity is not None:
-        return -v.perplexity / 1000.0
-    return -1.0
-
-
-def _speed_key(v: PlannedVariant) -> float:
-    """Throughput proxy: sequences per ms at the planned batch (higher is better)."""
-    if v.latency_ms_batch:
-        return v.max_batch_size / v.latency_ms_batch
-    return v.max_batch_size / max(1.0, v.weight_bytes / 2**20)
-
-
-def plan_serving(
-    records: Sequence[Footprint],
-    budget_bytes: int,
-    *,
-    model: ServingMemoryModel | None = None,
-    kind: str | None = None,
-    variant: str | None = None,
-    latency_slo_ms: float | None = None,
-    min_accuracy: float | None = None,
-    accuracy_tolerance: float = 0.005,
-    max_tokens: int | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    max_batch: int = 64,
-    headroom: float = DEFAULT_HEADROOM,
-    pool_size: int = 3,
-    num_replicas: int = 1,
-    max_replicas: int | None = None,
-    cpus_per_replica: float = 1.0,
-    base_dir: Path | None = None,
-    sources: dict[str, str] | None = None,
-) -> ServePlan:
-    """Choose the best-quality variant that fits ``budget_bytes`` per replica and size every Serve knob.
-
-    Among fitting variants within ``accuracy_tolerance`` of the best accuracy, the fastest at its batch
-    wins. Raises BudgetError naming the smallest variant's need when nothing fits.
-    """
-    if budget_bytes <= 0:
-        raise ConfigError(f"memory budget must be positive, got {budget_bytes}")
-    if not 0 <= headroom < 0.5:
-        raise ConfigError(f"headroom is a fraction in [0, 0.5), got {headroom}")
-    model = model or ServingMemoryModel()
-    usable = int(budget_bytes * (1 - headroom))
+def _candidates(
+    records: Sequence[Footprint], kind: str | None, variant: str | None, base_dir: Path | None,
+    sources: dict[str, str] | None,
+) -> tuple[list[Candidate], dict[str, str]]:
+    """The servable records (resolved to dirs and shapes), narrowed to ``kind`` / ``variant``."""
     candidates, rejected = resolve_candidates(records, base_dir=base_dir, sources=sources)
     if kind:
         candidates = [c for c in candidates if c.arch.kind == kind]
@@ -162,92 +153,27 @@ def plan_serving(
             "no servable variant in the footprint records" + (f": {rejected}" if rejected else "")
             + "; profile variants first (`tightfit profile`) or pass --variant DIR"
         )
-    planned: list[PlannedVariant] = []
-    needs: list[tuple[int, str]] = []
-    for cand in candidates:
-        tokens = max_tokens or DEFAULT_MAX_TOKENS.get(cand.arch.kind, 64)
-        if min_accuracy is not None and cand.record.accuracy is not None and cand.record.accuracy < min_accuracy:
-            rejected[cand.record.variant] = f"accuracy {cand.record.accuracy:.3f} below the minimum {min_accuracy:g}"
-            continue
-        result = plan_variant(
-            cand, model, usable, max_tokens=tokens, max_new_tokens=max_new_tokens,
-            latency_slo_ms=latency_slo_ms, max_batch=max_batch,
-        )
-        if isinstance(result, str):
-            rejected[cand.record.variant] = result
-            need = model.predict(
-                cand.weight_bytes, cand.arch, batch=1, seq_len=tokens,
-                dtype_bytes=activation_dtype_bytes(cand.record.chain),
-                new_tokens=max_new_tokens if cand.arch.kind == "causal_lm" else 0,
-                load_rss_bytes=cand.load_rss_bytes,
-            ).total
-            needs.append((need, cand.record.variant))
-        else:
-            planned.append(result)
-    if not planned:
-        if needs:
-            need, name = min(needs)
-            raise BudgetError(
-                f"no variant fits a replica budget of {format_bytes(budget_bytes)}: the smallest, {name!r}, needs "
-                f"about {format_bytes(need / (1 - headroom))} (predicted peak {format_bytes(need)} plus "
-                f"{headroom:.0%} headroom); raise --memory-budget or compress further. Details: {rejected}"
-            )
+    return candidates, rejected
+
+
+def choose_primary(
+    fits: dict[str, PlannedVariant], candidates: Sequence[Candidate], options: ServeOptions,
+    rejected: dict[str, str],
+) -> PlannedVariant:
+    """The primary variant among those that fit, by the one selection policy under the SLO and accuracy
+    floor (memory is already judged by the planner's own model). Losers get their reason in ``rejected``."""
+    records = [c.record for c in candidates if c.record.variant in fits]
+    target = HardwareTarget(latency_ms=options.latency_slo_ms, min_accuracy=options.min_accuracy)
+    selection = select_variant(records, target, tolerance=options.accuracy_tolerance)
+    for name, why in selection.reasons.items():
+        rejected[name] = "; ".join(why)
+    if selection.chosen is None:
         raise BudgetError(f"no variant meets the constraints: {rejected}")
-    best_quality = max(_quality_key(v) for v in planned)
-    close = [v for v in planned if _quality_key(v) >= best_quality - accuracy_tolerance]
-    primary = max(close, key=lambda v: (_speed_key(v), _quality_key(v)))
-    for v in planned:
-        if v is not primary and v.name not in rejected:
-            rejected[v.name] = (
-                f"fits, but {'slower' if _quality_key(v) >= best_quality - accuracy_tolerance else 'less accurate'} "
-                f"than {primary.name}"
-            )
-    runtime = _runtime_bytes(primary)
-    act_set = primary.activation_bytes + primary.kv_cache_bytes
-    pool = [primary]
-    others = sorted((v for v in planned if v is not primary), key=_quality_key, reverse=True)
-    for v in others:
-        if len(pool) >= pool_size:
-            break
-        replanned = _fit_under(v, candidates, model, usable, act_set, max_new_tokens, latency_slo_ms, max_batch)
-        if replanned is None:
-            continue
-        # the replica's runtime is the largest any member brings (e.g. torchao's import for int8 variants);
-        # each member must fit alone beside it; together they are evicted by bytes (LRU)
-        joint_runtime = max(runtime, _runtime_bytes(replanned))
-        if max(m.resident_bytes for m in [*pool, replanned]) <= usable - joint_runtime - act_set:
-            pool.append(replanned)
-            runtime = joint_runtime
-    pool_bytes = usable - runtime - act_set
-    held = min(pool_bytes, sum(v.resident_bytes for v in pool))
-    peak = runtime + held + act_set
-    batch = primary.max_batch_size
-    max_ongoing = max(2, 2 * batch)
-    max_queued = max(4, 2 * batch)
-    batch_ms = primary.latency_ms_batch or 50.0
-    retry_after = float(max(1, math.ceil((max_queued / batch + 1) * batch_ms / 1000)))
-    wait = min(0.05, max(0.005, batch_ms / 4000)) if batch > 1 else 0.0
-    return ServePlan(
-        budget_bytes=int(budget_bytes),
-        usable_bytes=usable,
-        primary=primary,
-        pool=pool,
-        pool_bytes=int(pool_bytes),
-        predicted_peak_bytes=int(peak),
-        runtime_bytes=int(runtime),
-        max_ongoing_requests=max_ongoing,
-        max_queued_requests=max_queued,
-        retry_after_s=retry_after,
-        batch_wait_timeout_s=round(wait, 4),
-        num_replicas=num_replicas,
-        max_replicas=max(num_replicas, max_replicas or num_replicas),
-        cpus_per_replica=cpus_per_replica,
-        max_request_bytes=64 * 1024,
-        latency_slo_ms=latency_slo_ms,
-        min_accuracy=min_accuracy,
-        memory_model={k: v for k, v in model.to_dict().items() if k != "calibration_points"},
-        rejected=rejected,
-    )
+    primary = fits[selection.chosen.variant]
+    for name in fits:
+        if name != primary.name and name not in rejected:
+            rejected[name] = f"fits, but {primary.name} ranks first (quality within tolerance, then memory, disk, latency)"
+    return primary
 
 
 def _runtime_bytes(v: PlannedVariant) -> int:
@@ -255,22 +181,113 @@ def _runtime_bytes(v: PlannedVariant) -> int:
     return v.predicted_peak_bytes - v.resident_bytes - v.activation_bytes - v.kv_cache_bytes
 
 
-def _fit_under(
-    v: PlannedVariant,
-    candidates: list[Candidate],
-    model: ServingMemoryModel,
-    usable: int,
-    act_cap: int,
-    max_new_tokens: int,
-    latency_slo_ms: float | None,
-    max_batch: int,
-) -> PlannedVariant | None:
-    """Re-plan a pool member so its activations never exceed the primary's (one batch runs at a time)."""
-    cand = next(c for c in candidates if c.record.variant == v.name)
-    result = plan_variant(
-        cand, model, usable, max_tokens=v.max_tokens, max_new_tokens=max_new_tokens,
-        latency_slo_ms=latency_slo_ms, max_batch=max_batch, activation_cap=act_cap,
+def fill_pool(
+    primary: PlannedVariant, fits: dict[str, PlannedVariant], candidates: Sequence[Candidate],
+    model: ServingMemoryModel, usable: int, options: ServeOptions,
+) -> tuple[list[PlannedVariant], int]:
+    """Pool members after the primary (best quality first), each re-planned so its activations never exceed
+    the primary's (one batch runs at a time) and fitting alone beside the largest runtime any member brings
+    (e.g. torchao's import for int8 variants). Returns (pool, runtime bytes)."""
+    runtime = _runtime_bytes(primary)
+    act_set = primary.activation_bytes + primary.kv_cache_bytes
+    pool = [primary]
+    by_name = {c.record.variant: c for c in candidates}
+    others = sorted((v for v in fits.values() if v is not primary), key=_quality_key, reverse=True)
+    for v in others:
+        if len(pool) >= options.pool_size:
+            break
+        member = fit_variant(by_name[v.name], model, usable, options, activation_cap=act_set).planned
+        if member is None:
+            continue
+        joint_runtime = max(runtime, _runtime_bytes(member))
+        if max(m.resident_bytes for m in [*pool, member]) <= usable - joint_runtime - act_set:
+            pool.append(member)
+            runtime = joint_runtime
+    return pool, runtime
+
+
+def _quality_key(v: PlannedVariant) -> float:
+    if v.accuracy is not None:
+        return v.accuracy
+    if v.perplexity is not None:
+        return -v.perplexity
+    return -math.inf
+
+
+def plan_serving(
+    records: Sequence[Footprint],
+    budget_bytes: int,
+    options: ServeOptions | None = None,
+    *,
+    model: ServingMemoryModel | None = None,
+    kind: str | None = None,
+    variant: str | None = None,
+    base_dir: Path | None = None,
+    sources: dict[str, str] | None = None,
+) -> ServePlan:
+    """The `ServePlan` for a per-replica ``budget_bytes``: the primary variant chosen by the selection
+    policy among those that fit, its pool, batch, token caps, concurrency and replica memory.
+
+    Raises BudgetError naming the smallest variant's need when nothing fits.
+    """
+    if budget_bytes <= 0:
+        raise ConfigError(f"memory budget must be positive, got {budget_bytes}")
+    options = options or ServeOptions()
+    model = model or ServingMemoryModel()
+    usable = int(budget_bytes * (1 - options.headroom))
+    candidates, rejected = _candidates(records, kind, variant, base_dir, sources)
+    fits: dict[str, PlannedVariant] = {}
+    needs: list[tuple[int, str]] = []
+    for cand in candidates:
+        fit = fit_variant(cand, model, usable, options)
+        if fit.planned is None:
+            rejected[cand.record.variant] = fit.reason
+            needs.append((fit.need_bytes, cand.record.variant))
+        else:
+            fits[cand.record.variant] = fit.planned
+    if not fits:
+        if needs:
+            need, name = min(needs)
+            raise BudgetError(
+                f"no variant fits a replica budget of {format_bytes(budget_bytes)}: the smallest, {name!r}, needs "
+                f"about {format_bytes(need / (1 - options.headroom))} (predicted peak {format_bytes(need)} plus "
+                f"{options.headroom:.0%} headroom); raise --memory-budget or compress further. Details: {rejected}"
+            )
+        raise BudgetError(f"no variant meets the constraints: {rejected}")
+    primary = choose_primary(fits, candidates, options, rejected)
+    pool, runtime = fill_pool(primary, fits, candidates, model, usable, options)
+    return _size_settings(budget_bytes, usable, primary, pool, runtime, model, options, rejected)
+
+
+def _size_settings(
+    budget_bytes: int, usable: int, primary: PlannedVariant, pool: list[PlannedVariant], runtime: int,
+    model: ServingMemoryModel, options: ServeOptions, rejected: dict[str, str],
+) -> ServePlan:
+    """Concurrency, backpressure and replica memory from the primary's batch and latency."""
+    act_set = primary.activation_bytes + primary.kv_cache_bytes
+    pool_bytes = usable - runtime - act_set
+    held = min(pool_bytes, sum(v.resident_bytes for v in pool))
+    batch = primary.max_batch_size
+    max_queued = max(4, 2 * batch)
+    batch_ms = primary.latency_ms_batch or 50.0
+    return ServePlan(
+        budget_bytes=int(budget_bytes),
+        usable_bytes=usable,
+        primary=primary,
+        pool=pool,
+        pool_bytes=int(pool_bytes),
+        predicted_peak_bytes=int(runtime + held + act_set),
+        runtime_bytes=int(runtime),
+        max_ongoing_requests=max(2, 2 * batch),
+        max_queued_requests=max_queued,
+        retry_after_s=float(max(1, math.ceil((max_queued / batch + 1) * batch_ms / 1000))),
+        batch_wait_timeout_s=round(min(0.05, max(0.005, batch_ms / 4000)) if batch > 1 else 0.0, 4),
+        num_replicas=options.num_replicas,
+        max_replicas=max(options.num_replicas, options.max_replicas or options.num_replicas),
+        cpus_per_replica=options.cpus_per_replica,
+        max_request_bytes=MAX_REQUEST_BYTES,
+        latency_slo_ms=options.latency_slo_ms,
+        min_accuracy=options.min_accuracy,
+        memory_model={k: v for k, v in model.to_dict().items() if k != "calibration_points"},
+        rejected=rejected,
     )
-    if isinstance(result, str) or result.activation_bytes + result.kv_cache_bytes > act_cap:
-        return None
-    return result

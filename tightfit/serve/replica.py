@@ -53,7 +53,6 @@ def load_for_serving(planned: PlannedVariant, threads: int = 1) -> LoadedVariant
         variant = load_variant(source)
         model, tokenizer = variant.model, variant.tokenizer
     else:
-
         loaded = load_model(planned.source, kind=planned.kind)  # type: ignore[arg-type]
         model, tokenizer = loaded.model, loaded.tokenizer
     model.eval()

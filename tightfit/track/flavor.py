@@ -116,7 +116,6 @@ def register_run_model(
 
     path = artifact_path or names.ARTIFACT_MODEL
     if not any(a.path == path for a in client.list_artifacts(run_id)):
-
         raise BackendError(
             f"run {run_id} has no '{path}' model artifact to register; log the variant with its variant_dir first"
         )

@@ -63,7 +63,6 @@ def start_run(
 ) -> str:
     """Open a run of ``role`` (parent/variant/training/serving); returns its record id."""
     if role not in names.ROLES:
-
         raise ConfigError(f"unknown run role {role!r}; use one of {', '.join(names.ROLES)}")
     t = _tracker(tracker)
     rid = record_id or new_record_id()
