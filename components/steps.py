@@ -11,7 +11,7 @@ import json
 import shutil
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.components.common import (
     as_object,
@@ -25,6 +25,9 @@ from tightfit.components.common import (
 
 from tightfit.footprint import Footprint
 
+if TYPE_CHECKING:
+    from tightfit.data import DatasetSplits
+
 # Component bodies import these from here (their source is compiled into the pipeline IR).
 __all__ = ["as_object", "log_stats", "model_uri", "quiet", "read_text", "stopwatch", "tracking_uri"]
 
@@ -36,7 +39,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 # ----------------------------------------------------------------------------------------- data
 
 
-def save_splits(splits: Any, out_dir: str | Path, **extra: Any) -> dict[str, Any]:
+def save_splits(splits: DatasetSplits, out_dir: str | Path, **extra: Any) -> dict[str, Any]:
     """Write a ``DatasetSplits`` as one parquet file per split plus a small JSON description."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,6 @@ def load_splits(path: str | Path) -> Any:
     """Read the splits ``save_splits`` wrote back into a ``tightfit.data.DatasetSplits``."""
     import pandas as pd
 
-    from tightfit.data import DatasetSplits
 
     root = Path(path)
     meta = json.loads((root / SPLITS_META).read_text())

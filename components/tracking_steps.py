@@ -4,11 +4,14 @@ and registration. Thin glue over ``tightfit.track.runs`` (see ``steps.py`` for t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.components.common import as_object, stopwatch, tracking_uri
 
 from tightfit.footprint import Footprint
+
+if TYPE_CHECKING:
+    from tightfit.select.choose import Selection
 
 
 def _tracker(uri: str, experiment: str) -> Any:
@@ -59,7 +62,7 @@ def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: s
 
 
 def log_selection(
-    selection: Any, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
+    selection: Selection, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
 ) -> None:
     """Draw the Pareto plot for the report, then log table + plot + selection on the parent run."""
     from tightfit.select.plot import pareto_plot

@@ -14,16 +14,23 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 
 if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  # pip's configured index (and find-links) provide torch; TORCH_INDEX_URL adds another index, e.g. PyTorch's
+  # CPU-only wheel index on a machine whose configured index would otherwise pick a CUDA build.
+  EXTRA=()
+  [ -n "${TORCH_INDEX_URL:-}" ] && EXTRA=(--extra-index-url "$TORCH_INDEX_URL")
   if command -v nvidia-smi >/dev/null 2>&1; then
     echo "setup: GPU found, installing $TORCH with CUDA"
-    "${PIP[@]}" install -q "$TORCH"
+    "${PIP[@]}" install -q "$TORCH" "${EXTRA[@]}"
   elif "${PIP[@]}" install -q --no-index --no-deps "$TORCH" 2>/dev/null; then
     # A local CPU wheel (pip's find-links) is preferred; its dependencies come from the normal index.
     echo "setup: installed the local CPU wheel of $TORCH"
     "${PIP[@]}" install -q "$TORCH"
   else
-    echo "setup: no GPU, installing the CPU wheel of $TORCH"
-    "${PIP[@]}" install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+    echo "setup: no GPU, installing $TORCH from pip's configured index${TORCH_INDEX_URL:+ and $TORCH_INDEX_URL}"
+    [ -n "${TORCH_INDEX_URL:-}" ] || echo "setup: (to avoid a CUDA build, set TORCH_INDEX_URL to PyTorch's CPU wheel index)"
+    "${PIP[@]}" install -q "$TORCH" "${EXTRA[@]}"
+    "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.version.cuda is not None)' \
+      || echo "setup: warning: this torch is a CUDA build; set TORCH_INDEX_URL for the CPU wheels and rerun"
   fi
 fi
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.assets import load_model
 from tightfit.compress._torch import quiet_transformers
@@ -17,6 +17,9 @@ from tightfit.compress.registry import ApplyContext, get_method, validate_chain
 from tightfit.compress.variant import load_variant, save_variant
 from tightfit.device import pick_device
 from tightfit.spec import VariantSpec
+
+if TYPE_CHECKING:
+    from tightfit.data import DatasetSplits
 
 
 def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
@@ -37,7 +40,7 @@ def apply_chain(
     *,
     kind: str,
     tokenizer: Any = None,
-    data: Any = None,
+    data: DatasetSplits | None = None,
     teacher: Any = None,
     device: str = "cpu",
     seed: int = 0,
@@ -77,7 +80,7 @@ def build_variant(
     spec: VariantSpec,
     out_dir: str | Path,
     *,
-    data: Any = None,
+    data: DatasetSplits | None = None,
     teacher: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,

@@ -16,10 +16,13 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.errors import ConfigError, UnsupportedError
 from tightfit.spec import VariantSpec
+
+if TYPE_CHECKING:
+    from tightfit.data import DatasetSplits
 
 STAGE_STRUCTURE = 0
 STAGE_RECOVERY = 1
@@ -43,7 +46,7 @@ class ApplyContext:
     device: str = "cpu"
     seed: int = 0
     tokenizer: Any = None
-    data: Any = None  # tightfit.data.DatasetSplits, for calibration and distillation
+    data: DatasetSplits | None = None  # calibration and distillation batches
     teacher: Any = None  # the unmodified parent model, for distillation
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -11,12 +11,15 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.compress.variant import load_variant
 from tightfit.footprint import Footprint
 from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
+
+if TYPE_CHECKING:
+    from tightfit.data import DatasetSplits
 
 LATENCY_BATCHES = (1, 32)
 
@@ -142,7 +145,7 @@ def _disk(path: Path, manifest: dict[str, Any]) -> tuple[int, int | None, int]:
 
 def measure_variant(
     variant_dir: str | Path,
-    data: Any,
+    data: DatasetSplits | None,
     *,
     seq_len: int = 64,
     baseline: Footprint | None = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.footprint import Footprint
+from tightfit.select.choose import Selection
 from tightfit.units import format_bytes
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -43,7 +44,7 @@ def cell(record: Footprint, key: str) -> str:
     return str(value)
 
 
-def write_report(path: str | Path, selection: Any, records: list[Footprint], plot: Path | None) -> Path:
+def write_report(path: str | Path, selection: Selection, records: list[Footprint], plot: Path | None) -> Path:
     """Write the report: the target, the chosen variant, the Pareto plot (inline PNG), every record and why."""
     front = {r.variant for r in selection.front}
     chosen = selection.chosen.variant if selection.chosen else None
@@ -63,8 +64,8 @@ def write_report(path: str | Path, selection: Any, records: list[Footprint], plo
     if plot is not None and plot.exists():
         encoded = base64.b64encode(plot.read_bytes()).decode()
         image = f"<img alt='Pareto front' src='data:image/png;base64,{encoded}'/>"
-    verdict = (f"<p><b>chosen:</b> {html.escape(chosen)} ({html.escape(selection.chosen.chain)})</p>"
-               if chosen else "<p><b>no variant fits the target</b></p>")
+    verdict = (f"<p><b>chosen:</b> {html.escape(selection.chosen.variant)} ({html.escape(selection.chosen.chain)})</p>"
+               if selection.chosen is not None else "<p><b>no variant fits the target</b></p>")
     failed = "".join(f"<li>{html.escape(r.variant)}: {html.escape(r.error or 'failed')}</li>" for r in selection.failed)
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>tightfit selection</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}

@@ -36,6 +36,7 @@ from tightfit.track.outbox import (
 
 if TYPE_CHECKING:
     from tightfit.select.choose import Selection
+    from tightfit.spec import HardwareTarget
 
 log = logging.getLogger("tightfit.track")
 
@@ -87,7 +88,7 @@ def start_parent(
     pipeline_run_id: str | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
-    target: Any = None,
+    target: HardwareTarget | None = None,
     params: Mapping[str, Any] | None = None,
     tracker: Tracker | None = None,
 ) -> str:
@@ -95,7 +96,7 @@ def start_parent(
     rid = stable_record_id("parent", pipeline_run_id) if pipeline_run_id else new_record_id()
     all_params = dict(params or {})
     if target is not None:
-        all_params[names.PARAM_TARGET] = target.describe() if hasattr(target, "describe") else str(target)
+        all_params[names.PARAM_TARGET] = target.describe()
     tags = {names.TAG_PIPELINE_RUN: pipeline_run_id or rid}
     return start_run(
         names.ROLE_PARENT,
@@ -118,7 +119,7 @@ def log_variant(
     footprint: Footprint,
     *,
     parent: str | None = None,
-    spec: Any = None,
+    spec: VariantSpec | None = None,
     variant_dir: str | Path | None = None,
     base_model: str | None = None,
     dataset: str | None = None,

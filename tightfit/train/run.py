@@ -19,7 +19,7 @@ from typing import Any
 
 from tightfit import names, settings
 from tightfit.assets import resolve_model_path
-from tightfit.data import load_dataset
+from tightfit.data import DatasetSplits, load_dataset
 from tightfit.errors import BackendError, ConfigError
 from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_training_memory
 from tightfit.train.config import FinetuneConfig
@@ -98,36 +98,33 @@ def plan_training(config: FinetuneConfig, model_dir: str | Path, num_labels: int
     return TrainingPlan(micro, accumulation, estimate.total, precision, estimate.describe())
 
 
-def run_finetune(config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune (or distill) on Ray Train V2; log to MLflow; save the HF-format model; evaluate on test."""
-    import ray
-    import ray.train
-    from mlflow import MlflowClient
-    from ray.data import DataContext, ExecutionOptions
-    from ray.train.torch import TorchTrainer
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run writes: its name, output dir, Ray Train storage and the tracking store."""
 
-    model_path, _ = resolve_model_path(config.model)
-    if model_path.is_file():
-        raise ConfigError(f"fine-tuning needs an HF-format model directory; {model_path} is a single file")
-    teacher_path = str(resolve_model_path(config.teacher_dir)[0]) if config.teacher_dir else None
-    data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
-    plan = plan_training(config, model_path, data.num_labels)
+    run_name: str
+    out_dir: Path
+    storage: str
+    tracking_uri: str
 
-    run_name = config.run_name or unique_run_name("distill" if teacher_path else "finetune")
-    home = settings.home_dir()
-    out_dir = Path(config.out_dir).expanduser().resolve() if config.out_dir else home / "finetune" / run_name
+
+def run_paths(config: FinetuneConfig, distilling: bool) -> RunPaths:
+    """A fresh run name (Ray silently no-ops a finished run of the same name) and its directories."""
+    run_name = config.run_name or unique_run_name("distill" if distilling else "finetune")
+    out_dir = Path(config.out_dir).expanduser().resolve() if config.out_dir else settings.home_dir() / "finetune" / run_name
     storage = config.storage_path or str(out_dir / "ray_results")
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
-    tracking_uri = settings.resolve_tracking_uri(config.tracking_uri)
+    return RunPaths(run_name, out_dir, storage, settings.resolve_tracking_uri(config.tracking_uri))
 
-    client = MlflowClient(tracking_uri)
+
+def open_training_run(client: Any, config: FinetuneConfig, plan: TrainingPlan, paths: RunPaths) -> str:
+    """The MLflow run of this fine-tune (role ``training``) with every setting as a param; its run id."""
     experiment = client.get_experiment_by_name(config.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags={
+    run = client.create_run(experiment_id, run_name=paths.run_name, tags={
         names.TAG_ROLE: names.ROLE_TRAINING, names.TAG_BASE_MODEL: config.model, names.TAG_DATASET: config.dataset,
     })
-    run_id = run.info.run_id
     params = {
         names.PARAM_BASE_MODEL: config.model, names.PARAM_DATASET: config.dataset, names.PARAM_SEED: config.seed,
         names.PARAM_EPOCHS: config.epochs, names.PARAM_LR: config.lr, names.PARAM_MAX_LENGTH: config.max_length,
@@ -137,89 +134,134 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         "gradient_checkpointing": config.gradient_checkpointing, "memory_breakdown": plan.memory_breakdown[:500],
     }
     for key, value in params.items():
-        client.log_param(run_id, key, str(value))
+        client.log_param(run.info.run_id, key, str(value))
+    return str(run.info.run_id)
 
-    started_ray = False
-    if not ray.is_initialized():
-        if config.address:
-            ray.init(address=config.address)
-        elif os.environ.get("RAY_ADDRESS"):
-            ray.init()  # inside a Ray job: the cluster the job runs on
-        else:
-            cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            started_ray = True
+
+def ensure_ray(config: FinetuneConfig) -> bool:
+    """Join the given cluster, the job's cluster (``$RAY_ADDRESS``), or start a local Ray on 127.0.0.1.
+    Returns True when this call started Ray (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if config.address:
+        ray.init(address=config.address)
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # inside a Ray job: the cluster the job runs on
+        return False
+    cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def build_trainer(
+    config: FinetuneConfig, plan: TrainingPlan, data: DatasetSplits, model_path: Path, teacher_path: str | None,
+    paths: RunPaths, run_id: str,
+) -> Any:
+    """The ``TorchTrainer``: the worker loop's settings, Ray Data ingest, checkpoints, restarts, MLflow."""
+    import ray.train
+    from ray.data import DataContext, ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    DataContext.get_current().execution_options.preserve_order = True
+    loop_config = {
+        "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
+        "cpus_per_worker": config.cpus_per_worker, "epochs": config.epochs, "lr": config.lr,
+        "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
+        "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+        "rows_per_worker": math.ceil(len(data.train) / config.workers), "precision": plan.precision,
+        "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
+        "temperature": config.temperature, "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
+        "fail_marker": str(paths.out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker},
+        ),
+        datasets={
+            "train": ray_dataset(data.train, str(model_path), config.max_length),
+            "validation": ray_dataset(data.validation, str(model_path), config.max_length),
+        },
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        run_config=ray.train.RunConfig(
+            name=paths.run_name,
+            storage_path=paths.storage,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[make_mlflow_callback(paths.tracking_uri, run_id, config.target_accuracy)],
+        ),
+    )
+
+
+def collect_result(
+    result: Any, config: FinetuneConfig, plan: TrainingPlan, data: DatasetSplits, paths: RunPaths, client: Any,
+    run_id: str,
+) -> FinetuneResult:
+    """Copy the final model out of the last checkpoint, evaluate it on the test split, log what is left."""
+    if result.checkpoint is None:
+        raise BackendError(f"Ray Train run {paths.run_name!r} finished without a checkpoint "
+                           f"(see {paths.storage}/{paths.run_name})")
+    model_dir = paths.out_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    with result.checkpoint.as_directory() as ckpt:
+        shutil.copytree(Path(ckpt) / MODEL_SUBDIR, model_dir)
+    metrics = dict(result.metrics or {})
+    metrics.update({"micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+                    "workers": config.workers, "precision": plan.precision})
+    if config.evaluate_test:
+        test = evaluate_classifier(model_dir, data.test, max_length=config.max_length)
+        metrics[names.TEST_ACCURACY] = test["accuracy"]
+        metrics["test_f1_macro"] = test["f1_macro"]
+        client.log_metric(run_id, names.TEST_ACCURACY, test["accuracy"])
+    history = [{"epoch": int(m.step), "val_accuracy": m.value} for m in client.get_metric_history(run_id, names.VAL_ACCURACY)]
+    reached = client.get_metric_history(run_id, names.TIME_TO_TARGET_S)
+    if reached:
+        metrics[names.TIME_TO_TARGET_S] = reached[0].value
+    if config.log_model:
+        client.log_artifacts(run_id, str(model_dir), names.ARTIFACT_MODEL)
+    (paths.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return FinetuneResult(
+        model_dir=model_dir, metrics=metrics, run_id=run_id, run_name=paths.run_name,
+        checkpoint_path=result.checkpoint.path, history=sorted(history, key=lambda h: h["epoch"]),
+    )
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune (or distill) on Ray Train V2; log to MLflow; save the HF-format model; evaluate on test.
+
+    Everything that can be refused is refused before Ray starts: the model path, the data, the memory plan.
+    """
+    import ray
+    from mlflow import MlflowClient
+
+    model_path, _ = resolve_model_path(config.model)
+    if model_path.is_file():
+        raise ConfigError(f"fine-tuning needs an HF-format model directory; {model_path} is a single file")
+    teacher_path = str(resolve_model_path(config.teacher_dir)[0]) if config.teacher_dir else None
+    data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
+    plan = plan_training(config, model_path, data.num_labels)
+    paths = run_paths(config, distilling=teacher_path is not None)
+    client = MlflowClient(paths.tracking_uri)
+    run_id = open_training_run(client, config, plan, paths)
+    started_ray = ensure_ray(config)
     status = "FAILED"
     try:
-        DataContext.get_current().execution_options.preserve_order = True
-        rows_per_worker = math.ceil(len(data.train) / config.workers)
-        loop_config = {
-            "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
-            "cpus_per_worker": config.cpus_per_worker, "epochs": config.epochs, "lr": config.lr,
-            "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
-            "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
-            "rows_per_worker": rows_per_worker, "precision": plan.precision, "strategy": config.strategy,
-            "gradient_checkpointing": config.gradient_checkpointing, "temperature": config.temperature,
-            "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
-            "fail_marker": str(out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
-        }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=config.workers, use_gpu=config.use_gpu,
-                resources_per_worker={"CPU": config.cpus_per_worker},
-            ),
-            datasets={
-                "train": ray_dataset(data.train, str(model_path), config.max_length),
-                "validation": ray_dataset(data.validation, str(model_path), config.max_length),
-            },
-            dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-            run_config=ray.train.RunConfig(
-                name=run_name,
-                storage_path=storage,
-                failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=[make_mlflow_callback(tracking_uri, run_id, config.target_accuracy)],
-            ),
-        )
+        trainer = build_trainer(config, plan, data, model_path, teacher_path, paths, run_id)
         try:
             result = trainer.fit()
         except Exception as exc:  # Ray wraps worker errors; report them as one clear line
             raise BackendError(
-                f"Ray Train run {run_name!r} failed after {config.max_failures} restart(s): {exc}; "
-                f"logs and checkpoints are under {storage}/{run_name}"
+                f"Ray Train run {paths.run_name!r} failed after {config.max_failures} restart(s): {exc}; "
+                f"logs and checkpoints are under {paths.storage}/{paths.run_name}"
             ) from exc
-        if result.checkpoint is None:
-            raise BackendError(f"Ray Train run {run_name!r} finished without a checkpoint (see {storage}/{run_name})")
-        model_dir = out_dir / "model"
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        with result.checkpoint.as_directory() as ckpt:
-            shutil.copytree(Path(ckpt) / MODEL_SUBDIR, model_dir)
-        metrics = dict(result.metrics or {})
-        metrics.update({"micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
-                        "workers": config.workers, "precision": plan.precision})
-        if config.evaluate_test:
-            test = evaluate_classifier(model_dir, data.test, max_length=config.max_length)
-            metrics[names.TEST_ACCURACY] = test["accuracy"]
-            metrics["test_f1_macro"] = test["f1_macro"]
-            client.log_metric(run_id, names.TEST_ACCURACY, test["accuracy"])
-        history = [
-            {"epoch": int(m.step), "val_accuracy": m.value}
-            for m in client.get_metric_history(run_id, names.VAL_ACCURACY)
-        ]
-        ttt = client.get_metric_history(run_id, names.TIME_TO_TARGET_S)
-        if ttt:
-            metrics[names.TIME_TO_TARGET_S] = ttt[0].value
-        if config.log_model:
-            client.log_artifacts(run_id, str(model_dir), names.ARTIFACT_MODEL)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        outcome = collect_result(result, config, plan, data, paths, client, run_id)
         status = "FINISHED"
-        return FinetuneResult(
-            model_dir=model_dir, metrics=metrics, run_id=run_id, run_name=run_name,
-            checkpoint_path=result.checkpoint.path, history=sorted(history, key=lambda h: h["epoch"]),
-        )
+        return outcome
     finally:
         client.set_terminated(run_id, status=status)
         if started_ray:
