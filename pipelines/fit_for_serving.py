@@ -96,7 +96,6 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             baseline=tuned.outputs["model"],
             data=data.outputs["data"],
             variants=variants,
-            kind=kind,
             seq_len=seq_len,
             quick=quick,
             memory_subprocess=memory_subprocess,
