@@ -84,7 +84,7 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "select",
-                                    "register", "deploy", "start_tracking", "should_deploy"])
+                                    "register", "deploy", "start_tracking"])
 def test_every_component_is_a_lightweight_component_on_the_tightfit_image(module: str) -> None:
     import importlib
 
