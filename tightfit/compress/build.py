@@ -16,6 +16,7 @@ from tightfit.compress._torch import quiet_transformers
 from tightfit.compress.registry import ApplyContext, get_method, validate_chain
 from tightfit.compress.variant import load_variant, save_variant
 from tightfit.device import pick_device
+from tightfit.errors import ConfigError
 from tightfit.spec import VariantSpec
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
     path = Path(str(base)).expanduser()
     if (path / "manifest.json").exists():
         variant = load_variant(path, device="cpu")
+        if variant.model is None:
+            raise ConfigError(
+                f"{path} runs on {variant.runtime}: a chain cannot continue after its runtime step; build from "
+                f"its parent ({variant.manifest.get('parent') or 'the base model'}) with the whole chain instead"
+            )
         return variant.model, variant.tokenizer, variant.kind, variant.manifest["base_model"], str(path)
     loaded = load_model(str(base))
     return loaded.model, loaded.tokenizer, loaded.kind, str(base), None
@@ -72,7 +78,7 @@ def apply_chain(
             bar.stop()
     notes = {k: v for k, v in ctx.extra.items() if k != "progress"}
     notes["timings"] = timings
-    return model.eval(), notes
+    return model.eval(), notes  # an ONNX step returns an OnnxExport, whose eval() is itself
 
 
 def build_variant(
