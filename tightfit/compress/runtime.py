@@ -135,6 +135,10 @@ class TorchRunner(Runner):
         self.threads = torch.get_num_threads()
         self.labels = labels_from_config(getattr(model, "config", None) or {})
 
+    def run_eager(self) -> None:
+        """Run eager from now on even if the manifest says compiled (quick protocols skip compilation)."""
+        self.call, self.compiled = self.model, False
+
     def encode(self, texts: list[str], *, max_length: int, pad_to_max: bool = True) -> dict[str, Any]:
         enc = self.tokenizer(list(texts), padding="max_length" if pad_to_max else True, truncation=True,
                              max_length=max_length, return_tensors="pt")

@@ -1,8 +1,8 @@
 """Torch -> ONNX: export a variant's torch model with dynamic batch and sequence axes (opset 17, TorchScript
 exporter, ``dynamo=False``), after checking that every module can be exported.
 
-The exported graph takes ``input_ids`` and ``attention_mask`` (int64, ``[batch, sequence]``) and returns
-``logits``. Attention runs in its plain ("eager") form while exporting, the pattern ONNX Runtime's
+The exported graph takes ``input_ids`` and ``attention_mask`` (int64, ``[batch, sequence]``; decoders also
+``position_ids``, so left-padded prompts keep their positions) and returns ``logits``. Attention runs in its plain ("eager") form while exporting, the pattern ONNX Runtime's
 transformer fusions recognise; the weights are untouched. A module the exporter cannot take (torch.ao
 quantized layers, torchao tensor subclasses, low-precision weights) is refused up front by name, and an
 export that fails inside a module names the innermost module that was running.
@@ -21,6 +21,7 @@ from tightfit.errors import UnsupportedError
 
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask")
+DECODER_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")
 OUTPUT_NAME = "logits"
 QUANTIZED_MODULE_PREFIXES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 RUNTIME_FIX = "quantize in the runtime step instead (e.g. '...|onnx_int8_dynamic' in place of 'int8_dynamic|onnx')"
@@ -106,17 +107,30 @@ def _logits_only(model: Any, kind: str) -> Any:
     """``model`` as ``(input_ids, attention_mask) -> logits`` (a decoder without its KV cache)."""
     import torch
 
-    kwargs = {"use_cache": False} if kind == "causal_lm" else {}
-
     class Logits(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    return Logits(model)
+    class DecoderLogits(Logits):
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> Any:  # type: ignore[override]
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).logits
+
+    return DecoderLogits(model) if kind == "causal_lm" else Logits(model)
+
+
+def source_params(model: Any) -> list[int]:
+    """[total, non-zero] floating-point parameters of the (plain fp32) torch model being exported."""
+    total = nonzero = 0
+    for tensor in model.state_dict().values():
+        if tensor.dtype.is_floating_point:
+            total += int(tensor.numel())
+            nonzero += int((tensor != 0).sum())
+    return [total, nonzero]
 
 
 def export_onnx(model: Any, tokenizer: Any, path: Path, *, kind: str) -> dict[str, Any]:
@@ -129,15 +143,19 @@ def export_onnx(model: Any, tokenizer: Any, path: Path, *, kind: str) -> dict[st
         model.set_attn_implementation("eager")  # the attention pattern ORT's fusions match; same maths
     texts = ["an example input for tracing the graph", "a second, somewhat longer example input text"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
-    args = (enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64))
-    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    mask = enc["attention_mask"].to(torch.int64)
+    args: tuple[Any, ...] = (enc["input_ids"].to(torch.int64), mask)
+    names = DECODER_INPUT_NAMES if kind == "causal_lm" else INPUT_NAMES
+    if kind == "causal_lm":
+        args = (*args, (mask.cumsum(-1) - 1).clamp(min=0))
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[OUTPUT_NAME] = {0: "batch", 1: "sequence"} if kind == "causal_lm" else {0: "batch"}
     wrapped = _logits_only(model, kind)
     with _module_trace(model) as running, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about Python values recorded as constants
         try:
             torch.onnx.export(
-                wrapped, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                wrapped, args, str(path), input_names=list(names), output_names=[OUTPUT_NAME],
                 dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
             )
         except Exception as exc:  # the exporter raises many types; name the module it failed in
@@ -146,4 +164,5 @@ def export_onnx(model: Any, tokenizer: Any, path: Path, *, kind: str) -> dict[st
                 f"cannot export {where} ({type(model).__name__}) to ONNX: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:300]}"
             ) from None
-    return {"opset": OPSET, "inputs": list(INPUT_NAMES), "outputs": [OUTPUT_NAME], "exporter": "torchscript"}
+    return {"opset": OPSET, "inputs": list(names), "outputs": [OUTPUT_NAME], "exporter": "torchscript",
+            "source_params": source_params(model)}

@@ -145,6 +145,7 @@ def quantize_static_int8(
         quantize_static(
             str(src), str(dst), _Batches(feeds), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, per_channel=per_channel, calibrate_method=methods[method],
+            op_types_to_quantize=["MatMul"],  # the encoder's projections; pooler and head (Gemm) stay fp32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibMovingAverage": method == "minmax"},
         )
     return {"quantization": "int8_static", "format": "QDQ", "activations": "uint8", "weights": "int8",

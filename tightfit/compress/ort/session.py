@@ -112,6 +112,8 @@ class OrtRunner(Runner):
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
+        if "position_ids" in self.input_names:  # decoders: positions count real tokens (left padding)
+            feeds["position_ids"] = np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
         return self.session.run([self.output_name], {k: feeds[k] for k in self.input_names})[0]
 
     def to_numpy(self, logits: Any) -> Any:
