@@ -113,6 +113,12 @@ def build_variant(
     return save_variant(model, tokenizer, out_dir, spec, base_model=base_model, kind=kind, parent=parent, extra=notes)
 
 
+# The structured student of the lean-runtime variants: half the heads and three quarters of the FFN neurons
+# removed, the vocabulary pruned to the training corpus, recovered by distillation (benchmarks/compression.py
+# measures the trade-off; docs/compression.md has the exploration).
+LEAN_STUDENT = "prune_structured:heads=0.5,ffn=0.75|prune_vocab|distill"
+
+
 def default_variant_set(kind: str = "classifier", device: str | None = None) -> list[VariantSpec]:
     """The variants the default pipeline sweeps for a model kind (GPU-only ones only where a GPU is)."""
 
@@ -133,6 +139,12 @@ def default_variant_set(kind: str = "classifier", device: str | None = None) -> 
         p("drop_layers:keep_every=2|distill", "student-3layer-distilled"),
         p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill|int8_dynamic|int8_embeddings|compile",
           "structured-50-distilled-int8"),
+    ]
+    # the lean runtime: ONNX Runtime + tokenizers in the replica, no torch (see compress/ort)
+    specs += [
+        p("onnx_int8_dynamic", "ort-int8"),
+        p(f"{LEAN_STUDENT}|onnx_int8_dynamic", "structured-ort-int8"),
+        p(f"{LEAN_STUDENT}|onnx_int8_static", "structured-ort-int8-static"),
     ]
     if on_gpu:
         specs.insert(5, p("int4_weight_only", "int4-weight-only"))
