@@ -181,3 +181,51 @@ def test_onnx_variants_use_the_cuda_provider_where_a_gpu_is(onnx_variants, held_
     assert gpu.runner.providers[0] == "CUDAExecutionProvider" and gpu.runner.device.startswith("cuda")
     cpu = load_variant(onnx_variants["onnx"], device="cpu")
     assert _cosine(gpu.classify_logits(texts), cpu.classify_logits(texts)) >= 0.9999
+
+
+def test_decoders_export_with_positions_and_pack_into_4_bits(tmp_path):
+    """A small decoder of SmolLM2's architecture and tokenizer (2 layers, width 64): ``onnx`` reproduces the
+    torch logits of a left-padded batch and its greedy continuations; ``onnx_int4`` packs every projection
+    into MatMulNBits, keeps the logits close and is smaller on disk."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tightfit.assets import smollm2_path
+    from tightfit.compress import build_variant
+    from tightfit.compress.runtime import TorchRunner
+    from tightfit.measure.quality import evaluate
+
+    source = smollm2_path()
+    config = AutoConfig.from_pretrained(source)
+    for key, value in {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = ["The weather today is", "Once upon a time in a faraway land there lived"]
+    frame = __import__("pandas").DataFrame({"text": prompts * 2})
+    torch_ppl = evaluate(model, tokenizer, frame, "causal_lm", max_length=32)["perplexity"]  # right-padded
+    tokenizer.padding_side = "left"
+    reference = TorchRunner(model, tokenizer, kind="causal_lm")
+    expected = reference.to_numpy(reference.forward(**reference.encode(prompts, max_length=32, pad_to_max=False)))
+    sizes = {}
+    for chain, min_cosine in (("onnx", 0.9999), ("onnx_int4", 0.98)):
+        out = build_variant(tmp_path / "tiny", VariantSpec.parse(chain, name=chain), tmp_path / chain, progress=False)
+        variant = load_variant(out, threads=1)
+        assert variant.kind == "causal_lm" and variant.manifest["onnx"]["inputs"][-1] == "position_ids"
+        enc = variant.runner.encode(prompts, max_length=32, pad_to_max=False)
+        assert enc["input_ids"][0, 0] == tokenizer.pad_token_id  # left-padded, like the torch replica
+        logits = variant.runner.forward(**enc)
+        real = enc["attention_mask"].astype(bool)
+        assert _cosine(logits[real], expected[real]) >= min_cosine
+        assert variant.runner.generate(prompts, max_new_tokens=4, max_length=32) == reference.generate(
+            prompts, max_new_tokens=4, max_length=32)
+        ppl = evaluate(None, None, frame, "causal_lm", max_length=32, runner=variant.runner)["perplexity"]
+        assert ppl == pytest.approx(torch_ppl, rel=1e-3 if chain == "onnx" else 0.05)
+        sizes[chain] = variant.manifest["files"]["model.onnx"]["bytes"]
+    assert variant.manifest["onnx"]["matmuls_packed"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + head
+    assert sizes["onnx_int4"] < 0.7 * sizes["onnx"]

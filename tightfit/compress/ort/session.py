@@ -23,8 +23,8 @@ from tightfit.names import RUNTIME_ONNXRUNTIME
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-GPU_WHEEL_FIX = ("install onnxruntime-gpu==1.32.0 in place of onnxruntime (same API), or load with device='cpu' "
-                 "to run on the CPU on purpose")
+GPU_WHEEL_FIX = ("install onnxruntime-gpu (ONNX Runtime's CUDA build, same API) in place of onnxruntime, or load "
+                 "with device='cpu' to run on the CPU on purpose")
 
 
 def default_threads() -> int:
