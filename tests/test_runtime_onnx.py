@@ -229,3 +229,15 @@ def test_decoders_export_with_positions_and_pack_into_4_bits(tmp_path):
         sizes[chain] = variant.manifest["files"]["model.onnx"]["bytes"]
     assert variant.manifest["onnx"]["matmuls_packed"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + head
     assert sizes["onnx_int4"] < 0.7 * sizes["onnx"]
+
+
+def test_an_onnx_variant_round_trips_through_an_mlflow_pyfunc_model(onnx_variants, held_out, tmp_path):
+    import mlflow
+
+    from tightfit.track.flavor import save_pyfunc
+
+    texts = held_out[0][:40]
+    path = save_pyfunc(onnx_variants["onnx_int8_dynamic"], tmp_path / "pyfunc")
+    predicted = mlflow.pyfunc.load_model(str(path)).predict(texts, params={"batch_size": 16})
+    expected = load_variant(onnx_variants["onnx_int8_dynamic"]).classify_logits(texts, batch_size=16).argmax(-1)
+    assert predicted.tolist() == expected.tolist()
