@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tightfit.compress import apply_chain, load_variant, save_variant, validate_chain
-from tightfit.compress.ort.text import TextTokenizer
 from tightfit.errors import ConfigError, UnsupportedError
 from tightfit.names import RUNTIME_ONNXRUNTIME
+from tightfit.runtime import TextTokenizer
 from tightfit.spec import VariantSpec
 
 HELD_OUT_ROWS = 800
@@ -93,7 +93,7 @@ def test_pruned_distilled_student_exports_with_its_vocabulary_remap(onnx_variant
 def test_round_trip_through_load_variant_is_identical(finetuned_minilm_dir, held_out, tmp_path):
     """The graph a runtime step returns and the saved-and-loaded variant give bit-identical logits; the
     ``tokenizers`` tokenizer gives the transformers tokenizer's ids."""
-    from tightfit.compress.ort.session import OrtRunner
+    from tightfit.runtime import OrtRunner
 
     texts = held_out[0][:64]
     base = load_variant(finetuned_minilm_dir)

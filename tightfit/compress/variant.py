@@ -11,17 +11,16 @@ Layout::
     model.onnx         the ONNX graph of a variant whose chain ends in an ONNX Runtime step (``runtime``)
 
 ``load_variant`` returns a ``Variant`` whose ``runner`` is the same predict interface for every runtime
-(``compress.runtime.Runner``). A torch variant is rebuilt from the config, its pruned layers (and a pruned
+(``tightfit.runtime.Runner``). A torch variant is rebuilt from the config, its pruned layers (and a pruned
 vocabulary) resized, its precision steps (casts, quantization) re-applied to the fresh module, then its
 weights loaded with ``load_state_dict(assign=True)``. An ONNX variant opens an ONNX Runtime session and a
-``tokenizers`` tokenizer (``compress.ort.session``), importing neither torch nor transformers. Any missing,
+``tokenizers`` tokenizer (``tightfit.runtime``), importing neither torch nor transformers. Any missing,
 truncated or altered file is a ``VariantError``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -35,10 +34,12 @@ from tightfit.compress.structure import apply_layer_shapes, read_layer_shapes
 from tightfit.device import pick_device
 from tightfit.errors import ConfigError, VariantError
 from tightfit.names import RUNTIME_ONNXRUNTIME, RUNTIME_TORCH
+from tightfit.runtime.manifest import FORMAT, MANIFEST, read_manifest, runtime_of, sha256_of, verify_variant
 from tightfit.spec import StepSpec, VariantSpec
 
-FORMAT = "tightfit-variant/1"
-MANIFEST = "manifest.json"
+__all__ = ["FORMAT", "MANIFEST", "Variant", "load_variant", "read_manifest", "runtime_of", "save_variant",
+           "verify_variant"]
+
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "weights.pt"
 ONNX_FILE = "model.onnx"
@@ -57,7 +58,7 @@ class Variant:
     tokenizer: Any
     manifest: dict[str, Any]
     path: Path
-    runner: Any = None  # compress.runtime.Runner
+    runner: Any = None  # tightfit.runtime.Runner
 
     @property
     def kind(self) -> str:
@@ -80,11 +81,6 @@ class Variant:
         return bool(self.manifest.get("run_compiled"))
 
 
-def runtime_of(manifest: dict[str, Any]) -> str:
-    """The runtime a variant runs on (manifests written before runtimes were recorded are torch)."""
-    return str(manifest.get("runtime") or RUNTIME_TORCH)
-
-
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for dist in VERSIONED:
@@ -93,14 +89,6 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_plain(tensor: Any) -> bool:
@@ -212,7 +200,7 @@ def save_variant(
         "extra": extra,
     }
     manifest["files"] = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
+        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     if out.exists():
@@ -244,44 +232,6 @@ def _write_onnx(export: Any, tokenizer: Any, tmp: Path) -> tuple[dict[str, Any],
     if export.workdir is not None:
         export.workdir.cleanup()
     return dict(export.info), {"file": ONNX_FILE, "format": "onnx", "sparse": {}, "tied": {}}
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a variant directory (no checksum check); a missing or bad one is a VariantError."""
-    root = Path(path)
-    file = root / MANIFEST
-    if not root.is_dir():
-        raise VariantError(f"variant directory {root} does not exist")
-    if not file.is_file():
-        raise VariantError(f"{root} is not a variant directory (no {MANIFEST}); build one with `tightfit compress`")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VariantError(f"{file} is corrupt ({exc}); rebuild the variant") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise VariantError(f"{file} is not a {FORMAT} manifest; rebuild the variant with this tightfit")
-    return manifest
-
-
-def verify_variant(path: str | Path) -> dict[str, Any]:
-    """Check every file against the manifest (present, full length, sha256); return the manifest."""
-    root = Path(path)
-    manifest = read_manifest(root)
-    for name, info in manifest.get("files", {}).items():
-        file = root / name
-        if not file.is_file():
-            raise VariantError(f"variant {root} is incomplete: {name} is missing; rebuild the variant")
-        size = file.stat().st_size
-        if size != info["bytes"]:
-            raise VariantError(
-                f"variant {root}: {name} is {size} bytes, the manifest says {info['bytes']} (truncated or "
-                "altered); rebuild the variant"
-            )
-        if _sha256(file) != info["sha256"]:
-            raise VariantError(f"variant {root}: checksum mismatch for {name} (corrupt); rebuild the variant")
-    if manifest["weights"]["file"] not in manifest.get("files", {}):
-        raise VariantError(f"variant {root}: the manifest lists no checksum for its weights file")
-    return manifest
 
 
 def read_weights(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -340,7 +290,7 @@ def load_variant(path: str | Path, device: str | None = None, threads: int | Non
     root = Path(path)
     manifest = verify_variant(root)
     if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
-        from tightfit.compress.ort.session import load_onnx_runner
+        from tightfit.runtime.session import load_onnx_runner
 
         runner = load_onnx_runner(root, manifest, device=device, threads=threads)
         return Variant(model=None, tokenizer=runner.tokenizer, manifest=manifest, path=root, runner=runner)

@@ -25,13 +25,15 @@ from typing import Any
 
 from tightfit.errors import VariantError
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.names import RUNTIME_ONNXRUNTIME
+from tightfit.runtime.manifest import read_manifest, runtime_of
 
 PROBE_TEXT = "a movie review that is long enough to fill several tokens of the input"
 
 
 def _runtime_imports(manifest: dict[str, Any]) -> None:
     """Import the libraries a replica of this variant imports, before its model (counted apart)."""
-    if manifest.get("runtime", "torch") == "onnxruntime":
+    if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
         import onnxruntime  # noqa: F401
         import tokenizers  # noqa: F401
 
@@ -42,17 +44,26 @@ def _runtime_imports(manifest: dict[str, Any]) -> None:
     import transformers  # noqa: F401
 
 
+def _load_runner(variant_dir: str, manifest: dict[str, Any], device: str | None, threads: int) -> Any:
+    """The variant's runner, through the same loader its replica uses (ONNX: ``tightfit.runtime`` alone)."""
+    if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
+        from tightfit.runtime.session import load_onnx_runner
+
+        return load_onnx_runner(Path(variant_dir), device=device, threads=threads)
+    from tightfit.compress.variant import load_variant
+
+    return load_variant(variant_dir, device=device, threads=threads).runner
+
+
 def _serve_once(
     variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None, started: float | None
 ) -> dict[str, Any]:
-    from tightfit.compress.variant import load_variant, read_manifest
-
-    _runtime_imports(read_manifest(variant_dir))
-    after_imports, current_imports = peak_rss_bytes(), current_rss_bytes()
+    manifest = read_manifest(variant_dir)
+    _runtime_imports(manifest)
+    after_imports, current_imports, imported_at = peak_rss_bytes(), current_rss_bytes(), time.time()
     threads = int(os.environ.get("TIGHTFIT_THREADS", "2"))
-    variant = load_variant(variant_dir, device=device, threads=threads)
-    after_load, current_load = peak_rss_bytes(), current_rss_bytes()
-    runner = variant.runner
+    runner = _load_runner(variant_dir, manifest, device, threads)
+    after_load, current_load, loaded_at = peak_rss_bytes(), current_rss_bytes(), time.time()
     if not compiled and getattr(runner, "compiled", False):
         runner.run_eager()  # the quick protocol measures a compiled variant eager
     cuda = str(runner.device).startswith("cuda") and runner.runtime == "torch"
@@ -65,6 +76,8 @@ def _serve_once(
     runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT] * batch, max_length=seq_len)))
     out: dict[str, Any] = {
         "runtime": runner.runtime, "cold_start_s": round(first_answer - started, 4) if started else None,
+        "cold_start_parts_s": {"imports": round(imported_at - started, 4), "load": round(loaded_at - imported_at, 4),
+                               "first_answer": round(first_answer - loaded_at, 4)} if started else None,
         "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": peak_rss_bytes(),
         "gpu_peak_bytes": None, "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
         "rss_now_serve_bytes": current_rss_bytes(), "imported_torch": "torch" in sys.modules,

@@ -1,7 +1,6 @@
-"""The ONNX Runtime runtime: export steps for the method table (``onnx``, ``onnx_int8_dynamic``,
-``onnx_int8_static``, ``onnx_int4``) and the torch-free loader and runner of an ONNX variant.
-
-Importing this package registers the steps; ``session`` and ``text`` import neither torch nor transformers.
+"""The ONNX Runtime steps of the method table (``onnx``, ``onnx_int8_dynamic``, ``onnx_int8_static``,
+``onnx_int4``): export, graph passes, quantizers. Importing this package registers the steps. The torch-free
+runner of an ONNX variant is in ``tightfit.runtime``.
 """
 
 from tightfit.compress.ort.export import OnnxExport, check_exportable, export_onnx

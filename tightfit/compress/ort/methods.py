@@ -7,7 +7,7 @@ ONNX graph that ONNX Runtime runs (``...|prune_vocab|distill|onnx_int8_dynamic``
 - ``onnx_int4``: decoders: 4-bit block-wise weight-only ``MatMulNBits``.
 
 Each returns an ``OnnxExport`` that ``save_variant`` writes as ``model.onnx``; the variant then loads with
-ONNX Runtime and ``tokenizers`` only (``tightfit.compress.ort.session``).
+ONNX Runtime and ``tokenizers`` only (``tightfit.runtime``).
 """
 
 from __future__ import annotations

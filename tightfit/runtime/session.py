@@ -15,11 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tightfit.compress.ort.text import TextTokenizer
-from tightfit.compress.runtime import Runner, labels_from_config
 from tightfit.device import gpu_visible
 from tightfit.errors import UnsupportedError, VariantError
 from tightfit.names import RUNTIME_ONNXRUNTIME
+from tightfit.runtime.base import Runner, labels_from_config
+from tightfit.runtime.manifest import verify_variant
+from tightfit.runtime.text import TextTokenizer
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -149,8 +150,13 @@ class OrtRunner(Runner):
         return [{"text": self.tokenizer.decode(row), "new_tokens": len(row)} for row in new]
 
 
-def load_onnx_runner(path: Path, manifest: dict[str, Any], *, device: str | None, threads: int | None) -> OrtRunner:
-    """The runner of a verified ONNX variant directory."""
+def load_onnx_runner(path: Path, manifest: dict[str, Any] | None = None, *, device: str | None = None,
+                     threads: int | None = None) -> OrtRunner:
+    """The runner of an ONNX variant directory (verified here unless its verified ``manifest`` is given)."""
+    path = Path(path)
+    manifest = manifest if manifest is not None else verify_variant(path)
+    if manifest.get("runtime") != RUNTIME_ONNXRUNTIME:
+        raise VariantError(f"{path} runs on {manifest.get('runtime') or 'torch'}, not ONNX Runtime; use load_variant")
     config_file = path / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     return OrtRunner(path / manifest["weights"]["file"], TextTokenizer(path), kind=str(manifest["kind"]),
