@@ -236,8 +236,188 @@ def main() -> None:
                       "latency_ms_b32_p50": r.latency_ms_b32_p50, "disk_bytes": r.disk_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],
     }
+    figures.update(lean_runtime_figures(work))  # issue 17: serve_replica_floor_bytes, replica_peak_rss_bytes, ...
     write_results("serving", figures)
     for key in ("rps_ratio", "p99_ratio", "oom_kills", "max_rss_over_budget", "memory_prediction_error"):
+        print(f"{key}: {figures[key]}")
+
+
+# ---- lean runtime (issue 17): what the deployed replica of an ONNX variant costs -------------------------------
+# Self-contained: its own Ray (the node's reservable memory set to LEAN_NODE_MEMORY), its own variants. Writes
+# serve_replica_floor_bytes, replica_peak_rss_bytes, replicas_per_node_ratio (and their details under "lean").
+LEAN_NODE_MEMORY = 2 * 2**30
+LEAN_BUDGET = 512 * 2**20
+LEAN_CONCURRENCY = 16
+LEAN_ROUND_S = 15.0
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak RSS (VmHWM) of a process on this host, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def lean_variant_dirs(work: Path, quick: bool) -> dict[str, str]:
+    """The torch fp32 fixture and the lean variant: ``lean_best`` of results/compression.json where its
+    directory is cached, else the default lean chain built here (a short distillation: memory does not depend
+    on how long the student trained)."""
+    import json
+
+    from fixtures_models import FINETUNED_MINILM_VERSION, _finetuned_minilm
+
+    from tightfit.compress import build_variant
+    from tightfit.compress.build import LEAN_STUDENT
+    from tightfit.data import load_dataset
+    from tightfit.spec import VariantSpec
+
+    base = _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=120)
+    dirs = {"torch-fp32": str(base)}
+    results = Path(__file__).resolve().parent / "results" / "compression.json"
+    best = json.loads(results.read_text()).get("lean_best") if results.exists() else None
+    cached = sorted(cache_dir("bench-compression").glob(f"*/{best}/manifest.json")) if best else []
+    if cached:
+        dirs["lean"] = str(cached[-1].parent)
+        return dirs
+    out = work / "lean"
+    if not (out / "manifest.json").exists():
+        steps = 20 if quick else 200
+        chain = LEAN_STUDENT.replace("distill", f"distill:steps={steps}") + "|onnx_int8_dynamic"
+        build_variant(base, VariantSpec.parse(chain, name="structured-ort-int8"), out,
+                      data=load_dataset("rotten_tomatoes", seed=0), progress=False)
+    dirs["lean"] = str(out)
+    return dirs
+
+
+def _replica_floor(base_url: str) -> int:
+    """Peak RSS of a Ray Serve replica that imports nothing of tightfit (a FastAPI-less echo deployment)."""
+    import requests
+    from ray import serve
+
+    @serve.deployment(name="Floor", num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+    class Floor:
+        async def __call__(self, request: Any) -> dict[str, int]:
+            return {"pid": os.getpid()}
+
+    floor_app: Any = Floor
+    serve.run(floor_app.bind(), name="floor", route_prefix="/floor")
+    try:
+        pid = int(requests.get(f"{base_url}/floor", timeout=60).json()["pid"])
+        for _ in range(50):
+            requests.get(f"{base_url}/floor", timeout=30)
+        return _vm_hwm(pid)
+    finally:
+        serve.delete("floor")
+
+
+def _packed_and_started(plan: Any, name: str, timeout_s: float) -> dict[str, Any]:
+    """How many replicas of ``plan`` the node's memory packs (by the plan's memory reservation), and how many
+    Serve actually starts: the app is deployed with one replica more than packs, so the last stays pending."""
+    import psutil
+    from ray import serve
+
+    from tightfit.serve.app import TightfitServer
+    from tightfit.serve.schema import DEPLOYMENT_NAME
+
+    reservation = int(plan.deployment_options()["ray_actor_options"]["memory"])
+    packed = LEAN_NODE_MEMORY // reservation
+    options = {**plan.deployment_options(), "num_replicas": packed + 1}
+    options.pop("autoscaling_config", None)
+    options["ray_actor_options"] = {**options["ray_actor_options"], "num_cpus": 0.05}
+    app: Any = TightfitServer
+    serve.run(app.options(**options).bind(plan.to_dict()), name=name, route_prefix=f"/{name}", blocking=False)
+    def running() -> int:
+        states: dict[Any, int] = dict(serve.status().applications[name].deployments[DEPLOYMENT_NAME].replica_states)
+        return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+    deadline = time.time() + timeout_s
+    started = 0
+    while time.time() < deadline:
+        started = running()
+        if started >= packed:
+            time.sleep(5)  # give the extra replica time to (not) start
+            started = running()
+            break
+        time.sleep(2)
+    rss = [p.info["memory_info"].rss for p in psutil.process_iter(["cmdline", "memory_info"])
+           if any(f"ServeReplica:{name}:" in part for part in (p.info["cmdline"] or []))]
+    serve.delete(name)
+    return {"reservation_bytes": reservation, "packed": int(packed), "started": started,
+            "replica_rss_bytes": sorted(rss), "rss_sum_bytes": int(sum(rss))}
+
+
+def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
+    """serve_replica_floor_bytes, replica_peak_rss_bytes (the lean variant's replica under load, from /proc)
+    and replicas_per_node_ratio (lean over torch fp32, at LEAN_NODE_MEMORY), measured on a private Ray."""
+    import dataclasses
+
+    import ray
+    import requests
+    from ray import serve
+
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.serve.app import build_app
+    from tightfit.serve.calibrate import with_load_rss
+    from tightfit.serve.plan import ServeOptions, plan_serving
+
+    dirs = lean_variant_dirs(work, quick)
+    records = {name: dataclasses.replace(footprint_for_source(path, name=name), accuracy=0.8)
+               for name, path in dirs.items()}
+    records = {r.variant: r for r in with_load_rss(list(records.values()))}
+    texts = [t for t in __import__("tightfit.data", fromlist=["load_dataset"]).load_dataset(
+        "rotten_tomatoes", seed=0).test["text"].astype(str).tolist() if t.strip()][:400]
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _memory=LEAN_NODE_MEMORY)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        floor = _replica_floor(base)
+        lean_plan = plan_serving([records["lean"]], LEAN_BUDGET, ServeOptions(cpus_per_replica=THREADS, max_batch=32))
+        serve.run(build_app(lean_plan), name="lean", route_prefix="/lean")
+        health = requests.get(f"{base}/lean/healthz", timeout=60).json()
+        with RssSampler(int(health["pid"])) as sampler:
+            load = asyncio.run(_closed_loop(f"{base}/lean/v1/classify", texts, 5.0 if quick else LEAN_ROUND_S,
+                                            LEAN_CONCURRENCY))
+        stats = requests.get(f"{base}/lean/v1/stats", timeout=30).json()
+        peak = max(max(sampler.samples, default=0), _vm_hwm(int(health["pid"])))
+        serve.delete("lean")
+        node = {}
+        for name in ("lean", "torch-fp32"):
+            plan = plan_serving([records[name]], LEAN_NODE_MEMORY, ServeOptions(cpus_per_replica=THREADS, max_batch=8))
+            node[name] = {"variant": records[name].chain, "runtime": plan.primary.runtime,
+                          **_packed_and_started(plan, f"pack-{name.replace('_', '-')}", 240.0 if quick else 600.0)}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    ratio = node["lean"]["started"] / max(1, node["torch-fp32"]["started"])
+    return {
+        "serve_replica_floor_bytes": int(floor),
+        "replica_peak_rss_bytes": int(peak),
+        "replicas_per_node_ratio": round(ratio, 3),
+        "lean": {
+            "variant_dir": dirs["lean"], "chain": records["lean"].chain, "budget_bytes": LEAN_BUDGET,
+            "over_floor_bytes": int(peak - floor), "goal_over_floor_bytes": 128 * 2**20,
+            "load": {"concurrency": LEAN_CONCURRENCY, "round_s": 5.0 if quick else LEAN_ROUND_S, "rps": load["rps"],
+                     "p99_ms": load["p99_ms"], "statuses": load["statuses"]},
+            "replica_imported": stats.get("runtime_modules"), "max_batch_size": lean_plan.primary.max_batch_size,
+            "node_memory_bytes": LEAN_NODE_MEMORY, "per_node": node, "protocol": "quick" if quick else "full",
+        },
+    }
+
+
+def main_lean(quick: bool) -> None:
+    """Run only the lean-runtime section and merge its keys into results/serving.json."""
+    import json
+
+    work = cache_dir("bench-serving")
+    work.mkdir(parents=True, exist_ok=True)
+    figures = lean_runtime_figures(work, quick=quick)
+    path = Path(__file__).resolve().parent / "results" / "serving.json"
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing = {k: v for k, v in existing.items() if k not in ("benchmark", "machine")}
+    write_results("serving", {**existing, **figures})
+    for key in ("serve_replica_floor_bytes", "replica_peak_rss_bytes", "replicas_per_node_ratio"):
         print(f"{key}: {figures[key]}")
 
 
@@ -245,4 +425,7 @@ if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    if "--lean-only" in sys.argv:  # the lean-runtime section alone (issue 17); --quick shortens its load
+        main_lean(quick="--quick" in sys.argv)
+    else:
+        main()

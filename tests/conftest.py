@@ -25,7 +25,7 @@ for key, value in {
 os.environ.setdefault("TIGHTFIT_CACHE", str(BUILD / "cache"))
 os.environ.setdefault("RAY_TMPDIR", "/tmp/tightfit-ray")
 
-pytest_plugins = ["fixtures_models"]
+pytest_plugins = ["fixtures_models", "fixtures_onnx"]
 
 SHARED = ROOT.parent / "shared"
 

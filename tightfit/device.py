@@ -26,6 +26,18 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, read without importing torch (for the ONNX
+    Runtime path): the driver lists a GPU and ``CUDA_VISIBLE_DEVICES`` does not hide them all."""
+    from pathlib import Path
+
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
 def gpu_name() -> str | None:
     import torch
 

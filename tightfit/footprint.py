@@ -26,6 +26,7 @@ class Footprint:
     device: str = "cpu"
     backend: str = "eager"  # eager | compile | ...
     compiled: bool = False
+    runtime: str = "torch"  # what runs the variant: torch | onnxruntime (tightfit.names.RUNTIMES)
     # size
     params_total: int | None = None
     params_nonzero: int | None = None
@@ -35,6 +36,7 @@ class Footprint:
     peak_rss_load_bytes: int | None = None
     peak_rss_serve_bytes: int | None = None
     gpu_peak_bytes: int | None = None
+    cold_start_s: float | None = None  # fresh process start -> first answer (the runtime's imports, load, a batch)
     # compute
     seq_len: int | None = None
     latency_ms_b1_p50: float | None = None
@@ -89,7 +91,7 @@ class Footprint:
         return self
 
 
-NON_METRIC_FIELDS = frozenset({"variant", "chain", "kind", "status", "error", "device", "backend", "extra"})
+NON_METRIC_FIELDS = frozenset({"variant", "chain", "kind", "status", "error", "device", "backend", "runtime", "extra"})
 METRIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(Footprint) if f.name not in NON_METRIC_FIELDS
 )

@@ -63,6 +63,15 @@ def latency_metric(batch: int, percentile: int = 95) -> str:
     return name
 
 
+# ---- lean runtime (issue 17): the runtime a variant runs on and what its deployed process costs ----
+COLD_START_S: Final = "cold_start_s"
+"""Seconds from the start of a fresh process to its first answer (imports, load, one batch)."""
+RUNTIME: Final = "runtime"
+"""The footprint field naming the runtime a variant runs on (a label, logged as the tag ``TAG_RUNTIME``)."""
+RUNTIME_TORCH: Final = "torch"
+RUNTIME_ONNXRUNTIME: Final = "onnxruntime"
+RUNTIMES: Final[tuple[str, ...]] = (RUNTIME_TORCH, RUNTIME_ONNXRUNTIME)
+
 # --------------------------------------------------------------------------------------------------
 # Training metrics (one run per fine-tuning / distillation job, role=training).
 # --------------------------------------------------------------------------------------------------
@@ -202,6 +211,8 @@ TAG_PARETO: Final = "tightfit.pareto"
 """``true`` on variant runs that lie on the Pareto front of their parent run."""
 TAG_SELECTED: Final = "tightfit.selected"
 TAG_VARIANT_DIR: Final = "tightfit.variant_dir"
+TAG_RUNTIME: Final = "tightfit.runtime"
+"""The runtime a variant runs on (``torch`` or ``onnxruntime``): selection compares runtimes side by side."""
 TAG_FOOTPRINT_EXTRA: Final = "tightfit.footprint_extra"
 """``Footprint.extra`` as JSON (the record's free-form figures), so a record reads back whole."""
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-DATA_METHODS = ("distill", "prune_structured")
+DATA_METHODS = ("distill", "prune_structured", "prune_vocab", "onnx_int8_static")
 
 
 def _load_data(dataset: str | None, limit: int | None, seed: int) -> Any:
@@ -58,7 +58,8 @@ def register(app: typer.Typer) -> None:
         manifest = read_manifest(path)
         weights = manifest["files"][manifest["weights"]["file"]]["bytes"]
         console.print(f"wrote variant [bold]{manifest['name']}[/] ({manifest['chain']}) to {path}: "
-                      f"weights {_format(weights)}, run compiled: {manifest['run_compiled']}")
+                      f"weights {_format(weights)}, runtime: {manifest.get('runtime', 'torch')}, "
+                      f"run compiled: {manifest['run_compiled']}")
 
     @app.command("methods", help="List every compression method, its parameters and the devices it runs on.")
     def methods_command() -> None:

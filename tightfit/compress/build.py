@@ -16,6 +16,7 @@ from tightfit.compress._torch import quiet_transformers
 from tightfit.compress.registry import ApplyContext, get_method, validate_chain
 from tightfit.compress.variant import load_variant, save_variant
 from tightfit.device import pick_device
+from tightfit.errors import ConfigError
 from tightfit.spec import VariantSpec
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ def load_base(base: str | Path) -> tuple[Any, Any, str, str, str | None]:
     path = Path(str(base)).expanduser()
     if (path / "manifest.json").exists():
         variant = load_variant(path, device="cpu")
+        if variant.model is None:
+            raise ConfigError(
+                f"{path} runs on {variant.runtime}: a chain cannot continue after its runtime step; build from "
+                f"its parent ({variant.manifest.get('parent') or 'the base model'}) with the whole chain instead"
+            )
         return variant.model, variant.tokenizer, variant.kind, variant.manifest["base_model"], str(path)
     loaded = load_model(str(base))
     return loaded.model, loaded.tokenizer, loaded.kind, str(base), None
@@ -72,7 +78,7 @@ def apply_chain(
             bar.stop()
     notes = {k: v for k, v in ctx.extra.items() if k != "progress"}
     notes["timings"] = timings
-    return model.eval(), notes
+    return model.eval(), notes  # an ONNX step returns an OnnxExport, whose eval() is itself
 
 
 def build_variant(
@@ -107,6 +113,12 @@ def build_variant(
     return save_variant(model, tokenizer, out_dir, spec, base_model=base_model, kind=kind, parent=parent, extra=notes)
 
 
+# The structured student of the lean-runtime variants: half the heads and three quarters of the FFN neurons
+# removed, the vocabulary pruned to the training corpus, recovered by distillation (benchmarks/compression.py
+# measures the trade-off; docs/compression.md has the exploration).
+LEAN_STUDENT = "prune_structured:heads=0.5,ffn=0.75|prune_vocab|distill"
+
+
 def default_variant_set(kind: str = "classifier", device: str | None = None) -> list[VariantSpec]:
     """The variants the default pipeline sweeps for a model kind (GPU-only ones only where a GPU is)."""
 
@@ -127,6 +139,12 @@ def default_variant_set(kind: str = "classifier", device: str | None = None) -> 
         p("drop_layers:keep_every=2|distill", "student-3layer-distilled"),
         p("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill|int8_dynamic|int8_embeddings|compile",
           "structured-50-distilled-int8"),
+    ]
+    # the lean runtime: ONNX Runtime + tokenizers in the replica, no torch (see compress/ort)
+    specs += [
+        p("onnx_int8_dynamic", "ort-int8"),
+        p(f"{LEAN_STUDENT}|onnx_int8_dynamic", "structured-ort-int8"),
+        p(f"{LEAN_STUDENT}|onnx_int8_static", "structured-ort-int8-static"),
     ]
     if on_gpu:
         specs.insert(5, p("int4_weight_only", "int4-weight-only"))

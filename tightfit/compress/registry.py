@@ -2,12 +2,14 @@
 
 A method is a small config dataclass plus a pure function ``(model, config, ctx) -> model``, registered
 here with ``@register_method``. Adding a method touches one family file and one test. Families live in
-``cast.py``, ``quantize.py``, ``prune.py`` and ``distill.py`` beside this file.
+``cast.py``, ``quantize.py``, ``prune.py``, ``distill.py`` and ``runtime.py`` beside this file, and the ONNX
+Runtime steps in ``ort/``.
 
 Stages order a chain: structure changes (pruning, layer dropping) come first, then recovery training
-(distillation), then precision changes (casts, quantization), then runtime markers (``compile``: the
-variant is meant to run under torch.compile; the weights are unchanged). A chain that goes backwards, such as
-quantize then prune, cannot work and is refused by ``VariantSpec.validate``.
+(distillation), then precision changes (casts, quantization), then one runtime step, last (``compile``: the variant runs
+under torch.compile, weights unchanged; ``onnx*``: the variant becomes an ONNX graph run by ONNX Runtime,
+which quantizes in the step itself). A chain that goes backwards, such as quantize then prune, cannot work
+and is refused by ``validate_chain``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ STAGE_NAMES = {
     STAGE_RUNTIME: "runtime",
 }
 
-FAMILY_MODULES = ("cast", "quantize", "prune", "distill", "runtime")
+FAMILY_MODULES = ("cast", "quantize", "prune", "distill", "runtime", "ort")
 
 
 @dataclass
@@ -148,12 +150,34 @@ def get_method(name: str) -> MethodInfo:
 
 LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
 CASTS = ("bf16", "fp16")
+ONNX_FAMILY = "onnx"
+
+
+def _check_runtime_stage(spec: VariantSpec, methods: list[str]) -> None:
+    """At most one runtime step, and it comes last; an ONNX step exports fp32 torch weights, so no torch
+    precision step may come before it (ONNX Runtime quantizes in the step: ``onnx_int8_dynamic``)."""
+    runtimes = [i for i, m in enumerate(methods) if get_method(m).stage == STAGE_RUNTIME]
+    if len(runtimes) > 1:
+        chosen = " and ".join(methods[i] for i in runtimes)
+        raise ConfigError(f"variant {spec.name!r}: pick one runtime, not {chosen}")
+    if runtimes and runtimes[0] != len(methods) - 1:
+        raise ConfigError(
+            f"variant {spec.name!r}: the runtime step {methods[runtimes[0]]!r} must be the last step of the chain"
+        )
+    if runtimes and get_method(methods[runtimes[0]]).family == ONNX_FAMILY:
+        precision = [m for m in methods if get_method(m).stage == STAGE_PRECISION]
+        if precision:
+            raise ConfigError(
+                f"variant {spec.name!r}: {', '.join(precision)} cannot be exported to ONNX; drop it and quantize "
+                f"in the runtime step (e.g. '...|onnx_int8_dynamic' instead of '{precision[0]}|{methods[-1]}')"
+            )
 
 
 def validate_chain(spec: VariantSpec, kind: str = "classifier", device: str | None = None) -> list[Any]:
     """The one check of a chain, before any work: every method is known, takes these parameters and
     supports ``kind``; stages run structure -> recovery -> precision -> runtime; at most one cast and one
-    Linear quantizer, a cast before quantizing, each precision step once; and, given a ``device``, every
+    Linear quantizer, a cast before quantizing, each precision step once; one runtime step at most, last,
+    and no torch precision step before an ONNX one; and, given a ``device``, every
     method runs there (``cuda:1`` counts as ``cuda``). Returns the method configs in order.
 
     Bad chains raise ``ConfigError``; a method that needs another device raises ``UnsupportedError``.
@@ -176,6 +200,7 @@ def validate_chain(spec: VariantSpec, kind: str = "classifier", device: str | No
         last_stage, last_method = info.stage, step.method
         configs.append(info.make_config(dict(step.params)))
     methods = [s.method for s in spec.steps]
+    _check_runtime_stage(spec, methods)
     for group, what in ((CASTS, "cast"), (LINEAR_QUANTIZERS, "Linear quantizer")):
         chosen = [m for m in methods if m in group]
         if len(chosen) > 1:

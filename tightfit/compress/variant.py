@@ -5,19 +5,22 @@ Layout::
     manifest.json      spec, base model, parent, kind, per-layer shapes, kept vocabulary rows, rebuild steps,
                        versions, checksums
     config.json        the HF config (layer count already reduced by layer dropping)
-    tokenizer files    tokenizer.save_pretrained
+    tokenizer files    tokenizer.save_pretrained (tokenizer.json: the ONNX runtime reads it with ``tokenizers``)
     model.safetensors  plain tensors (sparse ones as values + bit mask), or
-    weights.pt         a state dict of torchao tensor subclasses, read with torch.load(weights_only=True)
+    weights.pt         a state dict of torchao tensor subclasses, read with torch.load(weights_only=True), or
+    model.onnx         the ONNX graph of a variant whose chain ends in an ONNX Runtime step (``runtime``)
 
-``load_variant`` rebuilds the architecture from the config, resizes pruned layers (and a pruned vocabulary),
-re-applies the precision steps (casts, quantization) to the fresh module, then loads the weights with
-``load_state_dict(assign=True)``. Any missing, truncated or altered file is a ``VariantError``.
+``load_variant`` returns a ``Variant`` whose ``runner`` is the same predict interface for every runtime
+(``tightfit.runtime.Runner``). A torch variant is rebuilt from the config, its pruned layers (and a pruned
+vocabulary) resized, its precision steps (casts, quantization) re-applied to the fresh module, then its
+weights loaded with ``load_state_dict(assign=True)``. An ONNX variant opens an ONNX Runtime session and a
+``tokenizers`` tokenizer (``tightfit.runtime``), importing neither torch nor transformers. Any missing,
+truncated or altered file is a ``VariantError``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -29,30 +32,45 @@ from tightfit.compress._torch import quiet_transformers, torchao_quantization
 from tightfit.compress.registry import STAGE_PRECISION, ApplyContext, get_method
 from tightfit.compress.structure import apply_layer_shapes, read_layer_shapes
 from tightfit.device import pick_device
-from tightfit.errors import VariantError
+from tightfit.errors import ConfigError, VariantError
+from tightfit.names import RUNTIME_ONNXRUNTIME, RUNTIME_TORCH
+from tightfit.runtime.manifest import FORMAT, MANIFEST, read_manifest, runtime_of, sha256_of, verify_variant
 from tightfit.spec import StepSpec, VariantSpec
 
-FORMAT = "tightfit-variant/1"
-MANIFEST = "manifest.json"
+__all__ = ["FORMAT", "MANIFEST", "Variant", "load_variant", "read_manifest", "runtime_of", "save_variant",
+           "verify_variant"]
+
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "weights.pt"
+ONNX_FILE = "model.onnx"
 SPARSE_MIN_ZEROS = 0.25  # store a tensor sparse when at least this fraction is zero
 _VALUES, _MASK = ".__sparse_values__", ".__sparse_mask__"
-VERSIONED = ("tightfit", "torch", "transformers", "torchao", "safetensors")
+VERSIONED = ("tightfit", "torch", "transformers", "torchao", "safetensors", "onnx", "onnxruntime", "tokenizers")
 
 
 @dataclass
 class Variant:
-    """A loaded variant: an eval-mode model plus what it is."""
+    """A loaded variant: its ``runner`` (the predict interface of every runtime) plus what it is. ``model``
+    and ``tokenizer`` are the eval-mode torch module and transformers tokenizer of a torch variant; an ONNX
+    variant has no torch module (``model`` is None) and a ``tokenizers``-based tokenizer."""
 
     model: Any
     tokenizer: Any
     manifest: dict[str, Any]
     path: Path
+    runner: Any = None  # tightfit.runtime.Runner
 
     @property
     def kind(self) -> str:
         return str(self.manifest["kind"])
+
+    @property
+    def runtime(self) -> str:
+        return runtime_of(self.manifest)
+
+    def classify_logits(self, texts: list[str], *, max_length: int = 64, batch_size: int = 32) -> Any:
+        """Float32 logits of ``texts`` (numpy), whatever the runtime (see ``Runner.classify_logits``)."""
+        return self.runner.classify_logits(texts, max_length=max_length, batch_size=batch_size)
 
     @property
     def spec(self) -> VariantSpec:
@@ -71,14 +89,6 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_plain(tensor: Any) -> bool:
@@ -153,24 +163,18 @@ def save_variant(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     extra = dict(extra or {})
-    state = model.state_dict()
-    weights: dict[str, Any]
-    if all(_is_plain(v) for v in state.values()):
-        from safetensors.torch import save_file
-
-        tensors, sparse, tied = _encode_safetensors(state)
-        save_file(tensors, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-        weights = {"file": SAFETENSORS_FILE, "format": "safetensors", "sparse": sparse, "tied": tied}
+    onnx_info = None
+    if hasattr(model, "onnx_path"):  # an OnnxExport from an ONNX Runtime step (compress.ort)
+        onnx_info, weights = _write_onnx(model, tokenizer, tmp)
+        model = model.source
     else:
-        import torch
-
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / TORCH_FILE)
-        weights = {"file": TORCH_FILE, "format": "torch", "sparse": {}, "tied": {}}
+        weights = _write_torch_weights(model, tmp)
     model.config.to_json_file(str(tmp / "config.json"))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    rebuild = [str(s) for s in spec.steps if get_method(s.method).stage >= STAGE_PRECISION]
+    rebuild = [] if onnx_info else [str(s) for s in spec.steps if get_method(s.method).stage >= STAGE_PRECISION]
     compile_info = extra.pop("compile", None)
+    backend = "onnxruntime" if onnx_info else ("inductor" if compile_info is not None else "eager")
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": spec.name,
@@ -187,14 +191,16 @@ def save_variant(
         "rebuild_steps": rebuild,
         "run_compiled": compile_info is not None,
         "compile": compile_info,
-        "backend": "inductor" if compile_info is not None else "eager",
+        "backend": backend,
+        "runtime": RUNTIME_ONNXRUNTIME if onnx_info else RUNTIME_TORCH,
+        "onnx": onnx_info,
         "weights": weights,
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "extra": extra,
     }
     manifest["files"] = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
+        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     if out.exists():
@@ -203,42 +209,29 @@ def save_variant(
     return out
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a variant directory (no checksum check); a missing or bad one is a VariantError."""
-    root = Path(path)
-    file = root / MANIFEST
-    if not root.is_dir():
-        raise VariantError(f"variant directory {root} does not exist")
-    if not file.is_file():
-        raise VariantError(f"{root} is not a variant directory (no {MANIFEST}); build one with `tightfit compress`")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VariantError(f"{file} is corrupt ({exc}); rebuild the variant") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise VariantError(f"{file} is not a {FORMAT} manifest; rebuild the variant with this tightfit")
-    return manifest
+def _write_torch_weights(model: Any, tmp: Path) -> dict[str, Any]:
+    """The state dict as safetensors (plain tensors) or a ``weights_only`` torch file (tensor subclasses)."""
+    state = model.state_dict()
+    if all(_is_plain(v) for v in state.values()):
+        from safetensors.torch import save_file
+
+        tensors, sparse, tied = _encode_safetensors(state)
+        save_file(tensors, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+        return {"file": SAFETENSORS_FILE, "format": "safetensors", "sparse": sparse, "tied": tied}
+    import torch
+
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / TORCH_FILE)
+    return {"file": TORCH_FILE, "format": "torch", "sparse": {}, "tied": {}}
 
 
-def verify_variant(path: str | Path) -> dict[str, Any]:
-    """Check every file against the manifest (present, full length, sha256); return the manifest."""
-    root = Path(path)
-    manifest = read_manifest(root)
-    for name, info in manifest.get("files", {}).items():
-        file = root / name
-        if not file.is_file():
-            raise VariantError(f"variant {root} is incomplete: {name} is missing; rebuild the variant")
-        size = file.stat().st_size
-        if size != info["bytes"]:
-            raise VariantError(
-                f"variant {root}: {name} is {size} bytes, the manifest says {info['bytes']} (truncated or "
-                "altered); rebuild the variant"
-            )
-        if _sha256(file) != info["sha256"]:
-            raise VariantError(f"variant {root}: checksum mismatch for {name} (corrupt); rebuild the variant")
-    if manifest["weights"]["file"] not in manifest.get("files", {}):
-        raise VariantError(f"variant {root}: the manifest lists no checksum for its weights file")
-    return manifest
+def _write_onnx(export: Any, tokenizer: Any, tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Move the exported graph in as ``model.onnx``; the ONNX runtime needs the fast tokenizer's file."""
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("an ONNX variant needs a fast tokenizer (tokenizer.json) to run without transformers")
+    shutil.copyfile(export.onnx_path, tmp / ONNX_FILE)
+    if export.workdir is not None:
+        export.workdir.cleanup()
+    return dict(export.info), {"file": ONNX_FILE, "format": "onnx", "sparse": {}, "tied": {}}
 
 
 def read_weights(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -285,12 +278,24 @@ def rebuild_model(path: Path, manifest: dict[str, Any], device: str = "cpu") -> 
     return model
 
 
-def load_variant(path: str | Path, device: str | None = None) -> Variant:
-    """Verify, rebuild and load a variant directory; the model comes back in eval mode on ``device``."""
-    from transformers import AutoTokenizer
+def load_variant(path: str | Path, device: str | None = None, threads: int | None = None) -> Variant:
+    """Verify and load a variant directory on ``device`` (None: the GPU where present) with its runner.
+
+    A torch variant comes back as an eval-mode module (torch threads are the caller's setting); an ONNX
+    variant as an ONNX Runtime session on ``threads`` intra-op threads (default: ``TIGHTFIT_THREADS`` or
+    the usable cores), loaded without importing torch or transformers.
+    """
+    from tightfit.compress.runtime import TorchRunner
 
     root = Path(path)
     manifest = verify_variant(root)
+    if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
+        from tightfit.runtime.session import load_onnx_runner
+
+        runner = load_onnx_runner(root, manifest, device=device, threads=threads)
+        return Variant(model=None, tokenizer=runner.tokenizer, manifest=manifest, path=root, runner=runner)
+    from transformers import AutoTokenizer
+
     device = pick_device(device)
     model = rebuild_model(root, manifest, device)
     state = read_weights(root, manifest)
@@ -302,4 +307,7 @@ def load_variant(path: str | Path, device: str | None = None) -> Variant:
     tokenizer = AutoTokenizer.from_pretrained(str(root))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Variant(model=model, tokenizer=tokenizer, manifest=manifest, path=root)
+    compiled = bool(manifest.get("run_compiled"))
+    torch_runner = TorchRunner(model, tokenizer, kind=manifest["kind"], compiled=compiled,
+                               mode=(manifest.get("compile") or {}).get("mode", "default"))
+    return Variant(model=model, tokenizer=tokenizer, manifest=manifest, path=root, runner=torch_runner)

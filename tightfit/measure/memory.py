@@ -1,8 +1,15 @@
-"""Peak memory of a variant, measured in a fresh Python process (a peak never falls within a process).
+"""The deployed process of a variant, measured in a fresh Python process (a peak never falls within one).
 
-Run as ``python -m tightfit.measure.memory VARIANT_DIR --seq-len 64 --batch 32 [--compiled]``; prints one
-JSON line: peak RSS (VmHWM) after imports, after loading, after serving one batch, the current RSS at
-the same points (the model's own share is ``rss_now_load - rss_now_imports``), and the GPU peak where present.
+The child imports only what a replica serving that variant imports: torch + transformers for a torch
+variant (torchao when its precision steps need it), ONNX Runtime + tokenizers for an ONNX variant (never
+torch). It loads the variant, answers one text (the **cold start**: from the parent starting the process
+to that first answer), then serves one batch, and prints one JSON line: the runtime, the cold start, peak
+RSS (VmHWM) after imports, after loading and after the batch, the current RSS at the same points (the
+model's own share is ``rss_now_load - rss_now_imports``), the GPU peak where present, and whether torch
+was imported at all.
+
+The child runs this file as a script (``python -P .../memory.py VARIANT_DIR --seq-len 64 --batch 32``), so
+the measurement package's own imports (pandas, through quality scoring) do not inflate the figures.
 """
 
 from __future__ import annotations
@@ -12,57 +19,93 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from tightfit.errors import VariantError
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.names import RUNTIME_ONNXRUNTIME
+from tightfit.runtime.manifest import read_manifest, runtime_of
+
+PROBE_TEXT = "a movie review that is long enough to fill several tokens of the input"
 
 
-def _serve_once(variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None) -> dict[str, Any]:
+def _runtime_imports(manifest: dict[str, Any]) -> None:
+    """Import the libraries a replica of this variant imports, before its model (counted apart)."""
+    if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        return
     import torch
 
     torch.set_num_threads(int(os.environ.get("TIGHTFIT_THREADS", "2")))
-    import transformers  # noqa: F401  (count library imports separately from the model)
+    import transformers  # noqa: F401
 
-    from tightfit.compress._torch import torchao_quantization
+
+def _load_runner(variant_dir: str, manifest: dict[str, Any], device: str | None, threads: int) -> Any:
+    """The variant's runner, through the same loader its replica uses (ONNX: ``tightfit.runtime`` alone)."""
+    if runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
+        from tightfit.runtime.session import load_onnx_runner
+
+        return load_onnx_runner(Path(variant_dir), device=device, threads=threads)
     from tightfit.compress.variant import load_variant
 
-    torchao_quantization()
-    after_imports, current_imports = peak_rss_bytes(), current_rss_bytes()
-    variant = load_variant(variant_dir, device=device)
-    after_load, current_load = peak_rss_bytes(), current_rss_bytes()
-    model, tokenizer = variant.model, variant.tokenizer
-    dev = next(model.parameters()).device
-    if dev.type == "cuda":
+    return load_variant(variant_dir, device=device, threads=threads).runner
+
+
+def _serve_once(
+    variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None, started: float | None
+) -> dict[str, Any]:
+    manifest = read_manifest(variant_dir)
+    _runtime_imports(manifest)
+    after_imports, current_imports, imported_at = peak_rss_bytes(), current_rss_bytes(), time.time()
+    threads = int(os.environ.get("TIGHTFIT_THREADS", "2"))
+    runner = _load_runner(variant_dir, manifest, device, threads)
+    after_load, current_load, loaded_at = peak_rss_bytes(), current_rss_bytes(), time.time()
+    if not compiled and getattr(runner, "compiled", False):
+        runner.run_eager()  # the quick protocol measures a compiled variant eager
+    cuda = str(runner.device).startswith("cuda") and runner.runtime == "torch"
+    if cuda:
+        import torch
+
         torch.cuda.reset_peak_memory_stats()
-    texts = ["a movie review that is long enough to fill several tokens of the input"] * batch
-    inputs = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    inputs = {k: v.to(dev) for k, v in inputs.items()}
-    forward = torch.compile(model, dynamic=False) if compiled else model
-    with torch.inference_mode():
-        forward(**inputs)
-    out: dict[str, Any] = {"rss_imports_bytes": after_imports, "rss_load_bytes": after_load,
-                           "rss_serve_bytes": peak_rss_bytes(), "gpu_peak_bytes": None,
-                           "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
-                           "rss_now_serve_bytes": current_rss_bytes()}
-    if dev.type == "cuda":
+    runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT], max_length=seq_len)))
+    first_answer = time.time()
+    runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT] * batch, max_length=seq_len)))
+    out: dict[str, Any] = {
+        "runtime": runner.runtime, "cold_start_s": round(first_answer - started, 4) if started else None,
+        "cold_start_parts_s": {"imports": round(imported_at - started, 4), "load": round(loaded_at - imported_at, 4),
+                               "first_answer": round(first_answer - loaded_at, 4)} if started else None,
+        "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": peak_rss_bytes(),
+        "gpu_peak_bytes": None, "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
+        "rss_now_serve_bytes": current_rss_bytes(), "imported_torch": "torch" in sys.modules,
+        "imported_transformers": "transformers" in sys.modules, "threads": threads, "device": str(runner.device),
+    }
+    if cuda:
+        import torch
+
         out["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
 
 
 def measure_memory(
     variant_dir: str | Path, *, seq_len: int = 64, batch: int = 32, compiled: bool = False,
-    device: str | None = None, timeout_s: float = 600.0,
+    device: str | None = None, timeout_s: float = 600.0, threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run the measurement in a fresh subprocess and return its JSON record."""
-    cmd = [sys.executable, "-m", "tightfit.measure.memory", str(variant_dir), "--seq-len", str(seq_len),
+    """Run the measurement in a fresh subprocess and return its JSON record (``cold_start_s`` counts from
+    just before the process starts)."""
+    cmd = [sys.executable, "-P", str(Path(__file__).resolve()), str(variant_dir), "--seq-len", str(seq_len),
            "--batch", str(batch)]
     if compiled:
         cmd.append("--compiled")
     if device:
         cmd += ["--device", device]
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    if threads is not None:
+        env["TIGHTFIT_THREADS"] = str(threads)
+    cmd += ["--started", repr(time.time())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -78,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--started", type=float, default=None, help="time.time() when the parent started us")
     args = parser.parse_args(argv)
-    record = _serve_once(args.variant_dir, args.seq_len, args.batch, args.compiled, args.device)
+    record = _serve_once(args.variant_dir, args.seq_len, args.batch, args.compiled, args.device, args.started)
     print(json.dumps(record), flush=True)
 
 

@@ -17,6 +17,7 @@ from tightfit.compress.variant import load_variant
 from tightfit.footprint import Footprint
 from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
+from tightfit.measure.runners import graph_counts, runner_tokens_per_s
 
 if TYPE_CHECKING:
     from tightfit.data import DatasetSplits
@@ -162,23 +163,28 @@ def measure_variant(
 
     path = Path(variant_dir)
     variant = load_variant(path, device=device)
-    model, tokenizer, manifest = variant.model, variant.tokenizer, variant.manifest
-    dev = next(model.parameters()).device
+    model, tokenizer, manifest, runner = variant.model, variant.tokenizer, variant.manifest, variant.runner
+    dev = str(runner.device).split(":", 1)[0]
     compiled = variant.run_compiled
     fp = Footprint(
-        variant=manifest["name"], chain=manifest["chain"], kind=variant.kind, device=dev.type,
-        backend="compile" if compiled else "eager", compiled=compiled, seq_len=seq_len,
+        variant=manifest["name"], chain=manifest["chain"], kind=variant.kind, device=dev,
+        backend=str(manifest.get("backend", "onnxruntime")) if model is None else ("compile" if compiled else "eager"),
+        compiled=compiled, seq_len=seq_len, runtime=variant.runtime,
     )
-    fp.params_total, fp.params_nonzero = count_params(model)
+    if model is not None:
+        fp.params_total, fp.params_nonzero = count_params(model)
+        fp.weight_bytes_per_forward = weight_bytes_per_forward(model, seq_len if variant.kind == "classifier" else 1)
+    else:  # an ONNX graph: counted from the graph (compress.ort.graph)
+        fp.params_total, fp.params_nonzero, fp.weight_bytes_per_forward = graph_counts(
+            path / manifest["weights"]["file"], manifest, seq_len if variant.kind == "classifier" else 1)
     fp.disk_bytes, fp.disk_bytes_compressed, dir_bytes = _disk(path, manifest)
-    fp.weight_bytes_per_forward = weight_bytes_per_forward(model, seq_len if variant.kind == "classifier" else 1)
     fp.extra.update({"dir_bytes": dir_bytes, "base_model": manifest["base_model"], "parent": manifest["parent"],
-                     "torch_threads": torch.get_num_threads()})
-    forward = forward_for(model, compiled, (manifest.get("compile") or {}).get("mode", "default"))
+                     "torch_threads": torch.get_num_threads(), "runtime_threads": runner.threads})
+    forward = runner.forward
     texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
     repeats = {1: 5, 32: 3} if quick else {1: 30, 32: 12}
     for batch in LATENCY_BATCHES:
-        inputs = fixed_inputs(tokenizer, texts, batch, seq_len, dev)
+        inputs = runner.encode([texts[i % len(texts)] for i in range(batch)], max_length=seq_len)
         p50, p95, p99 = percentiles(latency_ms(forward, inputs, repeats=repeats[batch], warmup=2))
         setattr(fp, f"latency_ms_b{batch}_p50", p50)
         setattr(fp, f"latency_ms_b{batch}_p95", p95)
@@ -188,18 +194,22 @@ def measure_variant(
     if variant.kind == "causal_lm":
         new_tokens = 4 if quick else 16
         for batch in (1, 8):
-            fp.extra[f"tokens_per_s_b{batch}"] = decode_tokens_per_s(model, tokenizer, texts, batch, new_tokens)
+            fp.extra[f"tokens_per_s_b{batch}"] = (
+                decode_tokens_per_s(model, tokenizer, texts, batch, new_tokens) if model is not None
+                else runner_tokens_per_s(runner, texts, batch, new_tokens))
     if data is not None:
         frame = data.test.head(eval_rows or (200 if quick else len(data.test)))
-        quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, forward=forward)
+        quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, runner=runner)
         fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
         fp.extra["eval_rows"] = len(frame)
     if memory_subprocess:
-        mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
+        mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev,
+                             threads=runner.threads)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
-        fp.gpu_peak_bytes = mem.get("gpu_peak_bytes")
-        for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes"):
+        fp.gpu_peak_bytes, fp.cold_start_s = mem.get("gpu_peak_bytes"), mem.get("cold_start_s")
+        for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes",
+                    "imported_torch"):
             fp.extra[key] = mem.get(key)
-    if dev.type == "cuda" and fp.gpu_peak_bytes is None:
+    if dev == "cuda" and fp.gpu_peak_bytes is None and model is not None:
         fp.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())
     return fp.with_baseline(baseline) if baseline is not None else fp

@@ -79,22 +79,32 @@ def perplexity(
 
 def evaluate(
     model: Any, tokenizer: Any, frame: pd.DataFrame, kind: str, *, batch_size: int = 64, max_length: int = 64,
-    forward: Callable[..., Any] | None = None,
+    forward: Callable[..., Any] | None = None, runner: Any = None,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 (classifiers) or perplexity (causal LMs) on ``frame``.
 
     ``forward`` replaces ``model(...)`` (e.g. a compiled callable); the model stays the source of truth.
+    ``runner`` (a variant's ``Runner``, any runtime) scores classifiers through ``classify_logits``; an ONNX
+    variant has no torch ``model`` and is scored through its runner alone.
     """
     if "text" not in frame.columns or frame.empty:
         raise ConfigError("evaluation needs a non-empty frame with a 'text' column")
     texts = frame["text"].astype(str).tolist()
+    if runner is not None and model is None and kind == "causal_lm":  # an ONNX decoder
+        from tightfit.measure.runners import runner_perplexity
+
+        ppl = runner_perplexity(runner, texts, batch_size=min(batch_size, 16), max_length=max_length)
+        return {"perplexity": ppl, "n": float(len(texts))}
     if kind == "causal_lm":
         ppl = perplexity(model, tokenizer, texts, batch_size=min(batch_size, 16), max_length=max_length, forward=forward)
         return {"perplexity": ppl, "n": float(len(texts))}
     if "label" not in frame.columns:
         raise ConfigError("classifier evaluation needs a 'label' column")
-    logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, forward=forward)
-    preds = logits.argmax(dim=-1).tolist()
+    if runner is not None:
+        preds = [int(p) for p in runner.classify_logits(texts, max_length=max_length, batch_size=batch_size).argmax(-1)]
+    else:
+        logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, forward=forward)
+        preds = logits.argmax(dim=-1).tolist()
     labels = frame["label"].astype(int).tolist()
     accuracy = sum(1 for y, p in zip(labels, preds, strict=True) if y == p) / len(labels)
     return {"accuracy": accuracy, "f1_macro": f1_macro(labels, preds), "n": float(len(labels))}

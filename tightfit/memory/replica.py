@@ -11,6 +11,7 @@ from tightfit.assets import BUILTIN_MODELS, resolve_model_path
 from tightfit.errors import ConfigError
 from tightfit.footprint import Footprint
 from tightfit.memory.serving import ArchInfo, ServingMemoryModel, activation_dtype_bytes
+from tightfit.names import RUNTIME_TORCH
 
 DEFAULT_HEADROOM = 0.08  # of a replica's budget kept free (allocator slack, sampling gaps)
 DEFAULT_MAX_TOKENS = {"classifier": 64, "causal_lm": 128}  # per-request token cap when none is given
@@ -88,19 +89,21 @@ def footprint_for_source(source: str, *, kind: str | None = None, name: str | No
 
     path, implied = resolve_model_path(source)
     directory = path.parent if path.is_file() else path
-    files = [f for f in directory.iterdir() if f.suffix in {".safetensors", ".bin", ".pt", ".pth"}]
+    files = [f for f in directory.iterdir() if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx"}]
     weights = sum(f.stat().st_size for f in files)
     if not weights:
-        raise ConfigError(f"{directory} holds no weight files (.safetensors/.bin/.pt)")
+        raise ConfigError(f"{directory} holds no weight files (.safetensors/.bin/.pt/.onnx)")
     arch = ArchInfo.from_dir(directory, kind=kind or implied)
-    chain = "fp32"
+    chain, runtime = "fp32", RUNTIME_TORCH
     manifest = directory / "manifest.json"
     if manifest.exists():
         import json
 
-        chain = str(json.loads(manifest.read_text()).get("chain", chain))
+        written = json.loads(manifest.read_text())
+        chain, runtime = str(written.get("chain", chain)), str(written.get("runtime") or runtime)
     label = name or (source if source in BUILTIN_MODELS else directory.name)
-    return Footprint(variant=label, chain=chain, kind=arch.kind, disk_bytes=weights, extra={"variant_dir": str(directory)})
+    return Footprint(variant=label, chain=chain, kind=arch.kind, disk_bytes=weights, runtime=runtime,
+                     extra={"variant_dir": str(directory)})
 
 
 def replica_need_bytes(
@@ -125,5 +128,6 @@ def replica_need_bytes(
     peak = (model or ServingMemoryModel()).predict(
         weights, arch, batch=1, seq_len=tokens, dtype_bytes=activation_dtype_bytes(record.chain),
         new_tokens=max_new_tokens if arch.kind == "causal_lm" else 0, load_rss_bytes=load_rss_of(record),
+        runtime=record.runtime,
     ).total
     return math.ceil(peak / (1 - headroom)) + 1  # the planner floors budget x (1 - headroom)

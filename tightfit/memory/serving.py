@@ -1,13 +1,15 @@
 """The serving memory model: how much memory one Ray Serve replica needs to serve a variant.
 
 predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
-               + the variant's load RSS (runtime: Python + torch + transformers + tokenizer, and the resident
-                 weights; the profiler measures it in a fresh process, ``Footprint.peak_rss_load_bytes``)
+               + the variant's load RSS (runtime: Python + its runtime's libraries, torch + transformers or
+                 ONNX Runtime + tokenizers, and the resident weights; the profiler measures it in a fresh
+                 process, ``Footprint.peak_rss_load_bytes``)
                + activations(batch, seq_len) (+ the KV cache for causal LMs)
 
 The replica overhead, the activation scale and a fallback for unmeasured load RSS are calibrated from
-real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serve.calibrate``);
-the activation and KV-cache shapes come from the model's config. Everything here is pure arithmetic.
+real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serve.calibrate``), per
+runtime: a torch replica and an ONNX Runtime replica differ in libraries and in allocator behaviour. The
+activation and KV-cache shapes come from the model's config. Everything here is pure arithmetic.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.errors import ConfigError
+from tightfit.names import RUNTIME_ONNXRUNTIME, RUNTIME_TORCH
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,13 @@ class Prediction:
         return {**asdict(self), "total": self.total}
 
 
+COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale")
+# ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
+# its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
+# activations about 0.9x the modelled bytes (ORT's arena). Recalibrate with `tightfit serve --calibrate`.
+ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95}
+
+
 @dataclass(frozen=True)
 class ServingMemoryModel:
     """Calibrated coefficients of the serving memory model (see the module docstring).
@@ -122,6 +132,9 @@ class ServingMemoryModel:
     ``Footprint.peak_rss_load_bytes``) plus ``replica_overhead_bytes`` (the Ray worker, Serve and FastAPI
     on top of a plain process). Where no load RSS was measured, ``runtime_bytes + weight_factor x
     weights`` stands in for it. ``activation_scale``: measured peak bytes per modelled activation byte.
+    The top-level coefficients are torch's; ``runtimes`` overrides any of them per runtime name
+    (``{"onnxruntime": {"runtime_bytes": ..., "activation_scale": ...}}``), so ONNX and torch variants are
+    planned by the same model, each with its own runtime term.
     """
 
     # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
@@ -133,6 +146,13 @@ class ServingMemoryModel:
     activation_scale: float = 1.05
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
+    runtimes: dict[str, dict[str, float]] = field(default_factory=lambda: {RUNTIME_ONNXRUNTIME: dict(ORT_DEFAULTS)})
+
+    def coefficients(self, runtime: str = RUNTIME_TORCH) -> dict[str, float]:
+        """The coefficients for ``runtime``: its overrides over the top-level (torch) ones."""
+        base = {k: float(getattr(self, k)) for k in COEFFICIENTS}
+        base.update({k: float(v) for k, v in (self.runtimes.get(runtime) or {}).items() if k in COEFFICIENTS})
+        return base
 
     def predict(
         self,
@@ -144,17 +164,20 @@ class ServingMemoryModel:
         dtype_bytes: int = 4,
         new_tokens: int = 0,
         load_rss_bytes: int | None = None,
+        runtime: str = RUNTIME_TORCH,
     ) -> Prediction:
-        """Predicted peak of a replica serving ``batch`` sequences of ``seq_len`` tokens (+ ``new_tokens``)."""
+        """Predicted peak of a replica serving ``batch`` sequences of ``seq_len`` tokens (+ ``new_tokens``)
+        on ``runtime`` (its coefficients, see ``coefficients``)."""
         if batch < 1 or seq_len < 1:
             raise ConfigError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
+        c = self.coefficients(runtime)
         total_len = seq_len + max(0, new_tokens)
-        acts = self.activation_scale * activation_elements(arch, batch, total_len) * dtype_bytes
+        acts = c["activation_scale"] * activation_elements(arch, batch, total_len) * dtype_bytes
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
-        base = load_rss_bytes if load_rss_bytes else int(self.runtime_bytes + self.weight_factor * weight_bytes)
+        base = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
         weights = min(int(weight_bytes), base)
         return Prediction(
-            runtime=int(self.replica_overhead_bytes + base - weights),
+            runtime=int(c["replica_overhead_bytes"] + base - weights),
             weights=weights,
             activations=int(acts),
             kv_cache=int(kv),
@@ -203,6 +226,7 @@ class CalibrationPoint:
     load_rss_bytes: int
     process_base_bytes: int
     new_tokens: int = 0  # generated tokens per sequence (causal LMs)
+    runtime: str = RUNTIME_TORCH
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "arch": asdict(self.arch)}
@@ -217,16 +241,8 @@ class CalibrationPoint:
         return kv_cache_bytes(self.arch, self.batch, self.seq_len + self.new_tokens, self.dtype_bytes)
 
 
-def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrated") -> ServingMemoryModel:
-    """Fit the coefficients to measured points.
-
-    Activation scale: least squares of the peak growth over each variant's smallest batch (less the KV
-    cache growth, for decoder LMs) against the modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
-    Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
-    (libraries and allocator share, conservative) and weight factor 1.
-    """
-    if not points:
-        raise ConfigError("no calibration points: measure at least one variant at two batch sizes")
+def _fit_coefficients(points: list[CalibrationPoint]) -> dict[str, float]:
+    """Activation scale, replica overhead and fallback runtime of one runtime's points."""
     by_variant: dict[int, list[CalibrationPoint]] = {}
     for p in points:
         by_variant.setdefault(p.weight_bytes, []).append(p)
@@ -241,17 +257,43 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
             ys.append(max(0, p.peak_rss_bytes - first.peak_rss_bytes - (p.kv_bytes - first.kv_bytes)))
     denom = sum(x * x for x in xs)
     scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / denom if denom else 1.0
-    scale = min(max(scale, 0.25), 8.0)
     firsts = [min(g, key=lambda q: q.batch) for g in by_variant.values()]
-    overhead = max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))
-    runtime = max(p.load_rss_bytes - p.weight_bytes for p in firsts)
+    return {
+        "runtime_bytes": float(max(p.load_rss_bytes - p.weight_bytes for p in firsts)),
+        "replica_overhead_bytes": float(max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))),
+        "weight_factor": 1.0,
+        "activation_scale": round(min(max(scale, 0.25), 8.0), 4),
+    }
+
+
+def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrated") -> ServingMemoryModel:
+    """Fit the coefficients to measured points, per runtime.
+
+    Activation scale: least squares of the peak growth over each variant's smallest batch (less the KV
+    cache growth, for decoder LMs) against the modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
+    Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
+    (libraries and allocator share, conservative) and weight factor 1. The top-level coefficients come
+    from the torch points; every other runtime gets its own entry; a runtime with no points keeps its
+    defaults.
+    """
+    if not points:
+        raise ConfigError("no calibration points: measure at least one variant at two batch sizes")
+    by_runtime: dict[str, list[CalibrationPoint]] = {}
+    for p in points:
+        by_runtime.setdefault(p.runtime, []).append(p)
+    fitted = {runtime: _fit_coefficients(group) for runtime, group in by_runtime.items()}
+    default = ServingMemoryModel()
+    top = fitted.get(RUNTIME_TORCH) or {k: float(getattr(default, k)) for k in COEFFICIENTS}
+    runtimes = {RUNTIME_ONNXRUNTIME: dict(ORT_DEFAULTS)}
+    runtimes.update({r: c for r, c in fitted.items() if r != RUNTIME_TORCH})
     return ServingMemoryModel(
-        runtime_bytes=runtime,
-        replica_overhead_bytes=overhead,
+        runtime_bytes=int(top["runtime_bytes"]),
+        replica_overhead_bytes=int(top["replica_overhead_bytes"]),
         weight_factor=1.0,
-        activation_scale=round(scale, 4),
+        activation_scale=top["activation_scale"],
         source=source,
         calibration_points=[p.to_dict() for p in points],
+        runtimes=runtimes,
     )
 
 

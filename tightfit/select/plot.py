@@ -77,6 +77,11 @@ def pareto_plot(
                 alpha=0.6,
                 zorder=1,
             )
+        lean = [r for r in points if r.runtime == names.RUNTIME_ONNXRUNTIME]  # the runtime, marked (issue 17)
+        if lean:
+            ax.scatter([getattr(r, x_metric) * scale for r in lean], [getattr(r, quality[0]) for r in lean],
+                       marker="s", s=110, facecolors="none", edgecolors="#30638e", linewidths=1.4,
+                       label="runs on ONNX Runtime", zorder=4)
         for r in points:
             ax.annotate(
                 r.variant,

@@ -3,7 +3,11 @@
 Routes (JSON in, JSON out):
 - ``POST /v1/classify``  ``{"text": "..."}`` or ``{"texts": [...]}`` (+ optional ``"variant"``)
 - ``POST /v1/generate``  ``{"text": "...", "max_new_tokens": 16}`` (+ optional ``"variant"``)
-- ``GET /healthz``, ``GET /v1/plan``, ``GET /v1/stats`` (pid, RSS, peak RSS, batches, loaded variants)
+- ``GET /healthz``, ``GET /v1/plan``, ``GET /v1/stats`` (pid, RSS, peak RSS, batches, loaded variants, and
+  which runtimes the process imported)
+
+A variant runs on its own runtime (``compress.runtime.Runner``): torch, or an ONNX Runtime session on the
+plan's CPUs per replica as intra-op threads; a replica whose pool holds only ONNX variants never imports torch.
 
 Every setting comes from a `ServePlan` (``tightfit.serve.plan``): `@serve.batch` size, the token cap,
 `max_ongoing_requests`/`max_queued_requests` (overload answers 503 with Retry-After),
@@ -16,6 +20,7 @@ Ray imports it through the thin entrypoint ``tightfit.ray_jobs.serve:app_builder
 
 import asyncio
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -134,6 +139,8 @@ class TightfitServer:
             "evictions": self.pool.evictions,
             "batch_limits": self.batch_limits,
             "uptime_s": round(time.time() - self.started, 1),
+            # which runtimes this replica process has imported (a replica of ONNX variants has no torch)
+            "runtime_modules": {m: m in sys.modules for m in ("torch", "transformers", "onnxruntime")},
         }
 
     @api.post("/v1/classify")

@@ -27,6 +27,7 @@ from tightfit.memory.serving import (
     activation_dtype_bytes,
     fit_serving_model,
 )
+from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.replica import classify, generate, load_for_serving
 
@@ -140,6 +141,7 @@ def measure_replica(
                     load_rss_bytes=load_rss,
                     process_base_bytes=process_base,
                     new_tokens=new_tokens,
+                    runtime=record.runtime,
                 )
             )
         return points
@@ -165,13 +167,20 @@ def calibrate_serving_memory(
 
 
 def _measure_here(source: str, kind: str) -> None:
-    """Child side of `measure_load_rss`: print the two RSS figures as JSON."""
+    """Child side of `measure_load_rss`: print the two RSS figures as JSON (the runtime a replica of this
+    variant imports counts in the base: torch + transformers, or ONNX Runtime + tokenizers)."""
     import psutil
-    import torch  # noqa: F401  (the runtime every replica imports)
-    import transformers  # noqa: F401
+
+    record = footprint_for_source(source, kind=kind)
+    if record.runtime == RUNTIME_ONNXRUNTIME:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    else:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
 
     base = psutil.Process().memory_info().rss
-    plan = plan_serving([footprint_for_source(source, kind=kind)], 64 * 2**30, ServeOptions(pool_size=1))
+    plan = plan_serving([record], 64 * 2**30, ServeOptions(pool_size=1))
     loaded = load_for_serving(plan.primary, 1)
     if kind == "causal_lm":
         generate(loaded, ["Hello"], 1)

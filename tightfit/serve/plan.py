@@ -94,6 +94,7 @@ def _predict(cand: Candidate, model: ServingMemoryModel, options: ServeOptions, 
     return model.predict(
         cand.weight_bytes, cand.arch, batch=batch, seq_len=options.tokens_for(cand.arch.kind),
         dtype_bytes=activation_dtype_bytes(cand.record.chain), new_tokens=new, load_rss_bytes=cand.load_rss_bytes,
+        runtime=cand.record.runtime,
     )
 
 
@@ -129,6 +130,7 @@ def fit_variant(
             max_new_tokens=options.max_new_tokens if cand.arch.kind == "causal_lm" else 0,
             predicted_peak_bytes=pred.total, activation_bytes=pred.activations, kv_cache_bytes=pred.kv_cache,
             accuracy=cand.record.accuracy, perplexity=cand.record.perplexity, latency_ms_batch=latency,
+            runtime=cand.record.runtime,
         )
     if best is None:  # only an activation cap below batch 1 gets here
         return Fit(None, "its batch-1 activations exceed what the replica leaves for them")
@@ -177,8 +179,18 @@ def choose_primary(
 
 
 def _runtime_bytes(v: PlannedVariant) -> int:
-    """The runtime share of a variant's predicted peak (interpreter, torch, libraries)."""
+    """The runtime share of a variant's predicted peak (interpreter, torch or ONNX Runtime, libraries)."""
     return v.predicted_peak_bytes - v.resident_bytes - v.activation_bytes - v.kv_cache_bytes
+
+
+def pool_runtime_bytes(members: Sequence[PlannedVariant]) -> int:
+    """The runtime share of a pool: per runtime the largest share among its members, summed over the
+    runtimes the pool mixes (a replica that loaded a torch variant keeps torch imported beside ONNX
+    Runtime; counting the interpreter once per runtime errs on the safe side)."""
+    largest: dict[str, int] = {}
+    for v in members:
+        largest[v.runtime] = max(largest.get(v.runtime, 0), _runtime_bytes(v))
+    return sum(largest.values())
 
 
 def fill_pool(
@@ -186,9 +198,10 @@ def fill_pool(
     model: ServingMemoryModel, usable: int, options: ServeOptions,
 ) -> tuple[list[PlannedVariant], int]:
     """Pool members after the primary (best quality first), each re-planned so its activations never exceed
-    the primary's (one batch runs at a time) and fitting alone beside the largest runtime any member brings
-    (e.g. torchao's import for int8 variants). Returns (pool, runtime bytes)."""
-    runtime = _runtime_bytes(primary)
+    the primary's (one batch runs at a time) and fitting alone beside the runtimes the members bring (the
+    largest per runtime, e.g. torchao's import for int8 variants, summed when torch and ONNX Runtime
+    variants mix). Returns (pool, runtime bytes)."""
+    runtime = pool_runtime_bytes([primary])
     act_set = primary.activation_bytes + primary.kv_cache_bytes
     pool = [primary]
     by_name = {c.record.variant: c for c in candidates}
@@ -199,7 +212,7 @@ def fill_pool(
         member = fit_variant(by_name[v.name], model, usable, options, activation_cap=act_set).planned
         if member is None:
             continue
-        joint_runtime = max(runtime, _runtime_bytes(member))
+        joint_runtime = pool_runtime_bytes([*pool, member])
         if max(m.resident_bytes for m in [*pool, member]) <= usable - joint_runtime - act_set:
             pool.append(member)
             runtime = joint_runtime

@@ -4,7 +4,8 @@
   routing), evicted least-recently-used by predicted bytes (not only by count), so the pool never holds
   more weights than the plan's pool budget.
 - `validate_request`: the JSON request schema, with a 4xx status and a message for each bad kind.
-- `classify` / `generate`: one batched forward (or greedy generation) for a loaded variant.
+- `classify` / `generate`: one batched forward (or greedy generation) for a loaded variant, through its
+  runner: torch, or ONNX Runtime (a replica serving only ONNX variants never imports torch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.assets import load_model
-from tightfit.compress.variant import load_variant
+from tightfit.compress.runtime import TorchRunner
+from tightfit.compress.variant import load_variant, read_manifest, runtime_of
+from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.serve.schema import PlannedVariant, ServePlan
 
 
@@ -31,16 +34,39 @@ class RequestError(Exception):
 
 @dataclass
 class LoadedVariant:
+    """A pool member: its plan and its runner (``compress.runtime.Runner``: torch or ONNX Runtime)."""
+
     plan: PlannedVariant
-    model: Any
-    tokenizer: Any
-    labels: list[str]
+    runner: Any
+
+    @property
+    def model(self) -> Any:
+        """The torch module (None for an ONNX variant)."""
+        return getattr(self.runner, "model", None)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.runner.tokenizer
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.runner.labels)
+
+    @property
+    def runtime(self) -> str:
+        return str(self.runner.runtime)
 
 
 def load_for_serving(planned: PlannedVariant, threads: int = 1) -> LoadedVariant:
-    """Load a variant dir (``tightfit.load_variant``) or a plain HF dir / built-in name, eval mode."""
+    """Load a variant dir (``tightfit.load_variant``) or a plain HF dir / built-in name for serving on
+    ``threads`` threads. An ONNX variant opens an ONNX Runtime session and never imports torch; a torch
+    variant runs eager (as the memory model was calibrated)."""
     import os
 
+    source = Path(planned.source)
+    manifest = read_manifest(source) if (source / "manifest.json").exists() else None
+    if manifest is not None and runtime_of(manifest) == RUNTIME_ONNXRUNTIME:
+        return LoadedVariant(plan=planned, runner=load_variant(source, threads=max(1, threads)).runner)
     # bound oneDNN's per-shape kernel cache before torch initialises it (each entry holds packed weights)
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     import torch
@@ -48,22 +74,17 @@ def load_for_serving(planned: PlannedVariant, threads: int = 1) -> LoadedVariant
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(max(1, threads))
-    source = Path(planned.source)
-    if (source / "manifest.json").exists():
-        variant = load_variant(source)
-        model, tokenizer = variant.model, variant.tokenizer
+    if manifest is not None:
+        runner = load_variant(source).runner
+        runner.run_eager()
     else:
         loaded = load_model(planned.source, kind=planned.kind)  # type: ignore[arg-type]
-        model, tokenizer = loaded.model, loaded.tokenizer
-    model.eval()
+        runner = TorchRunner(loaded.model.eval(), loaded.tokenizer, kind=planned.kind)
     if planned.kind == "causal_lm":
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    config = getattr(model, "config", None)
-    id2label = getattr(config, "id2label", None) or {}
-    labels = [str(id2label.get(i, i)) for i in range(len(id2label))] if id2label else ["0", "1"]
-    return LoadedVariant(plan=planned, model=model, tokenizer=tokenizer, labels=labels)
+        runner.tokenizer.padding_side = "left"
+        if runner.tokenizer.pad_token is None:
+            runner.tokenizer.pad_token = runner.tokenizer.eos_token
+    return LoadedVariant(plan=planned, runner=runner)
 
 
 def lru_evictions(held: list[tuple[str, int]], incoming_bytes: int, capacity_bytes: int) -> list[str]:
@@ -216,7 +237,7 @@ def check_tokens(loaded: LoadedVariant, texts: list[str]) -> None:
     """Refuse any text longer than the variant's per-request token cap (it would break the memory plan)."""
     cap = loaded.plan.max_tokens
     for text in texts:
-        n = len(loaded.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        n = loaded.runner.count_tokens(text)
         if n > cap:
             raise RequestError(422, f"text has {n} tokens; the limit is {cap} tokens per text")
 
@@ -224,7 +245,7 @@ def check_tokens(loaded: LoadedVariant, texts: list[str]) -> None:
 def seq_bucket(loaded: LoadedVariant, texts: list[str]) -> int:
     """Pad to one of a few lengths (16, 32, 64, ... up to the cap): CPU kernels cache packed weights
     per input shape, so free-running lengths grow the replica's memory with every new shape."""
-    longest = max(len(loaded.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts)
+    longest = max(loaded.runner.count_tokens(t) for t in texts)
     bucket = 16
     while bucket < longest:
         bucket *= 2
@@ -232,37 +253,13 @@ def seq_bucket(loaded: LoadedVariant, texts: list[str]) -> int:
 
 
 def classify(loaded: LoadedVariant, texts: list[str]) -> list[dict[str, Any]]:
-    """Labels and probabilities for a batch of texts (padded to the longest, capped at the token cap)."""
-    import torch
-
-    enc = loaded.tokenizer(
-        texts, padding="max_length", truncation=True, max_length=seq_bucket(loaded, texts), return_tensors="pt"
-    )
-    with torch.inference_mode():
-        logits = loaded.model(**enc).logits.float()
-    probs = torch.softmax(logits, dim=-1)
-    out = []
-    for row in probs:
-        idx = int(row.argmax())
-        out.append({"label": loaded.labels[idx] if idx < len(loaded.labels) else str(idx), "label_id": idx,
-                    "score": round(float(row[idx]), 5)})
-    return out
+    """Labels and probabilities for a batch of texts (padded to a length bucket, capped at the token cap)."""
+    return list(loaded.runner.classify(texts, max_length=seq_bucket(loaded, texts)))
 
 
 def generate(loaded: LoadedVariant, texts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
     """Greedy continuations for a batch of prompts (left-padded; KV cache bounded by the plan)."""
-    import torch
-
-    tok = loaded.tokenizer
-    enc = tok(texts, padding=True, truncation=True, max_length=loaded.plan.max_tokens, return_tensors="pt")
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-        )
-    new = out[:, enc["input_ids"].shape[1]:]
-    return [{"text": tok.decode(row, skip_special_tokens=True), "new_tokens": int((row != tok.pad_token_id).sum())}
-            for row in new]
-
+    return list(loaded.runner.generate(texts, max_new_tokens=max_new_tokens, max_length=loaded.plan.max_tokens))
 
 
 def trim_heap() -> None:

@@ -36,6 +36,7 @@ class PlannedVariant:
     accuracy: float | None = None
     perplexity: float | None = None
     latency_ms_batch: float | None = None  # estimated latency of one full batch
+    runtime: str = "torch"  # what runs it in the replica: torch | onnxruntime
 
 
 @dataclass
@@ -141,7 +142,7 @@ class ServePlan:
         """A few lines for people: the chosen variant, batch, replicas and predicted vs budget memory."""
         p = self.primary
         lines = [
-            f"variant        {p.name} ({p.kind}, {p.chain})"
+            f"variant        {p.name} ({p.kind}, {p.chain}, on {p.runtime})"
             + (f", accuracy {p.accuracy:.3f}" if p.accuracy is not None else "")
             + (f", perplexity {p.perplexity:.2f}" if p.perplexity is not None else ""),
             f"memory         predicted peak {format_bytes(self.predicted_peak_bytes)} of budget "

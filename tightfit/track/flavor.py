@@ -1,9 +1,10 @@
 """Models that load back from MLflow: a ``mlflow.pyfunc`` wrapper around a tightfit variant directory.
 
-The variant directory (manifest + safetensors/state dict) travels as the pyfunc model's artifact and
-``load_context`` calls ``tightfit.load_variant``, so quantized, pruned and bf16 variants all load through
-``models:/name@alias`` with no pickled torch modules (MLflow 3.17's default ``pt2`` format fails on
-quantized modules and returns a GraphModule). The wrapper class itself is stored by reference.
+The variant directory (manifest + safetensors/state dict, or an ONNX graph) travels as the pyfunc model's
+artifact and ``load_context`` calls ``tightfit.load_variant``, so quantized, pruned, bf16 and ONNX Runtime
+variants all load through ``models:/name@alias`` with no pickled torch modules (MLflow 3.17's default
+``pt2`` format fails on quantized modules and returns a GraphModule); predictions go through the variant's
+runner, so an ONNX variant never imports torch. The wrapper class itself is stored by reference.
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ from typing import Any
 from mlflow.pyfunc import PythonModel
 
 from tightfit import names, settings
-from tightfit.compress.variant import load_variant
+from tightfit.compress.variant import load_variant, read_manifest, runtime_of
 from tightfit.errors import BackendError
-from tightfit.measure.quality import predict_logits
+
+PYFUNC_THREADS = 2
+PROMPT_CAP = 2048  # generation prompts are not truncated in practice
 
 
 class VariantPyfunc(PythonModel):
     """``predict(texts)`` -> class labels (classifiers) or generated text (causal LMs)."""
 
     def load_context(self, context: Any) -> None:
-        import torch
+        path = context.artifacts[names.PYFUNC_VARIANT_ARTIFACT]
+        if runtime_of(read_manifest(path)) == names.RUNTIME_TORCH:
+            import torch
 
-        torch.set_num_threads(min(2, torch.get_num_threads()))
-        self.variant = load_variant(context.artifacts[names.PYFUNC_VARIANT_ARTIFACT], device="cpu")
+            torch.set_num_threads(min(PYFUNC_THREADS, torch.get_num_threads()))
+        self.variant = load_variant(path, device="cpu", threads=PYFUNC_THREADS)
 
     @staticmethod
     def _texts(model_input: Any) -> list[str]:
@@ -45,32 +50,25 @@ class VariantPyfunc(PythonModel):
     # No type hints on predict's inputs on purpose: MLflow would validate by them instead of the signature.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
-        import torch
 
         texts = self._texts(model_input)
         params = params or {}
         max_length = int(params.get("max_length", 64))
         batch_size = int(params.get("batch_size", 32))
-        model, tokenizer = self.variant.model, self.variant.tokenizer
+        runner = self.variant.runner
         if self.variant.kind != "classifier":
             max_new = int(params.get("max_new_tokens", 16))
-            outputs = []
-            with torch.inference_mode():
-                for text in texts:
-                    enc = tokenizer(text, return_tensors="pt")
-                    generated = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
-                    outputs.append(tokenizer.decode(generated[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+            outputs = [runner.generate([text], max_new_tokens=max_new, max_length=PROMPT_CAP)[0]["text"] for text in texts]
             return np.array(outputs, dtype=object)
 
         # The same fixed-shape tokenization and batching as evaluation, so labels match the measured accuracy.
-        logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
-        labels = [int(x) for x in logits.argmax(dim=-1).tolist()]
-        return np.array(labels, dtype=np.int64)
+        logits = runner.classify_logits(texts, max_length=max_length, batch_size=batch_size)
+        return np.asarray(logits.argmax(axis=-1), dtype=np.int64)
 
 
 def _requirements() -> list[str]:
     reqs = []
-    for dist in ("torch", "transformers", "torchao", "safetensors", "mlflow"):
+    for dist in ("torch", "transformers", "torchao", "safetensors", "onnxruntime", "onnx", "tokenizers", "mlflow"):
         try:
             reqs.append(f"{dist}=={importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:

@@ -144,6 +144,7 @@ def log_variant(
         names.TAG_CHAIN: footprint.chain,
         names.TAG_KIND: footprint.kind,
         names.TAG_BACKEND: footprint.backend,
+        names.TAG_RUNTIME: footprint.runtime,
         names.TAG_DEVICE: footprint.device,
         names.TAG_STATUS: footprint.status,
         **(tags or {}),
