@@ -38,6 +38,14 @@ PERPLEXITY: Final = "perplexity"
 COMPRESSION_RATIO: Final = "compression_ratio"
 SPEEDUP_B32: Final = "speedup_b32"
 ACCURACY_DROP: Final = "accuracy_drop"
+# --- measurement spread (tightfit.measure.timing): spread across interleaved rounds, threads, load ---
+LATENCY_MS_B1_CV: Final = "latency_ms_b1_cv"
+LATENCY_MS_B32_CV: Final = "latency_ms_b32_cv"
+MEASURE_ROUNDS: Final = "measure_rounds"
+MEASURE_THREADS: Final = "measure_threads"
+LOAD_AVG_1M: Final = "load_avg_1m"
+MEASURE_CPU_SHARE: Final = "measure_cpu_share"
+# --- end of the measurement spread block ---
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
 # accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.
@@ -202,6 +210,8 @@ TAG_PARETO: Final = "tightfit.pareto"
 """``true`` on variant runs that lie on the Pareto front of their parent run."""
 TAG_SELECTED: Final = "tightfit.selected"
 TAG_VARIANT_DIR: Final = "tightfit.variant_dir"
+TAG_NOISE: Final = "tightfit.measure.noise"
+"""``Footprint.noise``: the latency figures whose spread stayed above the threshold ("" when none)."""
 TAG_FOOTPRINT_EXTRA: Final = "tightfit.footprint_extra"
 """``Footprint.extra`` as JSON (the record's free-form figures), so a record reads back whole."""
 

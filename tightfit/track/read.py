@@ -55,6 +55,7 @@ def footprint_from_run(run: Any) -> Footprint:
         error=tags.get(names.TAG_ERROR),
         device=tags.get(names.TAG_DEVICE, "cpu"),
         backend=tags.get(names.TAG_BACKEND, "eager"),
+        noise=tags.get(names.TAG_NOISE),
         extra=extra,
         **values,
     )
