@@ -217,3 +217,24 @@ def test_a_refused_op_is_skipped_and_does_not_block_the_rest(tmp_path: Path, sto
     data = _client(store_uri).get_run(t.run_id(run)).data  # type: ignore[arg-type]
     assert data.params[names.PARAM_EPOCHS] == "1" and data.metrics[names.VAL_ACCURACY] == 0.7
     assert '"rejected"' in t.outbox.path.read_text()
+    # ... and it is kept, whole and with MLflow's reason, in the dead-letter file: never dropped silently.
+    letters = t.outbox.dead_letters()
+    assert len(letters) == 1 and letters[0].op.kind == OP_LOG and letters[0].op.record_id == run
+    assert letters[0].op.payload["params"] == {names.PARAM_EPOCHS: "2"}
+    assert "INVALID_PARAMETER_VALUE" in letters[0].reason or "param" in letters[0].reason.lower()
+
+
+def test_ops_for_a_run_that_never_reached_mlflow_are_dead_letters(tmp_path: Path, store_uri: str) -> None:
+    from tightfit.track.outbox import OP_END, OP_LOG, new_record_id
+
+    t = track.Tracker(store_uri, "orphans", outbox_dir=tmp_path)
+    ghost = new_record_id()  # its start op was never buffered (e.g. lost with another machine's outbox)
+    t.push(OP_LOG, ghost, metrics=[[names.VAL_ACCURACY, 0.5, 0, 0]])
+    t.push(OP_END, ghost, status="FINISHED")
+    assert t.outbox.pending() == []
+    letters = t.outbox.dead_letters()
+    assert [(d.op.kind, d.op.record_id) for d in letters] == [(OP_LOG, ghost), (OP_END, ghost)]
+    assert all(f"record {ghost}" in d.reason for d in letters)
+    report = t.outbox.dead_letter_report(limit=1)
+    assert report[0].startswith("2 MLflow operation(s) refused or not applied, kept in ")
+    assert str(t.outbox.dead_letter_path) in report[0] and report[-1] == "  ... and 1 more"

@@ -90,6 +90,11 @@ PEAK_RSS_BYTES: Final = "peak_rss_bytes"
 PREDICTED_PEAK_BYTES: Final = "predicted_peak_bytes"
 MEMORY_PREDICTION_ERROR: Final = "memory_prediction_error"
 TIME_TO_TARGET_S: Final = "time_to_target_s"
+# --- early stopping (tightfit.train.stopping) ---
+EPOCHS_RUN: Final = "epochs_run"
+BEST_EPOCH: Final = "best_epoch"
+"""The epoch whose weights the run delivers (best validation figure)."""
+STOPPED_EARLY: Final = "stopped_early"
 
 TRAINING_METRICS: Final[tuple[str, ...]] = (
     EPOCH,
@@ -107,6 +112,9 @@ TRAINING_METRICS: Final[tuple[str, ...]] = (
     PREDICTED_PEAK_BYTES,
     MEMORY_PREDICTION_ERROR,
     TIME_TO_TARGET_S,
+    EPOCHS_RUN,
+    BEST_EPOCH,
+    STOPPED_EARLY,
 )
 
 
@@ -233,6 +241,8 @@ MLFLOW_RUN_NAME_TAG: Final = "mlflow.runName"
 DEFAULT_EXPERIMENT: Final = "tightfit"
 DEFAULT_REGISTERED_MODEL: Final = "tightfit-classifier"
 OUTBOX_FILE: Final = "mlflow-outbox.jsonl"
+DEAD_LETTER_FILE: Final = "mlflow-dead-letters.jsonl"
+"""Beside the outbox: every operation MLflow refused (or that could not be applied), with the reason."""
 
 ARTIFACT_FOOTPRINT_TABLE: Final = "footprints.json"
 """``mlflow.log_table`` file on the parent run: one row per variant, columns = footprint fields."""
