@@ -53,6 +53,14 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
     return schedule
 
 
+def _trimmed(batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Ids and mask cut to the batch's longest sequence: rows are padded to ``max_length`` at ingest, and the
+    trailing pad columns change no real token's output (they are masked out) but cost compute."""
+    mask = batch["attention_mask"]
+    longest = max(1, int(mask.sum(dim=1).max()))
+    return batch["input_ids"][:, :longest], mask[:, :longest]
+
+
 def _autocast(precision: str, device: Any) -> Any:
     import torch
 
@@ -156,12 +164,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             last_of_group = micro_step % accumulation == 0
             sync = nullcontext() if last_of_group or world == 1 or strategy == "fsdp" else model.no_sync()
             with sync, _autocast(precision, device):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                ids, mask = _trimmed(batch)
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                        ).logits.float()
+                        teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits.float()
                     loss = distillation_loss(
                         logits, teacher_logits, batch["labels"], float(cfg["temperature"]), float(cfg["alpha"])
                     )
@@ -276,7 +283,8 @@ def _validate(model: Any, shard: Any, batch_size: int, precision: str, device: A
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), _autocast(precision, device):
         for batch in shard.iter_torch_batches(batch_size=max(batch_size, 32), device=device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            ids, mask = _trimmed(batch)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
             labels = batch["labels"]
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
