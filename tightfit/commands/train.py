@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         patience: Annotated[
             int, typer.Option(help="stop after N epochs without a better --monitor; 0 = run every epoch")
         ] = 1,
-        monitor: Annotated[str, typer.Option(help="val_loss or val_accuracy")] = "val_loss",
+        monitor: Annotated[str, typer.Option(help="val_accuracy or val_loss")] = "val_accuracy",
         global_batch: Annotated[int, typer.Option(help="samples per optimizer step, over all workers")] = 32,
         memory_budget: Annotated[
             str | None, typer.Option(help="per-worker memory budget ('4GiB'): picks micro-batch + accumulation")

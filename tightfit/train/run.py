@@ -221,6 +221,11 @@ def collect_result(
         client.log_metric(run_id, names.TEST_ACCURACY, test["accuracy"])
     history = validation_curve(client, run_id)
     metrics[names.EPOCHS_RUN] = int(metrics.get(names.EPOCH) or len(history))
+    delivered = next((row for row in history if row["epoch"] == metrics.get(names.BEST_EPOCH)), None)
+    if delivered is not None:  # the figures describe the model delivered (the best epoch), the last in last_*
+        for key in (names.VAL_LOSS, names.VAL_ACCURACY):
+            metrics[f"last_{key}"] = metrics.get(key)
+            metrics[key] = delivered.get(key, metrics.get(key))
     client.log_metric(run_id, names.EPOCHS_RUN, metrics[names.EPOCHS_RUN])
     reached = client.get_metric_history(run_id, names.TIME_TO_TARGET_S)
     if reached:
