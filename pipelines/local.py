@@ -294,6 +294,10 @@ def print_summary(summary: RunSummary, console: Any) -> None:
         console.print(f"[red]failed variant[/] {name}: {error}")
     if summary.evicted_cache_entries:
         console.print(f"[dim]{summary.evicted_cache_entries} cache entries of failed variants removed; a rerun retries them[/]")
+    from tightfit.pipelines.run_notes import run_notes
+
+    for line in run_notes(summary.run_dir, summary.selection):  # training, noisy figures, refused MLflow ops
+        console.print(line, soft_wrap=True, markup=False)
     console.print(f"report:      {summary.report_path or '-'}")
     console.print(f"pareto plot: {summary.pareto_path or '-'}")
     if summary.deploy_plan is not None:

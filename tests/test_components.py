@@ -77,8 +77,8 @@ def test_evict_failed_removes_only_the_failed_variants_entries(tmp_path: Path) -
     assert evict_failed(cache, {"failed": {}}) == 0
 
 
-@pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "select",
-                                    "register", "deploy", "start_tracking", "should_deploy"])
+@pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "profile_all",
+                                    "select", "register", "deploy", "start_tracking", "should_deploy"])
 def test_every_component_is_a_lightweight_component_on_the_tightfit_image(module: str) -> None:
     import importlib
 

@@ -3,6 +3,7 @@ failures that still reach ``select``, and cached reruns that redo only what fail
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,20 @@ ROBUST_TARGET = {"memory": "1GiB", "disk": "64MiB", "min_accuracy": 0.55}
 def _executed_tasks(log_file: Path) -> list[str]:
     text = re.sub(r"\x1b\[[0-9;]*m", "", log_file.read_text())
     return re.findall(r"Executing task '([^']+)'", text)
+
+
+def _task_windows(root: Path) -> dict[str, tuple[float, float]]:
+    """The wall-clock window every task recorded (``started_at``/``ended_at`` in its Metrics), by task path."""
+    import json
+
+    out: dict[str, tuple[float, float]] = {}
+    for path in root.rglob("executor_output.json"):
+        for artifact in json.loads(path.read_text()).get("artifacts", {}).values():
+            for item in artifact.get("artifacts", []):
+                meta = item.get("metadata") or {}
+                if "started_at" in meta and "ended_at" in meta:
+                    out[str(path.parent.relative_to(root))] = (float(meta["started_at"]), float(meta["ended_at"]))
+    return out
 
 
 def _mlflow_runs(uri: str, experiment: str) -> tuple[Any, list[Any]]:
@@ -100,6 +115,17 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     version = client.get_model_version_by_alias(config.tracking.registered_model, config.tracking.alias)
     assert version.run_id in {r.info.run_id for r in nested}
 
+    # Measured alone: every profile ran after the fine-tune and every compress had ended, one at a time
+    # (from the windows each step and each measurement recorded).
+    profiles = sorted((r.extra["profile_started_at"], r.extra["profile_ended_at"]) for r in summary.records)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(profiles)), profiles
+    windows = _task_windows(tmp_path / "runs" / "pipeline")
+    heavy = {task: w for task, w in windows.items() if task.rsplit("/", 1)[-1].startswith(("compress", "finetune"))}
+    assert len(heavy) == len(config.variants) + 2, sorted(windows)  # the loop, the baseline's compress, finetune
+    assert all(end <= profiles[0][0] for _, end in heavy.values()), (heavy, profiles)
+    stage = next(w for task, w in windows.items() if task.endswith("profile-all"))
+    assert stage[0] <= profiles[0][0] and profiles[-1][1] <= stage[1]
+
     # An unchanged rerun is served from cache.
     again = run_local(config, pipeline="fit_for_serving", run_dir=tmp_path / "runs")
     assert _executed_tasks(again.log_file) == []
@@ -141,9 +167,9 @@ def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) 
     # Rerun: everything that succeeded comes from cache; only the failed variant (and the fan-in) reruns.
     second = run_local(config, pipeline="compress_sweep", run_dir=runs_dir)
     executed = _executed_tasks(second.log_file)
-    # Loop tasks are named compress-2/profile-2 (the baseline's are compress/profile).
+    # The loop's task is compress-2 (the baseline's is compress); the profile stage measures every variant.
     assert executed.count("compress-2") == 1, executed
-    assert set(executed) <= {"compress-2", "profile-2", "select"}, executed
+    assert set(executed) <= {"compress-2", "profile-all", "select"}, executed
     assert second.failed.keys() == {"int4-gpu-only"}
     assert [r.variant for r in second.records if r.ok] == [r.variant for r in first.records if r.ok]
 

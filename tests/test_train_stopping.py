@@ -88,3 +88,24 @@ def test_a_run_stops_early_and_delivers_the_best_epoch(tmp_path: Path) -> None:
     line = describe_training(m, result.history)
     assert line.startswith("trained 2 of 4 epochs (stopped early") and "delivered epoch 1" in line
     assert "val_loss" in line and "->" in line
+
+
+def test_the_run_summary_tells_how_the_baseline_trained(tmp_path: Path) -> None:
+    """``tightfit run`` reads the fine-tune task's numbers (as ``finetune_step`` writes them) into one line."""
+    import json
+
+    from tightfit.pipelines.run_notes import run_notes
+
+    stats = tmp_path / "pipeline" / "fit-for-serving-x" / "finetune" / "stats"
+    stats.parent.mkdir(parents=True)
+    stats.write_text(json.dumps({
+        "train.epoch": 3.0, "train.epochs_run": 3.0, "train.epochs_max": 4.0, "train.best_epoch": 2.0,
+        "train.stopped_early": 1.0, "train.test_accuracy": 0.781, "curve.val_accuracy.1": 0.74,
+        "curve.val_accuracy.2": 0.78, "curve.val_accuracy.3": 0.775, "curve.val_loss.1": 0.52,
+        "curve.val_loss.2": 0.55, "curve.val_loss.3": 0.61,
+    }))
+    lines = run_notes(tmp_path, {"notes": ["v: noisy latency"]})
+    assert lines[0] == ("baseline: trained 3 of 4 epochs (stopped early: validation stopped improving); delivered "
+                        "epoch 2; val_loss 0.520 -> 0.550 -> 0.610; val_accuracy 0.740 -> 0.780 -> 0.775; "
+                        "test accuracy 0.781")
+    assert lines[1:] == ["note: v: noisy latency"]  # no dead letters in this run dir
