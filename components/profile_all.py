@@ -14,7 +14,6 @@ def profile_all(
     baseline: Input[Model],
     variants: Input[list[Model]],
     data: Input[Dataset],
-    kind: str,
     seq_len: int,
     quick: bool,
     memory_subprocess: bool,
@@ -34,7 +33,7 @@ def profile_all(
 
     quiet()
     base, records, figures = profile_all_step(
-        baseline.path, [v.path for v in variants], data.path, kind=kind, seq_len=seq_len, quick=quick,
+        baseline.path, [v.path for v in variants], data.path, seq_len=seq_len, quick=quick,
         memory_subprocess=memory_subprocess, tracking_uri=tracking_uri, experiment=experiment,
         pipeline_run=pipeline_run,
     )

@@ -64,7 +64,6 @@ def add_sweep(
     baseline: Any,
     data: Any,
     variants: Any,
-    kind: Any,
     seq_len: Any,
     quick: Any,
     memory_subprocess: Any,
@@ -76,15 +75,17 @@ def add_sweep(
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
     # The reference every ratio is measured against: the baseline saved as an fp32 variant.
-    base_variant = compress(
-        baseline=baseline, data=data, variant_name="baseline", chain="fp32", kind=kind
-    ).set_display_name("compress-baseline")
+    base_variant = compress(baseline=baseline, data=data, variant_name="baseline", chain="fp32").set_display_name(
+        "compress-baseline"
+    )
     apply_resources(base_variant, resources["compress"], config)
     if after is not None:  # the parent run exists before any variant run is logged under it
         base_variant.after(after)
 
     with dsl.ParallelFor(variants, parallelism=LOOP_PARALLELISM) as item:
-        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain, kind=kind)
+        # A variant that fails fails its compress task: kfp.local then skips the fan-in, and ``tightfit run``
+        # selects among the variants that succeeded in a second run served from the cache.
+        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain)
         apply_resources(built, resources["compress"], config)
 
     # The profile stage: after the whole sweep, the baseline and then every variant measured one after
@@ -94,7 +95,6 @@ def add_sweep(
         baseline=base_variant.outputs["variant"],
         variants=dsl.Collected(built.outputs["variant"]),
         data=data,
-        kind=kind,
         seq_len=seq_len,
         quick=quick,
         memory_subprocess=memory_subprocess,
