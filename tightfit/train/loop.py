@@ -216,7 +216,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # Every rank holds the same all-reduced validation figures, so every rank takes the same decision.
         improved = stopper.update(epoch + 1, metrics)
         metrics.update({"best_epoch": stopper.best_epoch, f"best_{stopper.monitor}": stopper.best,
-                        "stopped_early": int(stopper.should_stop), "epochs_max": int(cfg["epochs"])})
+                        "stopped_early": int(stopper.should_stop and epoch + 1 < int(cfg["epochs"])),
+                        "epochs_max": int(cfg["epochs"])})
         # FSDP gathers on every rank; DDP replicas are identical, so only rank 0 reads its weights.
         full_state = _full_state_dict(model, strategy) if rank == 0 or strategy == "fsdp" else {}
         if rank == 0 and (improved or best_state is None or stopper.patience == 0):
