@@ -1,40 +1,64 @@
-"""Serving benchmark: tightfit's plan vs a naive Ray Serve deployment, same budget, same offered load.
+"""Serving benchmark: tightfit's plan against two baselines a Ray Serve user would deploy, same budget,
+same open-loop load -> benchmarks/results/serving.json.
 
-Both run side by side on one private Ray (2 CPUs, one 1-CPU replica each) behind real HTTP on 127.0.0.1:
-- naive: the fine-tuned fp32 variant, no batching, Ray Serve's default settings (max_ongoing_requests 5,
-  unbounded queue, no memory reservation);
-- tightfit: `plan_serving` over the fp32 / bf16 / int8 records under the same per-replica budget
-  (variant, @serve.batch size, token cap, backpressure, ray_actor_options.memory), with the memory
-  model calibrated on fresh replicas first.
-A closed-loop asyncio client (CONCURRENCY connections for ROUND_S seconds) alternates between the two,
-ROUNDS times each; medians are reported. Replica RSS is sampled every 20 ms; the memory prediction is
-checked against the replica's ru_maxrss after a full-capacity probe (full batches at the token cap).
-Writes benchmarks/results/serving.json.
+Deployments (one Ray, one 1-CPU replica each, torch on 1 thread, each reserving the same per-replica memory
+budget, behind real HTTP on 127.0.0.1), one function each:
+- ``naive``: the fine-tuned fp32 model, no batching, Ray Serve's defaults (max_ongoing_requests 5, unbounded
+  queue);
+- ``batched``: the same fp32 model written as Ray's batching guide shows: ``@serve.batch`` at
+  ``BATCHED_MAX_BATCH`` (a power of two at or above the decorator's default of 10, as the guide advises),
+  ``batch_wait_timeout_s`` 10 ms (the default), ``max_ongoing_requests`` = 2 x the batch (one batch running,
+  the next one filling; Serve's default of 5 would cap every batch at 5);
+- ``tightfit``: ``plan_serving`` over the measured variants under the budget (variant, batch, token cap,
+  backpressure, memory reservation), with the memory model calibrated on fresh replicas first.
+
+Load (``benchmarks/_load.py``): open-loop Poisson arrivals at the same fixed rates for every deployment,
+bounded in count and time, rounds interleaving the deployments at each rate. A rate is *sustained* when the
+p99 over every request sent (failures count as too slow) is within the SLO. Figures:
+- ``rps_ratio_vs_batched``: throughput at the highest rate tightfit sustains / the same for ``batched``
+  (goal >= 2, both within the SLO); ``rps_ratio_vs_naive`` likewise;
+- ``p99_ratio_at_equal_load``: tightfit's p99 / batched's p99 at the highest rate ``batched`` sustains
+  (goal <= 1); the p99 of every deployment at every rate is in ``ladder``;
+- ``memory_prediction_error_heldout``: the memory model calibrated on some variants and batch sizes, judged
+  on configurations it never saw (a held-out variant, held-out batch sizes): |measured replica peak - the
+  model's own prediction| / measured, the worst held-out point (goal <= 0.10);
+- ``oom_kills`` (replica restarts) and ``max_rss_over_budget`` (tightfit's sampled peak RSS / budget, after a
+  full-capacity probe).
+``--quick`` is the reduced protocol that proves the script (2 variants, 2 rates, 1 round); it claims nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
 import sys
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _common import median, write_results
+from _common import median, spread, write_results
+from _load import LoadResult, RssSampler, closed_loop, run_open_loop
 
 from tightfit.settings import cache_dir
 
 BUDGET = 800 * 2**20
-CONCURRENCY = 32
-ROUND_S = 15.0
-ROUNDS = 2
-THREADS = 1  # torch threads = CPUs per replica, both deployments
+THREADS = 1  # torch threads = CPUs per replica, every deployment
+BATCHED_MAX_BATCH = 16
+SLO_MS = 500.0
+FULL = {"rates": [10, 20, 40, 80, 120, 160, 240, 320, 480], "seconds": 20.0, "max_requests": 6000, "rounds": 2,
+        "chains": {"bf16": "bf16", "int8-dynamic": "int8_dynamic",
+                   "student-int8": "prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill:steps=400|int8_dynamic"},
+        "calibrate": ("fp32", "bf16"), "calibration_batches": (1, 16, 48), "heldout_batches": (24, 40),
+        "eval_rows": 400}
+QUICK = {"rates": [5, 20], "seconds": 4.0, "max_requests": 200, "rounds": 1,
+         "chains": {"int8-dynamic": "int8_dynamic"}, "calibrate": ("fp32",), "calibration_batches": (1, 16),
+         "heldout_batches": (8,), "eval_rows": 100}
 
 
 def _free_port() -> int:
@@ -43,111 +67,233 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_records(work: Path) -> tuple[list[Any], Any]:
-    """fp32 (fine-tuned), bf16 and int8 variants with accuracy, latency and load RSS measured here."""
-    import torch
+# ------------------------------------------------------------------------------------------ variants
+
+
+def build_variants(work: Path, chains: dict[str, str], data: Any) -> dict[str, Path]:
+    """The fine-tuned fp32 MiniLM (the test fixture) and its compressed variants, built once and cached."""
     from fixtures_models import FINETUNED_MINILM_VERSION, _finetuned_minilm
 
-    from tightfit import load_variant
     from tightfit.compress import build_variant
-    from tightfit.data import load_dataset
-    from tightfit.measure.quality import evaluate
-    from tightfit.memory.replica import footprint_for_source
-    from tightfit.serve.calibrate import with_load_rss
     from tightfit.spec import VariantSpec
 
-    torch.set_num_threads(THREADS)
     base = _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=120)
     dirs = {"fp32": base}
-    for chain in ("bf16", "int8_dynamic"):
-        out = work / chain
+    for name, chain in chains.items():
+        out = work / name
         if not (out / "manifest.json").exists():
-            build_variant(base, VariantSpec.parse(chain), out, progress=False)
-        dirs[chain] = out
-    data = load_dataset("rotten_tomatoes", seed=0)
-    test = data.test.head(400)
+            build_variant(base, VariantSpec.parse(chain, name=name), out, data=data, teacher=base, progress=False)
+        dirs[name] = out
+    return dirs
+
+
+def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[Any]:
+    """Footprints the planner reads: accuracy, latency (pinned thread, interleaved rounds), load RSS."""
+    from tightfit import load_variant
+    from tightfit.measure.profile import fixed_inputs, record_timing, time_forward
+    from tightfit.measure.quality import evaluate
+    from tightfit.measure.timing import QUICK_PLAN
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.serve.calibrate import with_load_rss
+
+    test = data.test.head(eval_rows)
+    texts = list(test["text"].astype(str))
     records = []
     for name, path in dirs.items():
         record = footprint_for_source(str(path), name=name)
         variant = load_variant(path)
         record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier")["accuracy"]
-        for batch in (1, 32):
-            texts = list(test["text"].head(batch))
-            enc = variant.tokenizer(texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
-            times = []
-            with torch.inference_mode():
-                for _ in range(12 if batch == 1 else 5):
-                    t0 = time.perf_counter()
-                    variant.model(**enc)
-                    times.append((time.perf_counter() - t0) * 1000)
-            times.sort()
-            setattr(record, f"latency_ms_b{batch}_p50", times[len(times) // 2])
-            setattr(record, f"latency_ms_b{batch}_p95", times[int(0.95 * (len(times) - 1))])
+        inputs = {b: fixed_inputs(variant.tokenizer, texts, b, 64) for b in (1, 32)}
+        record_timing(record, time_forward(variant.model, inputs, QUICK_PLAN, threads=THREADS))
         records.append(record)
-        print(f"  {name}: accuracy {record.accuracy:.3f}, b1 {record.latency_ms_b1_p50:.1f} ms, "
-              f"b32 {record.latency_ms_b32_p50:.1f} ms")
-    return with_load_rss(records), data
+        print(f"  {name}: accuracy {record.accuracy:.3f}, b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
+              f"b32 p95 {record.latency_ms_b32_p95:.1f} ms, noise {record.noise or '-'}")
+    return with_load_rss(records)
 
 
-async def _closed_loop(url: str, texts: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    end = time.perf_counter() + seconds
-
-    async def worker(k: int, session: aiohttp.ClientSession) -> None:
-        i = k
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            async with session.post(url, json={"text": texts[i % len(texts)]}) as response:
-                await response.read()
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                if response.status == 200:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-            i += concurrency
-
-    start = time.perf_counter()
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        await asyncio.gather(*(worker(k, session) for k in range(concurrency)))
-    wall = time.perf_counter() - start
-    latencies.sort()
-    ok = statuses.get(200, 0)
-    return {
-        "rps": ok / wall,
-        "p50_ms": latencies[len(latencies) // 2] if latencies else None,
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
-        "statuses": statuses,
-    }
+# ------------------------------------------------------------------------------------------ deployments
 
 
-class RssSampler:
-    """Samples one process's RSS every 20 ms in a thread."""
+@dataclass
+class Deployment:
+    """One deployed application: where to send requests and how to find its replica."""
 
-    def __init__(self, pid: int) -> None:
-        import psutil
+    name: str
+    url: str
+    health: str
+    settings: dict[str, Any]
 
-        self.proc = psutil.Process(pid)
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.proc.memory_info().rss)
-            except Exception:  # the process died: that is what oom_kills counts
-                return
-            time.sleep(0.02)
+def deploy_naive(records: list[Any], model: Any, base: str) -> Deployment:
+    """tightfit's server forced to batch 1 on the fp32 variant, with Ray Serve's default settings."""
+    from ray import serve
 
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
+    from tightfit.serve.app import TightfitServer
+    from tightfit.serve.plan import ServeOptions, plan_serving
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    fp32 = [r for r in records if r.variant == "fp32"]
+    plan = plan_serving(fp32, BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
+    app: Any = TightfitServer
+    options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS, "memory": BUDGET}}
+    serve.run(app.options(**options).bind(plan.to_dict()), name="naive", route_prefix="/naive")
+    return Deployment("naive", f"{base}/naive/v1/classify", f"{base}/naive/healthz",
+                      {"variant": "fp32", "max_batch_size": 1, "max_ongoing_requests": 5, "max_queued_requests": -1})
+
+
+def batched_deployment() -> Any:
+    """fp32 with ``@serve.batch``, written as Ray Serve's batching guide shows (no tightfit code in it)."""
+    import os as _os
+
+    from ray import serve
+    from starlette.requests import Request
+
+    @serve.deployment(max_ongoing_requests=2 * BATCHED_MAX_BATCH)
+    class BatchedFp32:
+        def __init__(self, model_dir: str, threads: int) -> None:
+            import torch
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            torch.set_num_threads(threads)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+        @serve.batch(max_batch_size=BATCHED_MAX_BATCH, batch_wait_timeout_s=0.01)
+        async def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+            import torch
+
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+            with torch.inference_mode():
+                probs = torch.softmax(self.model(**enc).logits, dim=-1)
+            return [{"label_id": int(p.argmax()), "score": float(p.max())} for p in probs]
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            if request.url.path.endswith("healthz"):
+                return {"status": "ok", "pid": _os.getpid()}
+            return await self.predict((await request.json())["text"])
+
+    return BatchedFp32
+
+
+def deploy_batched(model_dir: Path, base: str) -> Deployment:
+    from ray import serve
+
+    app = batched_deployment().options(num_replicas=1, ray_actor_options={"num_cpus": THREADS, "memory": BUDGET})
+    serve.run(app.bind(str(model_dir), THREADS), name="batched", route_prefix="/batched")
+    return Deployment("batched", f"{base}/batched/", f"{base}/batched/healthz",
+                      {"variant": "fp32", "max_batch_size": BATCHED_MAX_BATCH, "batch_wait_timeout_s": 0.01,
+                       "max_ongoing_requests": 2 * BATCHED_MAX_BATCH, "max_queued_requests": -1})
+
+
+def deploy_tightfit(records: list[Any], model: Any, base: str) -> tuple[Deployment, Any]:
+    from ray import serve
+
+    from tightfit.serve.app import build_app
+    from tightfit.serve.plan import ServeOptions, plan_serving
+
+    plan = plan_serving(records, BUDGET, ServeOptions(cpus_per_replica=THREADS, latency_slo_ms=SLO_MS), model=model)
+    print(plan.describe())
+    serve.run(build_app(plan), name="tightfit", route_prefix="/tightfit")
+    return Deployment("tightfit", f"{base}/tightfit/v1/classify", f"{base}/tightfit/healthz",
+                      {"variant": plan.primary.name, "max_batch_size": plan.primary.max_batch_size,
+                       "max_ongoing_requests": plan.max_ongoing_requests,
+                       "max_queued_requests": plan.max_queued_requests,
+                       "predicted_peak_bytes": plan.predicted_peak_bytes, "accuracy": plan.primary.accuracy}), plan
+
+
+def replica_pid(deployment: Deployment) -> int:
+    import requests
+
+    return int(requests.get(deployment.health, timeout=60).json()["pid"])
+
+
+# ------------------------------------------------------------------------------------------ measurements
+
+
+def rate_ladder(deployments: list[Deployment], texts: list[str], protocol: dict[str, Any]) -> dict[str, Any]:
+    """Every deployment at every rate, interleaved per rate, ``rounds`` times; a deployment that missed the
+    SLO at two rates in a row is not offered higher rates in that round (it cannot sustain them)."""
+    bodies = [{"text": t} for t in texts]
+    runs: dict[str, dict[float, list[LoadResult]]] = {d.name: {} for d in deployments}
+    peaks: dict[str, int] = dict.fromkeys((d.name for d in deployments), 0)
+    pids = {d.name: replica_pid(d) for d in deployments}
+    for round_no in range(protocol["rounds"]):
+        misses = dict.fromkeys(runs, 0)
+        for rate in protocol["rates"]:
+            for d in deployments:
+                if misses[d.name] >= 2:
+                    continue
+                with RssSampler(pids[d.name]) as sampler:
+                    result = run_open_loop(d.url, bodies, rate, seconds=protocol["seconds"],
+                                           max_requests=protocol["max_requests"], timeout_s=10.0,
+                                           seed=round_no * 1000 + int(rate))
+                peaks[d.name] = max(peaks[d.name], sampler.peak)
+                runs[d.name].setdefault(rate, []).append(result)
+                misses[d.name] = 0 if result.sustained(SLO_MS) else misses[d.name] + 1
+                p99 = "failed" if result.p99_ms == float("inf") else f"{result.p99_ms:.0f} ms"
+                print(f"  round {round_no + 1} rate {rate:>5} {d.name:>8}: {result.achieved_rps:6.1f} req/s, "
+                      f"p99 {p99}, statuses {result.statuses}")
+    return {"runs": runs, "peak_rss": peaks, "pids": pids}
+
+
+def summarize_ladder(runs: dict[str, dict[float, list[LoadResult]]]) -> dict[str, Any]:
+    """Per deployment: median p99 and throughput per rate, and the highest rate sustained within the SLO."""
+    out: dict[str, Any] = {}
+    for name, by_rate in runs.items():
+        rows = {}
+        best_rate, best_rps = None, 0.0
+        for rate, results in sorted(by_rate.items()):
+            p99 = median([r.p99_ms for r in results])
+            rps = median([r.achieved_rps for r in results])
+            rows[str(rate)] = {"p99_ms": None if p99 == float("inf") else p99, "achieved_rps": rps,
+                               "rounds": [r.to_dict() for r in results]}
+            if p99 <= SLO_MS:
+                best_rate, best_rps = rate, rps
+        out[name] = {"by_rate": rows, "max_sustained_rate": best_rate, "rps_at_slo": best_rps}
+    return out
+
+
+def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate on some variants and batches in fresh replicas; judge the model's own prediction on
+    variants and batch sizes it never saw, against the measured replica peak (never against the cap)."""
+    from tightfit.memory.serving import fit_serving_model, prediction_error
+    from tightfit.serve.calibrate import measure_replica
+
+    by_name = {r.variant: r for r in records}
+    seen = [by_name[n] for n in protocol["calibrate"]]
+    points = []
+    for record in seen:
+        points.extend(measure_replica(record, base_url=base, batch_sizes=protocol["calibration_batches"]))
+    model = fit_serving_model(points, source=f"calibrated on {', '.join(protocol['calibrate'])}")
+    judged = []
+    held_variants = [r for r in records if r.variant not in protocol["calibrate"]]
+    for record in held_variants + seen[:1]:  # held-out variants, and a calibrated one at held-out batches
+        for point in measure_replica(record, base_url=base, batch_sizes=protocol["heldout_batches"]):
+            predicted = model.predict(point.weight_bytes, point.arch, batch=point.batch, seq_len=point.seq_len,
+                                      dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes).total
+            error = prediction_error(predicted, point.peak_rss_bytes)
+            judged.append({"variant": record.variant, "batch": point.batch, "held_out_variant": record in held_variants,
+                           "measured_peak_bytes": point.peak_rss_bytes, "predicted_peak_bytes": predicted,
+                           "error": round(error, 4)})
+            print(f"  held out: {record.variant} at batch {point.batch}: measured {point.peak_rss_bytes >> 20} MiB, "
+                  f"predicted {predicted >> 20} MiB, error {error:.3f}")
+    return {"model": model, "points": judged, "error": max(p["error"] for p in judged)}
+
+
+def full_capacity_probe(plan: Any, deployment: Deployment, base: str, pid: int) -> int:
+    """Full batches of texts at the token cap: the worst case the plan admits. Returns the sampled peak RSS."""
+    import requests
+
+    from tightfit.serve.calibrate import text_of_tokens
+
+    text = text_of_tokens(plan.primary.source, plan.primary.max_tokens)
+    limit = requests.get(f"{base}/tightfit/v1/stats", timeout=30).json()["batch_limits"][plan.primary.name]
+    with RssSampler(pid) as sampler:
+        for _ in range(3):
+            requests.post(deployment.url, json={"texts": [text] * limit}, timeout=300)
+    return sampler.peak
+
+
+# ------------------------------------------------------------------------------------------ main
 
 
 def main() -> None:
@@ -155,90 +301,82 @@ def main() -> None:
     import requests
     from ray import serve
 
-    from tightfit.serve.app import TightfitServer, build_app
-    from tightfit.serve.calibrate import calibrate_serving_memory, text_of_tokens
-    from tightfit.serve.plan import ServeOptions, plan_serving
+    from tightfit.data import load_dataset
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="reduced protocol: proves the script, claims nothing")
+    parser.add_argument("--lean-only", action="store_true", help="only the lean-runtime section (issue 17)")
+    args = parser.parse_args()
+    if args.lean_only:
+        main_lean(quick=args.quick)
+        return
+    protocol = QUICK if args.quick else FULL
     work = cache_dir("bench-serving")
     work.mkdir(parents=True, exist_ok=True)
+    data = load_dataset("rotten_tomatoes", seed=0)
     print("building and measuring variants ...")
-    records, data = build_records(work)
-    texts = [t for t in data.test["text"].tolist() if t.strip()][:400]
+    dirs = build_variants(work, protocol["chains"], data)
+    records = measure_records(dirs, data, protocol["eval_rows"])
+    texts = [t for t in data.test["text"].astype(str).tolist() if t.strip()][:400]
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=4, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     try:
-        print("calibrating the serving memory model on fresh replicas ...")
-        by_name = {r.variant: r for r in records}
-        model = calibrate_serving_memory([by_name["fp32"], by_name["bf16"]], base_url=base)
-        for point in model.calibration_points:
-            print(f"  calibration: batch {point['batch']}, replica idle {point['idle_rss_bytes'] >> 20} MiB, "
-                  f"peak {point['peak_rss_bytes'] >> 20} MiB, load {point['load_rss_bytes'] >> 20} MiB")
-        for r in records:
-            print(f"  {r.variant}: load RSS {(r.extra or {}).get('serving_load_rss_bytes', 0) >> 20} MiB")
-        plan = plan_serving(records, BUDGET, ServeOptions(cpus_per_replica=THREADS), model=model)
-        print(plan.describe())
-        naive_plan = plan_serving([by_name["fp32"]], BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
-        naive_app: Any = TightfitServer
-        serve.run(naive_app.options(num_replicas=1, ray_actor_options={"num_cpus": THREADS}).bind(naive_plan.to_dict()),
-                  name="naive", route_prefix="/naive")
-        serve.run(build_app(plan), name="tightfit", route_prefix="/tightfit")
-        pids = {k: requests.get(f"{base}/{k}/healthz", timeout=30).json()["pid"] for k in ("naive", "tightfit")}
-        runs: dict[str, list[dict[str, Any]]] = {"naive": [], "tightfit": []}
-        max_rss: dict[str, int] = {"naive": 0, "tightfit": 0}
-        for round_no in range(ROUNDS):
-            for name in ("naive", "tightfit"):
-                with RssSampler(pids[name]) as sampler:
-                    result = asyncio.run(_closed_loop(f"{base}/{name}/v1/classify", texts, ROUND_S, CONCURRENCY))
-                max_rss[name] = max(max_rss[name], max(sampler.samples, default=0))
-                runs[name].append(result)
-                print(f"  round {round_no + 1} {name}: {result['rps']:.1f} req/s, p99 {result['p99_ms']:.0f} ms, "
-                      f"statuses {result['statuses']}")
-        # full-capacity probe: full batches of max-token texts, the worst case the plan admits
-        probe_text = text_of_tokens(plan.primary.source, plan.primary.max_tokens)
-        limit = requests.get(f"{base}/tightfit/v1/stats", timeout=30).json()["batch_limits"][plan.primary.name]
-        with RssSampler(pids["tightfit"]) as sampler:
-            for _ in range(3):
-                requests.post(f"{base}/tightfit/v1/classify", json={"texts": [probe_text] * limit}, timeout=300)
-        max_rss["tightfit"] = max(max_rss["tightfit"], max(sampler.samples, default=0))
-        stats = {k: requests.get(f"{base}/{k}/v1/stats", timeout=30).json() for k in ("naive", "tightfit")}
-        restarts = sum(int(stats[k]["pid"] != pids[k]) for k in pids)
-        measured_peak = int(stats["tightfit"]["peak_rss_bytes"])
+        print("memory model: calibrating, then judging held-out configurations in fresh replicas ...")
+        memory = heldout_memory_error(records, base, protocol)
+        model = memory["model"]
+        deployments = [deploy_naive(records, model, base), deploy_batched(dirs["fp32"], base)]
+        tightfit, plan = deploy_tightfit(records, model, base)
+        deployments.append(tightfit)
+        print("open-loop load ladder ...")
+        ladder = rate_ladder(deployments, texts, protocol)
+        probe_peak = full_capacity_probe(plan, tightfit, base, ladder["pids"]["tightfit"])
+        tf_stats = requests.get(f"{base}/tightfit/v1/stats", timeout=30).json()
+        restarts = sum(int(replica_pid(d) != ladder["pids"][d.name]) for d in deployments)
     finally:
         serve.shutdown()
         ray.shutdown()
-    naive_rps, tf_rps = median([r["rps"] for r in runs["naive"]]), median([r["rps"] for r in runs["tightfit"]])
-    naive_p99, tf_p99 = median([r["p99_ms"] for r in runs["naive"]]), median([r["p99_ms"] for r in runs["tightfit"]])
+    summary = summarize_ladder(ladder["runs"])
+    tf, batched, naive = summary["tightfit"], summary["batched"], summary["naive"]
+    equal_rate = batched["max_sustained_rate"]
+    p99_at_equal = None
+    if equal_rate is not None and str(equal_rate) in tf["by_rate"]:
+        tf_p99, b_p99 = tf["by_rate"][str(equal_rate)]["p99_ms"], batched["by_rate"][str(equal_rate)]["p99_ms"]
+        p99_at_equal = round(tf_p99 / b_p99, 3) if tf_p99 is not None and b_p99 else None
+    tf_peak = max(ladder["peak_rss"]["tightfit"], probe_peak, int(tf_stats["peak_rss_bytes"]))
     figures = {
-        "rps_ratio": round(tf_rps / naive_rps, 3),
-        "p99_ratio": round(tf_p99 / naive_p99, 3),
+        "rps_ratio_vs_batched": round(tf["rps_at_slo"] / batched["rps_at_slo"], 3) if batched["rps_at_slo"] else None,
+        "rps_ratio_vs_naive": round(tf["rps_at_slo"] / naive["rps_at_slo"], 3) if naive["rps_at_slo"] else None,
+        "p99_ratio_at_equal_load": p99_at_equal,
+        "equal_load_rps": equal_rate,
+        "memory_prediction_error_heldout": memory["error"],
         "oom_kills": restarts,
-        "max_rss_over_budget": round(max(max_rss["tightfit"], measured_peak) / BUDGET, 4),
-        "memory_prediction_error": round(abs(measured_peak - plan.predicted_peak_bytes) / measured_peak, 4),
+        "max_rss_over_budget": round(tf_peak / BUDGET, 4),
+        "slo_ms": SLO_MS,
         "budget_bytes": BUDGET,
-        "offered_load": {"concurrency": CONCURRENCY, "round_s": ROUND_S, "rounds": ROUNDS, "client": "closed-loop aiohttp"},
-        "tightfit": {
-            "variant": plan.primary.name, "max_batch_size": plan.primary.max_batch_size,
-            "batch_limit_in_replica": limit, "max_ongoing_requests": plan.max_ongoing_requests,
-            "max_queued_requests": plan.max_queued_requests, "predicted_peak_bytes": plan.predicted_peak_bytes,
-            "measured_peak_bytes": measured_peak, "max_sampled_rss_bytes": max_rss["tightfit"],
-            "rps": tf_rps, "p99_ms": tf_p99, "rounds": runs["tightfit"], "accuracy": plan.primary.accuracy,
-        },
-        "naive": {
-            "variant": "fp32", "max_batch_size": 1, "max_ongoing_requests": 5, "max_queued_requests": -1,
-            "max_sampled_rss_bytes": max_rss["naive"], "peak_rss_bytes": stats["naive"]["peak_rss_bytes"],
-            "max_rss_over_budget": round(max_rss["naive"] / BUDGET, 4),
-            "rps": naive_rps, "p99_ms": naive_p99, "rounds": runs["naive"], "accuracy": by_name["fp32"].accuracy,
-        },
-        "memory_model": {k: v for k, v in model.to_dict().items() if k != "calibration_points"},
-        "variants": [{"name": r.variant, "accuracy": r.accuracy, "latency_ms_b1_p50": r.latency_ms_b1_p50,
-                      "latency_ms_b32_p50": r.latency_ms_b32_p50, "disk_bytes": r.disk_bytes,
+        "deployments": {d.name: {**d.settings, "max_sampled_rss_bytes": ladder["peak_rss"][d.name],
+                                 "rss_over_budget": round(ladder["peak_rss"][d.name] / BUDGET, 4),
+                                 "max_sustained_rate": summary[d.name]["max_sustained_rate"],
+                                 "rps_at_slo": summary[d.name]["rps_at_slo"]} for d in deployments},
+        "ladder": {name: s["by_rate"] for name, s in summary.items()},
+        "memory_heldout": {"points": memory["points"], "calibrated_on": list(protocol["calibrate"]),
+                           "calibration_batches": list(protocol["calibration_batches"]),
+                           "model": {k: v for k, v in model.to_dict().items() if k != "calibration_points"}},
+        "spread": {"rps_at_max_rate": {name: spread([r["achieved_rps"] for r in s["by_rate"][str(s["max_sustained_rate"])]["rounds"]])
+                                       for name, s in summary.items() if s["max_sustained_rate"] is not None}},
+        "variants": [{"name": r.variant, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
+                      "latency_ms_b32_p95": r.latency_ms_b32_p95, "latency_ms_b32_cv": r.latency_ms_b32_cv,
+                      "noise": r.noise, "disk_bytes": r.disk_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],
     }
-    figures.update(lean_runtime_figures(work))  # issue 17: serve_replica_floor_bytes, replica_peak_rss_bytes, ...
-    write_results("serving", figures)
-    for key in ("rps_ratio", "p99_ratio", "oom_kills", "max_rss_over_budget", "memory_prediction_error"):
+    print("lean runtime: replica floor, lean replica under load, replicas per node ...")
+    figures.update(lean_runtime_figures(work, quick=args.quick))  # issue 17: serve_replica_floor_bytes, ...
+    load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
+    write_results("serving", figures, protocol={"quick": args.quick, **load, "client": "open-loop Poisson (aiohttp)",
+                                                "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])})
+    for key in ("rps_ratio_vs_batched", "p99_ratio_at_equal_load", "memory_prediction_error_heldout", "oom_kills",
+                "max_rss_over_budget"):
         print(f"{key}: {figures[key]}")
 
 
@@ -377,7 +515,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
         serve.run(build_app(lean_plan), name="lean", route_prefix="/lean")
         health = requests.get(f"{base}/lean/healthz", timeout=60).json()
         with RssSampler(int(health["pid"])) as sampler:
-            load = asyncio.run(_closed_loop(f"{base}/lean/v1/classify", texts, 5.0 if quick else LEAN_ROUND_S,
+            load = asyncio.run(closed_loop(f"{base}/lean/v1/classify", texts, 5.0 if quick else LEAN_ROUND_S,
                                             LEAN_CONCURRENCY))
         stats = requests.get(f"{base}/lean/v1/stats", timeout=30).json()
         peak = max(max(sampler.samples, default=0), _vm_hwm(int(health["pid"])))
@@ -425,7 +563,4 @@ if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "--lean-only" in sys.argv:  # the lean-runtime section alone (issue 17); --quick shortens its load
-        main_lean(quick="--quick" in sys.argv)
-    else:
-        main()
+    main()

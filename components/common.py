@@ -20,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 ELAPSED = "elapsed_s"
+STARTED_AT, ENDED_AT = "started_at", "ended_at"
 BODY_START = time.perf_counter()
 """When the component body began: its first statement imports this module."""
+BODY_START_WALL = time.time()
 
 
 @contextmanager
 def stopwatch(into: dict[str, float], key: str = ELAPSED) -> Iterator[None]:
     """Record the step's own compute time in ``into[key]``: from the component body's start (library
-    imports included) to the end of the block. Interpreter start-up and the KFP executor are not in it."""
+    imports included) to the end of the block. Interpreter start-up and the KFP executor are not in it.
+    The wall-clock window (``started_at``/``ended_at``, epoch seconds) goes beside it, so a run shows which
+    steps overlapped (profiles must not overlap heavy work)."""
     try:
         yield
     finally:
         into[key] = round(time.perf_counter() - BODY_START, 3)
+        into[STARTED_AT], into[ENDED_AT] = round(BODY_START_WALL, 3), round(time.time(), 3)
 
 
 def quiet() -> None:

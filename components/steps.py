@@ -199,6 +199,8 @@ def finetune_step(data_dir: str, out_dir: str, **settings: Any) -> dict[str, Any
             "workers": int(settings["workers"]),
             "cpus_per_worker": int(settings["cpus_per_worker"]),
             "epochs": int(settings["epochs"]),
+            "patience": int(settings["patience"]),
+            "monitor": settings["monitor"],
             "global_batch": int(settings["batch_size"]),
             "lr": float(settings["lr"]),
             "max_length": int(settings["max_length"]),
@@ -214,6 +216,10 @@ def finetune_step(data_dir: str, out_dir: str, **settings: Any) -> dict[str, Any
     for key, value in result.metrics.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             stats[f"train.{key}"] = float(value)
+    for row in result.history:  # the validation curve, for the run summary (numbers only in a Metrics artifact)
+        for key in ("val_loss", "val_accuracy"):
+            if row.get(key) is not None:
+                stats[f"curve.{key}.{int(row['epoch'])}"] = float(row[key])
     stats["train.mlflow_run"] = 1.0
     return stats
 

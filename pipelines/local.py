@@ -299,6 +299,10 @@ def print_summary(summary: RunSummary, console: Any) -> None:
         console.print(f"[dim]kfp.local run {number} ({len(run.variants)} variants) {outcome}: {run.describe()}[/]")
     if len(summary.kfp_runs) > 1:
         console.print("[dim]run 2 left the failed variants out (the rest came from the cache); a rerun retries them[/]")
+    from tightfit.pipelines.run_notes import run_notes
+
+    for line in run_notes(summary.run_dir, summary.selection):  # training, noisy figures, refused MLflow ops
+        console.print(line, soft_wrap=True, markup=False)
     console.print(f"report:      {summary.report_path or '-'}")
     console.print(f"pareto plot: {summary.pareto_path or '-'}")
     if summary.deploy_plan is not None:

@@ -1,4 +1,5 @@
-"""The sweep every pipeline shares: save + profile the baseline (fp32), ParallelFor(compress -> profile), fan-in -> select.
+"""The sweep every pipeline shares: save the baseline (fp32), ParallelFor(compress), then the profile stage
+(baseline and every variant measured one after another, alone), then select.
 
 Added to the pipeline being defined by calling ``add_sweep`` inside a ``@dsl.pipeline`` body, so
 ``compress_sweep`` and ``fit_for_serving`` run the very same tasks.
@@ -11,7 +12,7 @@ from typing import Any
 from kfp import dsl
 from tightfit.components.compress import compress
 from tightfit.components.prepare_data import prepare_data
-from tightfit.components.profile import profile
+from tightfit.components.profile_all import profile_all
 from tightfit.components.select import select
 from tightfit.components.start_tracking import start_tracking
 from tightfit.pipelines.resources import TaskResources, apply_resources
@@ -74,49 +75,38 @@ def add_sweep(
     after: Any = None,
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
-    # The reference every ratio is measured against: the baseline saved as an fp32 variant, profiled once.
+    # The reference every ratio is measured against: the baseline saved as an fp32 variant.
     base_variant = compress(baseline=baseline, data=data, variant_name="baseline", chain="fp32").set_display_name(
         "compress-baseline"
     )
     apply_resources(base_variant, resources["compress"], config)
     if after is not None:  # the parent run exists before any variant run is logged under it
         base_variant.after(after)
-    base_profile = profile(
-        variant=base_variant.outputs["variant"],
+
+    with dsl.ParallelFor(variants, parallelism=LOOP_PARALLELISM) as item:
+        # A variant that fails fails its compress task: kfp.local then skips the fan-in, and ``tightfit run``
+        # selects among the variants that succeeded in a second run served from the cache.
+        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain)
+        apply_resources(built, resources["compress"], config)
+
+    # The profile stage: after the whole sweep, the baseline and then every variant measured one after
+    # another, so no compression or distillation shares the cores while a latency that drives the choice is
+    # timed (a profile inside the loop ran beside the other iteration's compress).
+    measured = profile_all(
+        baseline=base_variant.outputs["variant"],
+        variants=dsl.Collected(built.outputs["variant"]),
         data=data,
-        variant_name="baseline",
-        chain="fp32",
         seq_len=seq_len,
         quick=quick,
         memory_subprocess=memory_subprocess,
         tracking_uri=tracking_uri,
         experiment=experiment,
-        pipeline_run="",
-    ).set_display_name("profile-baseline")
-    apply_resources(base_profile, resources["profile"], config)
-
-    with dsl.ParallelFor(variants, parallelism=LOOP_PARALLELISM) as item:
-        # A variant that fails fails its compress (or profile) task: kfp.local then skips the fan-in, and
-        # ``tightfit run`` selects among the variants that succeeded in a second run served from the cache.
-        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain)
-        apply_resources(built, resources["compress"], config)
-        measured = profile(
-            variant=built.outputs["variant"],
-            data=data,
-            variant_name=item.variant,
-            chain=item.chain,
-            baseline=base_profile.outputs["footprint"],
-            seq_len=seq_len,
-            quick=quick,
-            memory_subprocess=memory_subprocess,
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            pipeline_run=pipeline_run,
-        )
-        apply_resources(measured, resources["profile"], config, mlflow=True)
+        pipeline_run=pipeline_run,
+    )
+    apply_resources(measured, resources["profile"], config, mlflow=True)
 
     chosen = select(
-        footprints=dsl.Collected(measured.outputs["Output"]),
+        footprints=measured.outputs["Output"],
         variants=dsl.Collected(built.outputs["variant"]),
         target=target,
         tracking_uri=tracking_uri,

@@ -83,8 +83,8 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
     assert "chosen:</b> small" in page and "needs a GPU" in page and "big" in page
 
 
-@pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "select",
-                                    "register", "deploy", "start_tracking"])
+@pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "profile_all",
+                                    "select", "register", "deploy", "start_tracking"])
 def test_every_component_is_a_lightweight_component_on_the_tightfit_image(module: str) -> None:
     import importlib
 

@@ -51,6 +51,9 @@ def test_measure_variant_fills_every_cpu_field(fp32_footprint, finetuned_minilm_
     assert 0 < fp.latency_ms_b1_p50 <= fp.latency_ms_b1_p99
     assert fp.latency_ms_b32_p50 > fp.latency_ms_b1_p50
     assert fp.throughput_sps == pytest.approx(32_000 / fp.latency_ms_b32_p50)
+    # quick: 3 interleaved rounds on pinned threads, their spread and the noise check recorded
+    assert fp.measure_rounds == 3 and fp.latency_ms_b1_cv is not None and fp.latency_ms_b32_cv is not None
+    assert fp.noise is not None and 0 < fp.measure_cpu_share <= 1 and fp.load_avg_1m is not None
     assert 0.6 < fp.accuracy <= 1.0 and fp.f1_macro is not None
     # encoder + head weights in full, 64 rows of each embedding table
     assert 40e6 < fp.weight_bytes_per_forward < 50e6

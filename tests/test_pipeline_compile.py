@@ -51,8 +51,16 @@ def test_fit_for_serving_structure_and_finetune_resources(tmp_path: Path) -> Non
     out = compile_pipeline("fit_for_serving", tmp_path / "ffs.yaml", quick=True)
     spec, _ = _docs(out)
     executors = spec["deploymentSpec"]["executors"]
-    assert {"exec-prepare-data", "exec-finetune", "exec-compress", "exec-profile", "exec-select",
+    assert {"exec-prepare-data", "exec-finetune", "exec-compress", "exec-profile-all", "exec-select",
             "exec-register", "exec-deploy"} <= set(executors)
+    # The profile stage runs after the whole compression loop (never beside a compress or the fine-tune),
+    # and select reads what it measured.
+    tasks = spec["root"]["dag"]["tasks"]
+    loop = next(name for name in tasks if name.startswith("for-loop"))
+    assert {loop, "compress"} <= set(tasks["profile-all"]["dependentTasks"])
+    assert "profile-all" in tasks["select"]["dependentTasks"]
+    loop_tasks = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert [t["componentRef"]["name"] for t in loop_tasks.values()] == ["comp-compress-2"]
     # deploy sits behind two nested conditions, no flag task: deployment on (a pipeline parameter), then
     # select's ``found`` output.
     assert not any("should-deploy" in name for name in executors)

@@ -2,6 +2,7 @@
 Rotten Tomatoes): artifacts, MLflow runs, the selection, a failed variant that fails its task while the
 others are selected, and cached reruns that redo only what failed or changed."""
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ def test_kfp_reports_each_task_and_the_cause_of_a_failure(tmp_path: Path) -> Non
     # The variants that succeeded fan in from the cache.
     assert rest.succeeded and rest.output == "a,c"
     assert rest.started == ["toy-gather"] and rest.cache_hits == ["toy-attempt"] * 2
+
+
+def _task_windows(root: Path) -> dict[str, tuple[float, float]]:
+    """The wall-clock window every task recorded (``started_at``/``ended_at`` in its Metrics), by task path."""
+    import json
+
+    out: dict[str, tuple[float, float]] = {}
+    for path in root.rglob("executor_output.json"):
+        for artifact in json.loads(path.read_text()).get("artifacts", {}).values():
+            for item in artifact.get("artifacts", []):
+                meta = item.get("metadata") or {}
+                if "started_at" in meta and "ended_at" in meta:
+                    out[str(path.parent.relative_to(root))] = (float(meta["started_at"]), float(meta["ended_at"]))
+    return out
 
 
 def _mlflow_runs(uri: str, experiment: str) -> tuple[Any, list[Any]]:
@@ -149,6 +164,17 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     version = client.get_model_version_by_alias(config.tracking.registered_model, config.tracking.alias)
     assert version.run_id in {r.info.run_id for r in nested}
 
+    # Measured alone: every profile ran after the fine-tune and every compress had ended, one at a time
+    # (from the windows each step and each measurement recorded).
+    profiles = sorted((r.extra["profile_started_at"], r.extra["profile_ended_at"]) for r in summary.records)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(profiles)), profiles
+    windows = _task_windows(tmp_path / "runs" / "pipeline")
+    heavy = {task: w for task, w in windows.items() if task.rsplit("/", 1)[-1].startswith(("compress", "finetune"))}
+    assert len(heavy) == len(config.variants) + 2, sorted(windows)  # the loop, the baseline's compress, finetune
+    assert all(end <= profiles[0][0] for _, end in heavy.values()), (heavy, profiles)
+    stage = next(w for task, w in windows.items() if task.endswith("profile-all"))
+    assert stage[0] <= profiles[0][0] and profiles[-1][1] <= stage[1]
+
     # An unchanged rerun is served from cache.
     again = run_local(config, pipeline="fit_for_serving", run_dir=tmp_path / "runs")
     (cached,) = again.kfp_runs
@@ -182,8 +208,9 @@ def test_a_failed_variant_fails_its_task_the_others_are_selected_and_a_rerun_red
     # KFP: the variant's compress task failed (so kfp.local skipped select); a second run over the other two,
     # every task of which came from the cache, selected among them.
     every, rest = first.kfp_runs
-    assert not every.succeeded and every.failed_tasks == ["compress-2"] and "select" in every.skipped
-    assert rest.succeeded and rest.variants == ["fp32", "bf16"] and rest.started == ["select"]  # the rest: cache
+    assert not every.succeeded and every.failed_tasks == ["compress-2"]
+    assert {"profile-all", "select"} <= set(every.skipped)  # the profile stage runs after the whole sweep
+    assert rest.succeeded and rest.variants == ["fp32", "bf16"] and rest.started == ["profile-all", "select"]
     cause = "ConfigError: keep_every=7 would drop all 6 layers; use at most 6"
     assert first.failed == {"too-shallow": cause} and first.failures["too-shallow"].step == "compress"
     by_name = {r.variant: r for r in first.records}

@@ -24,9 +24,10 @@ def _records() -> list[Footprint]:
     return [
         Footprint(variant="fp32", accuracy=0.81, f1_macro=0.8, params_total=22_713_986, params_nonzero=22_713_986,
                   disk_bytes=87 * MiB, peak_rss_serve_bytes=600 * MiB, peak_rss_load_bytes=550 * MiB,
-                  latency_ms_b1_p95=10.5, seq_len=64),
+                  latency_ms_b1_p95=10.5, seq_len=64, noise="", latency_ms_b1_cv=0.02, load_avg_1m=0.4),
         Footprint(variant="bf16", chain="bf16", accuracy=0.80, disk_bytes=44 * MiB, peak_rss_serve_bytes=420 * MiB,
-                  peak_rss_load_bytes=300 * MiB, latency_ms_b1_p95=4.0, compression_ratio=1.98, extra={"note": "cast"}),
+                  peak_rss_load_bytes=300 * MiB, latency_ms_b1_p95=4.0, compression_ratio=1.98, extra={"note": "cast"},
+                  noise="latency_ms_b1", latency_ms_b1_cv=0.31, measure_cpu_share=0.6),
         Footprint(variant="pruned", chain="prune_unstructured:sparsity=0.5", accuracy=0.7, disk_bytes=60 * MiB,
                   peak_rss_serve_bytes=500 * MiB, peak_rss_load_bytes=450 * MiB, latency_ms_b1_p95=9.0),
         Footprint(variant="int4", chain="int4_weight_only", status="failed", error="UnsupportedError: needs a GPU"),
@@ -98,6 +99,7 @@ def test_sweep_layout_names_and_read_back(tmp_path: Path, store_uri: str) -> Non
     for original, read in zip(records, back, strict=True):
         assert read.metrics() == pytest.approx(original.metrics())
         assert (read.chain, read.status, read.error) == (original.chain, original.status, original.error)
+        assert read.noise == original.noise  # the noise check travels as a tag ("" = timed and clean)
         assert isinstance(read.params_total, int | None) and isinstance(read.disk_bytes, int | None)
     assert back[1].extra["note"] == "cast"
     assert track.read_footprints("sweep", parent, tracking_uri=store_uri)[0].variant == "fp32"
@@ -215,3 +217,24 @@ def test_a_refused_op_is_skipped_and_does_not_block_the_rest(tmp_path: Path, sto
     data = _client(store_uri).get_run(t.run_id(run)).data  # type: ignore[arg-type]
     assert data.params[names.PARAM_EPOCHS] == "1" and data.metrics[names.VAL_ACCURACY] == 0.7
     assert '"rejected"' in t.outbox.path.read_text()
+    # ... and it is kept, whole and with MLflow's reason, in the dead-letter file: never dropped silently.
+    letters = t.outbox.dead_letters()
+    assert len(letters) == 1 and letters[0].op.kind == OP_LOG and letters[0].op.record_id == run
+    assert letters[0].op.payload["params"] == {names.PARAM_EPOCHS: "2"}
+    assert "INVALID_PARAMETER_VALUE" in letters[0].reason or "param" in letters[0].reason.lower()
+
+
+def test_ops_for_a_run_that_never_reached_mlflow_are_dead_letters(tmp_path: Path, store_uri: str) -> None:
+    from tightfit.track.outbox import OP_END, OP_LOG, new_record_id
+
+    t = track.Tracker(store_uri, "orphans", outbox_dir=tmp_path)
+    ghost = new_record_id()  # its start op was never buffered (e.g. lost with another machine's outbox)
+    t.push(OP_LOG, ghost, metrics=[[names.VAL_ACCURACY, 0.5, 0, 0]])
+    t.push(OP_END, ghost, status="FINISHED")
+    assert t.outbox.pending() == []
+    letters = t.outbox.dead_letters()
+    assert [(d.op.kind, d.op.record_id) for d in letters] == [(OP_LOG, ghost), (OP_END, ghost)]
+    assert all(f"record {ghost}" in d.reason for d in letters)
+    report = t.outbox.dead_letter_report(limit=1)
+    assert report[0].startswith("2 MLflow operation(s) refused or not applied, kept in ")
+    assert str(t.outbox.dead_letter_path) in report[0] and report[-1] == "  ... and 1 more"

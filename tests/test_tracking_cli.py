@@ -70,3 +70,18 @@ def test_compare_errors_are_clear(store: str, tmp_path: Path) -> None:
     assert code != 0 and "no MLflow experiment 'nope'" in out
     code, out = _run("--tracking-uri", store, "--experiment", "cli", "--budget", "-5MiB")
     assert code != 0 and "negative" in out
+
+
+def test_compare_reports_operations_mlflow_refused(store: str, tmp_path: Path) -> None:
+    from tightfit import names
+    from tightfit.track.outbox import OP_LOG
+
+    home = tmp_path / "home"
+    t = track.Tracker(store, "cli", outbox_dir=home)
+    run = track.start_run(names.ROLE_TRAINING, "refused", params={names.PARAM_EPOCHS: 1}, tracker=t)
+    t.push(OP_LOG, run, params={names.PARAM_EPOCHS: "3"})  # MLflow refuses changing a logged param
+    result = CliRunner().invoke(app, ["compare", "--tracking-uri", store, "--experiment", "cli"],
+                                env={"COLUMNS": "260", "TIGHTFIT_HOME": str(home)})
+    assert result.exit_code == 0, result.output
+    assert "1 MLflow operation(s) refused or not applied, kept in" in result.output
+    assert names.DEAD_LETTER_FILE in result.output and f"log {run}: " in result.output

@@ -56,11 +56,29 @@ class Footprint:
     compression_ratio: float | None = None
     speedup_b32: float | None = None
     accuracy_drop: float | None = None
+    # --- measurement spread and noise (tightfit.measure.timing): interleaved rounds on pinned threads ---
+    latency_ms_b1_cv: float | None = None  # coefficient of variation of the per-round p50s
+    latency_ms_b32_cv: float | None = None
+    measure_rounds: int | None = None
+    measure_threads: int | None = None
+    load_avg_1m: float | None = None  # the 1-minute load average while timing (other work on the cores)
+    measure_cpu_share: float | None = None  # CPU time / wall time of the timing thread (< 1: it waited for a core)
+    noise: str | None = None  # the noisy latency figures, comma-joined (latency_ms_b1,...); "" = none; None = not timed
+    # --- end of the measurement spread block ---
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def noisy_figures(self) -> list[str]:
+        """The latency figures whose spread stayed above the noise threshold (``latency_ms_b1``, ...)."""
+        return [n for n in (self.noise or "").split(",") if n]
+
+    def is_noisy(self, metric: str) -> bool:
+        """True when ``metric`` (e.g. ``latency_ms_b1_p95``) belongs to a figure flagged noisy."""
+        return any(metric == n or metric.startswith(n + "_") for n in self.noisy_figures)
 
     def metrics(self) -> dict[str, float]:
         """The numeric fields that are set, as MLflow metrics."""
@@ -91,7 +109,9 @@ class Footprint:
         return self
 
 
-NON_METRIC_FIELDS = frozenset({"variant", "chain", "kind", "status", "error", "device", "backend", "runtime", "extra"})
+NON_METRIC_FIELDS = frozenset({
+    "variant", "chain", "kind", "status", "error", "device", "backend", "runtime", "extra", "noise",
+})
 METRIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(Footprint) if f.name not in NON_METRIC_FIELDS
 )

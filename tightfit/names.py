@@ -38,6 +38,14 @@ PERPLEXITY: Final = "perplexity"
 COMPRESSION_RATIO: Final = "compression_ratio"
 SPEEDUP_B32: Final = "speedup_b32"
 ACCURACY_DROP: Final = "accuracy_drop"
+# --- measurement spread (tightfit.measure.timing): spread across interleaved rounds, threads, load ---
+LATENCY_MS_B1_CV: Final = "latency_ms_b1_cv"
+LATENCY_MS_B32_CV: Final = "latency_ms_b32_cv"
+MEASURE_ROUNDS: Final = "measure_rounds"
+MEASURE_THREADS: Final = "measure_threads"
+LOAD_AVG_1M: Final = "load_avg_1m"
+MEASURE_CPU_SHARE: Final = "measure_cpu_share"
+# --- end of the measurement spread block ---
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
 # accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.
@@ -91,6 +99,11 @@ PEAK_RSS_BYTES: Final = "peak_rss_bytes"
 PREDICTED_PEAK_BYTES: Final = "predicted_peak_bytes"
 MEMORY_PREDICTION_ERROR: Final = "memory_prediction_error"
 TIME_TO_TARGET_S: Final = "time_to_target_s"
+# --- early stopping (tightfit.train.stopping) ---
+EPOCHS_RUN: Final = "epochs_run"
+BEST_EPOCH: Final = "best_epoch"
+"""The epoch whose weights the run delivers (best validation figure)."""
+STOPPED_EARLY: Final = "stopped_early"
 
 TRAINING_METRICS: Final[tuple[str, ...]] = (
     EPOCH,
@@ -108,6 +121,9 @@ TRAINING_METRICS: Final[tuple[str, ...]] = (
     PREDICTED_PEAK_BYTES,
     MEMORY_PREDICTION_ERROR,
     TIME_TO_TARGET_S,
+    EPOCHS_RUN,
+    BEST_EPOCH,
+    STOPPED_EARLY,
 )
 
 
@@ -213,6 +229,8 @@ TAG_SELECTED: Final = "tightfit.selected"
 TAG_VARIANT_DIR: Final = "tightfit.variant_dir"
 TAG_RUNTIME: Final = "tightfit.runtime"
 """The runtime a variant runs on (``torch`` or ``onnxruntime``): selection compares runtimes side by side."""
+TAG_NOISE: Final = "tightfit.measure.noise"
+"""``Footprint.noise``: the latency figures whose spread stayed above the threshold ("" when none)."""
 TAG_FOOTPRINT_EXTRA: Final = "tightfit.footprint_extra"
 """``Footprint.extra`` as JSON (the record's free-form figures), so a record reads back whole."""
 
@@ -234,6 +252,8 @@ MLFLOW_RUN_NAME_TAG: Final = "mlflow.runName"
 DEFAULT_EXPERIMENT: Final = "tightfit"
 DEFAULT_REGISTERED_MODEL: Final = "tightfit-classifier"
 OUTBOX_FILE: Final = "mlflow-outbox.jsonl"
+DEAD_LETTER_FILE: Final = "mlflow-dead-letters.jsonl"
+"""Beside the outbox: every operation MLflow refused (or that could not be applied), with the reason."""
 
 ARTIFACT_FOOTPRINT_TABLE: Final = "footprints.json"
 """``mlflow.log_table`` file on the parent run: one row per variant, columns = footprint fields."""

@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         baseline: Path | None = typer.Option(None, "--baseline", help="a footprint JSON to compute ratios against"),
         json_out: Path | None = typer.Option(None, "--json", help="also write the footprint as JSON"),
         device: str | None = typer.Option(None, "--device"),
+        threads: int | None = typer.Option(None, "--threads", help="pinned compute threads (default: every core)"),
     ) -> None:
         from tightfit.errors import ConfigError
         from tightfit.footprint import Footprint
@@ -99,7 +100,7 @@ def register(app: typer.Typer) -> None:
         data = _load_data(dataset, None, 0)
         with console.status(f"measuring {variant_dir} ..."):
             fp = measure_variant(variant_dir, data, seq_len=seq_len, baseline=base, memory_subprocess=memory,
-                                 quick=quick, device=device)
+                                 quick=quick, device=device, threads=threads)
         table = Table(title=f"footprint of {fp.variant} ({fp.chain})")
         table.add_column("field")
         table.add_column("value", justify="right")
@@ -109,6 +110,9 @@ def register(app: typer.Typer) -> None:
         for key, value in sorted(fp.extra.items()):
             table.add_row(f"extra.{key}", _format(value))
         console.print(table)
+        if fp.noisy_figures:  # never silently used: say which figures, and what the machine was doing
+            console.print(f"[yellow]noisy: {', '.join(fp.noisy_figures)} (spread above 10 % or the timing thread off "
+                          f"its core; load average {fp.load_avg_1m or 0:.1f}): measure again on a quieter machine[/]")
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(fp.to_dict(), indent=2, default=str))

@@ -84,12 +84,15 @@ def register(app: typer.Typer) -> None:
         from tightfit.track import Tracker, read_footprints
 
         console = Console()
+        tracker = Tracker(tracking_uri, experiment)
         if sync:
-            report = Tracker(tracking_uri, experiment).sync()
+            report = tracker.sync()
             if report.error:
                 console.print(f"[yellow]sync stopped:[/] {report.error} ({report.pending} record(s) still buffered)")
             else:
                 console.print(f"synced {report.applied} buffered record(s)")
+        for line in tracker.outbox.dead_letter_report():  # refused by MLflow: kept, never dropped silently
+            console.print(f"[yellow]{line}[/]", soft_wrap=True)
         target = HardwareTarget.parse(
             memory=budget, disk=disk, latency=latency, latency_batch=latency_batch, bandwidth=bandwidth,
             min_accuracy=min_accuracy,

@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str, typer.Option(help="rotten_tomatoes, sms_spam or a .csv/.jsonl file")] = "rotten_tomatoes",
         workers: Annotated[int, typer.Option(help="Ray Train workers (data-parallel)")] = 2,
         cpus_per_worker: Annotated[int, typer.Option(help="CPU threads per worker")] = 1,
-        epochs: Annotated[int, typer.Option()] = 2,
+        epochs: Annotated[int, typer.Option(help="the most epochs (early stopping may stop sooner)")] = 2,
+        patience: Annotated[
+            int, typer.Option(help="stop after N epochs without a better --monitor; 0 = run every epoch")
+        ] = 1,
+        monitor: Annotated[str, typer.Option(help="val_accuracy or val_loss")] = "val_accuracy",
         global_batch: Annotated[int, typer.Option(help="samples per optimizer step, over all workers")] = 32,
         memory_budget: Annotated[
             str | None, typer.Option(help="per-worker memory budget ('4GiB'): picks micro-batch + accumulation")
@@ -52,7 +56,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give either --address (Ray Jobs API) or --kuberay-namespace (RayJob), not both")
         config = FinetuneConfig.from_dict({
             "model": model, "dataset": dataset, "workers": workers, "cpus_per_worker": cpus_per_worker,
-            "epochs": epochs, "global_batch": global_batch, "memory_budget": memory_budget,
+            "epochs": epochs, "patience": patience, "monitor": monitor, "global_batch": global_batch, "memory_budget": memory_budget,
             "max_length": max_length, "lr": lr, "seed": seed, "limit": limit, "teacher_dir": teacher,
             "precision": precision, "strategy": strategy, "gradient_checkpointing": gradient_checkpointing,
             "use_gpu": gpu, "out_dir": out, "storage_path": storage_path, "max_failures": max_failures,
@@ -74,7 +78,9 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
             return
         from tightfit.train.run import run_finetune  # plans the micro-batch (BudgetError) before Ray starts
+        from tightfit.train.stopping import describe_training
 
         result = run_finetune(config)
         typer.echo(json.dumps({"model_dir": str(result.model_dir), "run_id": result.run_id,
-                               "metrics": result.metrics}, indent=2, default=str))
+                               "metrics": result.metrics, "validation_curve": result.history}, indent=2, default=str))
+        typer.echo(describe_training(result.metrics, result.history))

@@ -18,6 +18,7 @@ from tightfit.footprint import Footprint
 from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
 from tightfit.measure.runners import graph_counts, runner_tokens_per_s
+from tightfit.measure.timing import FULL_PLAN, QUICK_PLAN, TimingPlan, TimingResult, time_rounds
 
 if TYPE_CHECKING:
     from tightfit.data import DatasetSplits
@@ -122,6 +123,43 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 95)), float(np.percentile(arr, 99))
 
 
+def time_forward(
+    forward: Callable[..., Any], inputs: dict[int, dict[str, Any]], plan: TimingPlan, *, threads: int | None = None,
+) -> TimingResult:
+    """Time ``forward(**inputs[batch])`` for every batch in interleaved rounds (``time_rounds``), under
+    ``torch.inference_mode`` and with CUDA synchronised around each pass on a GPU."""
+    import torch
+
+    cuda = any(getattr(v, "is_cuda", False) for batch in inputs.values() for v in batch.values())
+
+    def call_for(batch_inputs: dict[str, Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = forward(**batch_inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+
+        return call
+
+    with torch.inference_mode():
+        return time_rounds({b: call_for(i) for b, i in inputs.items()}, plan, threads=threads, check_cpu_share=not cuda)
+
+
+def record_timing(fp: Footprint, result: TimingResult) -> None:
+    """Latency percentiles, their spread across rounds, and the noise flag into ``fp``."""
+    for batch, stats in result.stats.items():
+        setattr(fp, f"latency_ms_b{batch}_p50", stats.p50)
+        setattr(fp, f"latency_ms_b{batch}_p95", stats.p95)
+        setattr(fp, f"latency_ms_b{batch}_p99", stats.p99)
+        setattr(fp, f"latency_ms_b{batch}_cv", stats.cv)
+        fp.extra[f"latency_ms_b{batch}_round_p50"] = [round(v, 3) for v in stats.round_p50_ms]
+        fp.extra[f"latency_ms_b{batch}_cpu_share"] = round(stats.cpu_share, 3)
+    fp.measure_rounds, fp.measure_threads, fp.load_avg_1m = result.rounds, result.threads, result.load_avg_1m
+    fp.measure_cpu_share = min(s.cpu_share for s in result.stats.values())
+    fp.noise = ",".join(f"latency_ms_b{b}" for b in result.noisy)
+    fp.extra.update({"measure_attempts": result.attempts, "measure_cpus": result.cpus})
+
+
 def decode_tokens_per_s(model: Any, tokenizer: Any, texts: list[str], batch: int, new_tokens: int) -> float:
     """Greedy generation speed of a causal LM (new tokens per second over the batch)."""
     import torch
@@ -154,10 +192,13 @@ def measure_variant(
     quick: bool = False,
     device: str | None = None,
     eval_rows: int | None = None,
+    timing: TimingPlan | None = None,
+    threads: int | None = None,
 ) -> Footprint:
     """The footprint of a saved variant on ``data.test`` (``data`` may be None: no quality figures).
 
-    ``quick`` uses fewer timing repeats and at most 200 evaluation rows (tests, pipeline smoke runs).
+    ``quick`` uses fewer timing rounds and at most 200 evaluation rows (tests, pipeline smoke runs);
+    ``timing`` overrides the rounds, ``threads`` the pinned compute threads (default: every allowed core).
     """
     import torch
 
@@ -182,13 +223,10 @@ def measure_variant(
                      "torch_threads": torch.get_num_threads(), "runtime_threads": runner.threads})
     forward = runner.forward
     texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
-    repeats = {1: 5, 32: 3} if quick else {1: 30, 32: 12}
-    for batch in LATENCY_BATCHES:
-        inputs = runner.encode([texts[i % len(texts)] for i in range(batch)], max_length=seq_len)
-        p50, p95, p99 = percentiles(latency_ms(forward, inputs, repeats=repeats[batch], warmup=2))
-        setattr(fp, f"latency_ms_b{batch}_p50", p50)
-        setattr(fp, f"latency_ms_b{batch}_p95", p95)
-        setattr(fp, f"latency_ms_b{batch}_p99", p99)
+    inputs = {batch: runner.encode([texts[i % len(texts)] for i in range(batch)], max_length=seq_len)
+              for batch in LATENCY_BATCHES}
+    # Interleaved rounds on pinned threads, with the spread and a noise flag (tightfit.measure.timing).
+    record_timing(fp, time_forward(forward, inputs, timing or (QUICK_PLAN if quick else FULL_PLAN), threads=threads))
     if fp.latency_ms_b32_p50:
         fp.throughput_sps = 32 * 1000.0 / fp.latency_ms_b32_p50
     if variant.kind == "causal_lm":

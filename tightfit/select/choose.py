@@ -2,7 +2,8 @@
 
 Library code first, so the CLI (``tightfit compare``), the KFP ``select`` component and serving choose
 the same way. A variant *fits* when its measured footprint meets every limit the target sets; a limit on a
-figure that was not measured does not fit (never assume). A memory limit must also hold for the serving
+figure that was not measured does not fit (never assume); a latency flagged noisy is judged at its p99
+(``judged_latency``) and named in the selection's notes. A memory limit must also hold for the serving
 replica the planner would deploy (``tightfit.memory.replica.replica_need_bytes``), and a latency SLO for
 a request served at batch 1 behind one in-flight request (the planner's check), so what selection chooses,
 serving can run. Failed records are reported, never chosen.
@@ -178,6 +179,32 @@ def selection_objectives(records: Sequence[Footprint], target: HardwareTarget) -
     return tuple(objectives)
 
 
+def judged_latency(record: Footprint, metric: str) -> tuple[str, float | None]:
+    """The latency figure a limit is checked against: ``metric`` itself, or, when its figure was flagged
+    noisy (spread across rounds above the threshold, ``Footprint.noise``), its p99: a noisy figure may still
+    be chosen, but only on the pessimistic end of what was measured. Returns (the name read, the value)."""
+    if record.is_noisy(metric) and metric.endswith("_p95"):
+        pessimistic = metric.removesuffix("_p95") + "_p99"
+        value = _value(record, pessimistic)
+        if value is not None:
+            return f"{pessimistic} (noisy: judged at p99)", value
+    return metric, _value(record, metric)
+
+
+def noise_notes(records: Iterable[Footprint]) -> list[str]:
+    """One line per record with a latency flagged noisy (spread or contention; never silently used)."""
+    notes = []
+    for r in records:
+        if r.ok and r.noisy_figures:
+            spread = ", ".join(
+                f"{f} cv {getattr(r, f + '_cv', None) or 0:.2f}" for f in r.noisy_figures
+            )
+            share = f", cpu share {r.measure_cpu_share:.2f}" if r.measure_cpu_share is not None else ""
+            load = f", load average {r.load_avg_1m:.2f}" if r.load_avg_1m is not None else ""
+            notes.append(f"{r.variant}: noisy latency ({spread}{share}{load}); latency limits judged at p99")
+    return notes
+
+
 def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
     """Why ``record`` does not fit ``target`` (empty when it fits)."""
     if not record.ok:
@@ -206,18 +233,18 @@ def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
     limit_bytes(names.DISK_BYTES, _value(record, names.DISK_BYTES), target.disk_bytes, "disk")
     if target.latency_ms is not None:
         metric, scale = latency_objective(target)
-        measured = _value(record, metric)
+        metric, measured = judged_latency(record, metric)
         if measured is None:
             why.append(f"latency: {metric} not measured")
         elif measured * scale > target.latency_ms:
             scaled = f" x {scale:g} for batch {target.latency_batch}" if scale != 1.0 else ""
             why.append(f"latency: {metric} {measured:.2f} ms{scaled} > SLO {target.latency_ms:g} ms")
-        b1 = _value(record, names.LATENCY_MS_B1_P95)
+        b1_metric, b1 = judged_latency(record, names.LATENCY_MS_B1_P95)
         if b1 is not None and BATCHES_PER_REQUEST * b1 > target.latency_ms:
             # the serving planner's own check: a request may wait for the batch in flight, then run
             why.append(
                 f"latency: served at batch 1 a request may wait for the one in flight: {BATCHES_PER_REQUEST} x "
-                f"{names.LATENCY_MS_B1_P95} {b1:.2f} ms > SLO {target.latency_ms:g} ms"
+                f"{b1_metric} {b1:.2f} ms > SLO {target.latency_ms:g} ms"
             )
     if target.bandwidth_bytes_per_s is not None:
         per_forward = _value(record, names.WEIGHT_BYTES_PER_FORWARD)
@@ -280,7 +307,7 @@ def select_variant(
         else:
             fitting.append(record)
     chosen = choose_best(fitting, objectives, tolerance)
-    notes = []
+    notes = noise_notes(records)
     if target.compute_flops is not None:
         notes.append("compute_flops is not checked per variant (no FLOP count is measured); the latency SLO covers compute")
     if target.bandwidth_bytes_per_s is not None and target.latency_ms is None:

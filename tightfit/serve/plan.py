@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tightfit import names
 from tightfit.errors import BudgetError, ConfigError
 from tightfit.footprint import Footprint
 from tightfit.memory.replica import (
@@ -29,7 +30,7 @@ from tightfit.memory.replica import (
     resolve_candidates,
 )
 from tightfit.memory.serving import Prediction, ServingMemoryModel, activation_dtype_bytes
-from tightfit.select.choose import QUALITY_TOLERANCE, select_variant
+from tightfit.select.choose import QUALITY_TOLERANCE, judged_latency, select_variant
 from tightfit.serve.schema import PlannedVariant, ServePlan
 from tightfit.spec import HardwareTarget
 from tightfit.units import format_bytes
@@ -77,9 +78,10 @@ class Fit:
 
 
 def estimate_batch_latency_ms(record: Footprint, batch: int) -> float | None:
-    """Latency of one batch, interpolated linearly between the measured batch-1 and batch-32 p95."""
-    b1 = record.latency_ms_b1_p95 or record.latency_ms_b1_p50
-    b32 = record.latency_ms_b32_p95 or record.latency_ms_b32_p50
+    """Latency of one batch, interpolated linearly between the measured batch-1 and batch-32 p95 (p99 for a
+    figure flagged noisy, as selection judges it)."""
+    b1 = judged_latency(record, names.LATENCY_MS_B1_P95)[1] or record.latency_ms_b1_p50
+    b32 = judged_latency(record, names.LATENCY_MS_B32_P95)[1] or record.latency_ms_b32_p50
     if b1 is None and b32 is None:
         return None
     if b32 is None:

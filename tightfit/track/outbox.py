@@ -4,7 +4,9 @@ An append-only JSONL file (``mlflow-outbox.jsonl`` under the run dir). Each line
 run, log to it, end it, register it) or a *done* marker naming the op and the MLflow run it landed in.
 Ops carry a stable ``record_id`` (also an MLflow tag on the run), so replaying the outbox, from this
 process or a rerun, never creates a run twice. Several processes (KFP tasks) may share one outbox: writes
-and syncs take a file lock.
+and syncs take a file lock. An op MLflow refuses (or that cannot be applied: its run was never created) is
+never dropped silently: it is kept with the reason in the dead-letter file beside the outbox
+(``mlflow-dead-letters.jsonl``), which ``tightfit compare`` and the run summary report.
 """
 
 from __future__ import annotations
@@ -67,6 +69,19 @@ class Op:
         return cls(kind=data["op"], record_id=data["record_id"], payload=payload, op_id=data["op_id"], created_ms=data["created_ms"])
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """An op MLflow refused, or part of one that could not be applied, and why."""
+
+    op: Op
+    reason: str
+    at_ms: int
+
+    def describe(self) -> str:
+        name = self.op.payload.get("name") or self.op.record_id
+        return f"{self.op.kind} {name}: {self.reason}"
+
+
 class Outbox:
     """Append-only JSONL of ops and done markers, safe to share between processes."""
 
@@ -75,6 +90,7 @@ class Outbox:
         self.path = self.directory / names.OUTBOX_FILE
         self.lock_path = self.directory / (names.OUTBOX_FILE + ".lock")
         self.artifact_dir = self.directory / "outbox-artifacts"
+        self.dead_letter_path = self.directory / names.DEAD_LETTER_FILE
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -104,6 +120,40 @@ class Outbox:
     def mark_done(self, op: Op, run_id: str | None, **info: Any) -> None:
         """Record that ``op`` reached MLflow (call with the lock held, i.e. inside ``locked()``)."""
         self._append_line(json.dumps({"done": op.op_id, "record_id": op.record_id, "run_id": run_id, **info}))
+
+    def add_dead_letter(self, op: Op, reason: str) -> None:
+        """Keep ``op`` with ``reason`` in the dead-letter file (call with the lock held, i.e. inside ``locked()``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"reason": reason[:2000], "at_ms": int(time.time() * 1000), "op": json.loads(op.to_json())},
+                          default=str)
+        with self.dead_letter_path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every kept refusal, oldest first (torn lines skipped)."""
+        if not self.dead_letter_path.exists():
+            return []
+        out = []
+        for raw in self.dead_letter_path.read_text(encoding="utf-8").splitlines():
+            try:
+                data = json.loads(raw)
+                out.append(DeadLetter(Op.from_dict(data["op"]), str(data["reason"]), int(data["at_ms"])))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        return out
+
+    def dead_letter_report(self, limit: int = 3) -> list[str]:
+        """Lines for a person: how many ops were refused, where they are kept, the newest reasons ([] if none)."""
+        letters = self.dead_letters()
+        if not letters:
+            return []
+        lines = [f"{len(letters)} MLflow operation(s) refused or not applied, kept in {self.dead_letter_path}:"]
+        lines += [f"  {letter.describe()[:300]}" for letter in letters[-limit:]]
+        if len(letters) > limit:
+            lines.append(f"  ... and {len(letters) - limit} more")
+        return lines
 
     def read(self) -> tuple[list[Op], dict[str, str], dict[str, str | None]]:
         """(all ops in order, done op ids -> record id, record id -> MLflow run id). Torn lines are skipped."""

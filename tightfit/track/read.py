@@ -56,6 +56,7 @@ def footprint_from_run(run: Any) -> Footprint:
         device=tags.get(names.TAG_DEVICE, "cpu"),
         backend=tags.get(names.TAG_BACKEND, "eager"),
         runtime=tags.get(names.TAG_RUNTIME, names.RUNTIME_TORCH),
+        noise=tags.get(names.TAG_NOISE),
         extra=extra,
         **values,
     )

@@ -151,6 +151,8 @@ def log_variant(
     }
     if footprint.error:
         run_tags[names.TAG_ERROR] = footprint.error
+    if footprint.noise is not None:
+        run_tags[names.TAG_NOISE] = footprint.noise
     if footprint.extra:
         run_tags[names.TAG_FOOTPRINT_EXTRA] = json.dumps(footprint.extra, default=str)
     if variant_dir is not None:

@@ -1,7 +1,10 @@
 """Replay the outbox into MLflow, idempotently: a run is found by its record-id tag before one is created.
 
 ``sync_outbox`` probes the tracking server first (a fast ``/health`` request) and stops at the first
-failure, leaving the rest pending for the next try; it never raises for an unreachable server.
+failure, leaving the rest pending for the next try; it never raises for an unreachable server. An op the
+server refuses (or one that cannot be applied, e.g. its run was never created) is kept in the outbox's
+dead-letter file with the reason, and so is the part of an op that could not be applied (a vanished
+artifact), so nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ class _Syncer:
         parent_run = self.resolve(p.get("parent"), p["experiment"])
         if p.get("parent") and parent_run is None:
             log.warning("parent %s of %s is not in MLflow; logging the run without a parent", p["parent"], op.record_id)
+            self.outbox.add_dead_letter(op, f"parent {p['parent']} is not in MLflow; the run was logged without it")
         if parent_run:
             tags[names.MLFLOW_PARENT_RUN_ID_TAG] = parent_run
         run = self.client.create_run(
@@ -169,14 +173,14 @@ class _Syncer:
         p = op.payload
         run_id = self.find_run(op.record_id, p.get("experiment"))
         if run_id is None:
-            log.warning("no MLflow run for record %s; dropping a log op for it", op.record_id)
-            return None
+            raise BackendError(f"no MLflow run carries record {op.record_id} (its start was refused or never buffered)")
         self._log_values(run_id, p)
         for local, artifact_path in p.get("artifacts", []):
             if Path(local).exists():
                 self.client.log_artifact(run_id, local, artifact_path or None)
             else:
-                log.warning("artifact %s vanished before it was synced; skipped", local)
+                log.warning("artifact %s vanished before it was synced; kept as a dead letter", local)
+                self.outbox.add_dead_letter(op, f"artifact {local} vanished before it was synced")
         table = p.get("table")
         if table:
             existing = {a.path for a in self.client.list_artifacts(run_id)}
@@ -184,16 +188,17 @@ class _Syncer:
                 self.client.log_table(run_id, table["data"], table["artifact_file"])
         model = p.get("model")
         if model:
-            self._log_model(run_id, model)
+            self._log_model(run_id, model, op)
         return run_id
 
-    def _log_model(self, run_id: str, model: dict[str, Any]) -> None:
+    def _log_model(self, run_id: str, model: dict[str, Any], op: Op) -> None:
         from tightfit.track.flavor import save_pyfunc
 
         variant_dir = Path(model["variant_dir"])
         path = model.get("artifact_path", names.ARTIFACT_MODEL)
         if not variant_dir.exists():
             log.warning("variant dir %s vanished before its model was synced; the run has no model", variant_dir)
+            self.outbox.add_dead_letter(op, f"variant dir {variant_dir} vanished before its model was synced")
             self.client.set_tag(run_id, names.TAG_VARIANT_DIR, f"missing: {variant_dir}")
             return
         if any(a.path == path for a in self.client.list_artifacts(run_id)):
@@ -205,7 +210,7 @@ class _Syncer:
     def _end(self, op: Op) -> str | None:
         run_id = self.find_run(op.record_id, op.payload.get("experiment"))
         if run_id is None:
-            return None
+            raise BackendError(f"no MLflow run carries record {op.record_id}; it cannot be ended")
         self.client.set_terminated(run_id, op.payload.get("status", "FINISHED"), end_time=op.created_ms)
         return run_id
 
@@ -215,8 +220,7 @@ class _Syncer:
         p = op.payload
         run_id = self.resolve(p["run"], p.get("experiment"))
         if run_id is None:
-            log.warning("cannot register %s: its run is not in MLflow", p["run"])
-            return None
+            raise BackendError(f"cannot register {p['model_name']}: run {p['run']} is not in MLflow")
         version = register_run_model(self.client, run_id, p["model_name"], p.get("aliases", []), p.get("artifact_path"))
         log.info("registered %s version %s (aliases: %s)", p["model_name"], version, ", ".join(p.get("aliases", [])))
         return run_id
@@ -256,9 +260,13 @@ def sync_outbox(outbox: Outbox, uri: str) -> SyncReport:
                     if not _rejected(exc):
                         report.error = f"{type(exc).__name__}: {str(exc)[:500]}"
                         break
-                    # The server answered and refused this op: retrying cannot help, so it must not block the rest.
-                    log.warning("MLflow refused a %s op for %s (%s); skipped", op.kind, op.record_id, str(exc)[:300])
-                    outbox.mark_done(op, None, rejected=str(exc)[:300])
+                    # The server answered and refused this op: retrying cannot help, so it must not block the
+                    # rest; it is kept, with the reason, in the dead-letter file (never dropped silently).
+                    reason = f"{type(exc).__name__}: {str(exc)[:1000]}"
+                    log.warning("MLflow refused a %s op for %s (%s); kept in %s", op.kind, op.record_id, reason[:300],
+                                outbox.dead_letter_path)
+                    outbox.add_dead_letter(op, reason)
+                    outbox.mark_done(op, None, rejected=reason[:300])
                     report.rejected += 1
                     report.pending -= 1
                     continue

@@ -43,7 +43,16 @@ class FinetuneConfig(BaseModel):
     workers: PositiveInt = 2
     cpus_per_worker: PositiveInt = 1
     use_gpu: bool = False
-    epochs: PositiveInt = 2
+    epochs: PositiveInt = Field(default=2, description="the most epochs over the whole train split")
+    patience: NonNegativeInt = Field(
+        default=1, description="stop after this many epochs in a row without a better `monitor`; 0 = every epoch",
+    )
+    monitor: Literal["val_loss", "val_accuracy"] = Field(
+        default="val_accuracy",
+        description="the validation figure early stopping watches; accuracy, the figure variants are judged on "
+        "(validation loss of a fine-tuned classifier often rises while its accuracy still climbs)",
+    )
+    min_delta: float = Field(default=0.0, ge=0, description="the least change of `monitor` that counts as better")
     global_batch: PositiveInt = Field(
         default=32, validation_alias=AliasChoices("global_batch", "batch_size"),
         description="samples per optimizer step over all workers (pipeline files call it batch_size)",

@@ -4,6 +4,8 @@ Runs inside every Ray Train worker (``train_loop_per_worker``). Deterministic fo
 initialised from the seed, dropout is reseeded per (epoch, rank), Ray Data keeps the shard order
 (``preserve_order``) and the local shuffle is seeded per epoch, so a run resumed from an epoch checkpoint
 reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
+Training stops early once validation stops improving (``tightfit.train.stopping``); the model each
+checkpoint delivers is the best epoch's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from tightfit.compress.distill import distillation_loss
 from tightfit.memory.rss import peak_rss_bytes
+from tightfit.train.stopping import EarlyStopping
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_SUBDIR = "model"
@@ -48,6 +51,14 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
         return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
 
     return schedule
+
+
+def _trimmed(batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Ids and mask cut to the batch's longest sequence: rows are padded to ``max_length`` at ingest, and the
+    trailing pad columns change no real token's output (they are masked out) but cost compute."""
+    mask = batch["attention_mask"]
+    longest = max(1, int(mask.sum(dim=1).max()))
+    return batch["input_ids"][:, :longest], mask[:, :longest]
 
 
 def _autocast(precision: str, device: Any) -> Any:
@@ -100,10 +111,17 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         teacher.eval().requires_grad_(False).to(device)
 
     state: dict[str, Any] | None = None
+    stopper = EarlyStopping(str(cfg.get("monitor", "val_loss")), int(cfg.get("patience", 0)),
+                            float(cfg.get("min_delta", 0.0)))
+    best_state: dict[str, Any] | None = None  # rank 0: the best epoch's weights (the deliverable)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+            if state.get("early_stopping"):
+                stopper = EarlyStopping.from_state(state["early_stopping"])
+            if rank == 0 and stopper.patience > 0:
+                best_state = _read_delivered(Path(ckpt_dir) / MODEL_SUBDIR, cfg)
         model.load_state_dict(state["model"])
 
     if world > 1 or strategy == "fsdp":
@@ -128,6 +146,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("validation")
     run_start = time.perf_counter()
     for epoch in range(start_epoch, int(cfg["epochs"])):
+        if stopper.should_stop:  # resumed after the stopping epoch's checkpoint: nothing left to train
+            break
         _maybe_inject_fault(cfg, epoch, rank)
         torch.manual_seed(int(cfg["seed"]) * 1000 + epoch * 10 + rank)  # dropout masks per (epoch, rank)
         model.train()
@@ -144,12 +164,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             last_of_group = micro_step % accumulation == 0
             sync = nullcontext() if last_of_group or world == 1 or strategy == "fsdp" else model.no_sync()
             with sync, _autocast(precision, device):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                ids, mask = _trimmed(batch)
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                        ).logits.float()
+                        teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits.float()
                     loss = distillation_loss(
                         logits, teacher_logits, batch["labels"], float(cfg["temperature"]), float(cfg["alpha"])
                     )
@@ -194,24 +213,35 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "workers": world,
             "predicted_peak_bytes": int(cfg.get("predicted_peak_bytes") or 0),
         }
+        # Every rank holds the same all-reduced validation figures, so every rank takes the same decision.
+        improved = stopper.update(epoch + 1, metrics)
+        metrics.update({"best_epoch": stopper.best_epoch, f"best_{stopper.monitor}": stopper.best,
+                        "stopped_early": int(stopper.should_stop and epoch + 1 < int(cfg["epochs"])),
+                        "epochs_max": int(cfg["epochs"])})
         # FSDP gathers on every rank; DDP replicas are identical, so only rank 0 reads its weights.
         full_state = _full_state_dict(model, strategy) if rank == 0 or strategy == "fsdp" else {}
+        if rank == 0 and (improved or best_state is None or stopper.patience == 0):
+            best_state = {k: v.detach().clone() for k, v in full_state.items()}
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="tightfit-ckpt-") as tmp:
                 _write_checkpoint(
-                    Path(tmp), cfg, _unwrap(model), full_state, optimizer, scheduler, epoch, elapsed
+                    Path(tmp), cfg, _unwrap(model), full_state, optimizer, scheduler, epoch, elapsed,
+                    delivered=best_state or full_state, early_stopping=stopper.state_dict(),
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
         elapsed_before, run_start = elapsed, time.perf_counter()
+        if stopper.should_stop:
+            break
 
 
 def _write_checkpoint(
     directory: Path, cfg: dict[str, Any], model: Any, full_state: dict[str, Any], optimizer: Any,
-    scheduler: Any, epoch: int, elapsed: float,
+    scheduler: Any, epoch: int, elapsed: float, *, delivered: dict[str, Any], early_stopping: dict[str, Any],
 ) -> None:
-    """Training state (resume) plus the HF-format model with its tokenizer (the deliverable)."""
+    """Training state (resume: this epoch's weights, optimizer, early-stopping state) plus the HF-format
+    model with its tokenizer (the deliverable: the best epoch's weights ``delivered``)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -222,6 +252,7 @@ def _write_checkpoint(
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "elapsed_s": elapsed,
+            "early_stopping": early_stopping,
         },
         directory / TRAIN_STATE_FILE,
     )
@@ -231,11 +262,19 @@ def _write_checkpoint(
 
         config = AutoConfig.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
         plain = AutoModelForSequenceClassification.from_config(config)
-        plain.load_state_dict(full_state)
+        plain.load_state_dict(delivered)
         plain.save_pretrained(model_dir)
     else:
-        model.save_pretrained(model_dir, state_dict=full_state)
+        model.save_pretrained(model_dir, state_dict=delivered)
     AutoTokenizer.from_pretrained(cfg["model_dir"]).save_pretrained(model_dir)
+
+
+def _read_delivered(model_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The best epoch's weights a checkpoint delivers, as a state dict (to go on tracking after a resume)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=int(cfg["num_labels"]))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _validate(model: Any, shard: Any, batch_size: int, precision: str, device: Any) -> dict[str, float]:
@@ -245,7 +284,8 @@ def _validate(model: Any, shard: Any, batch_size: int, precision: str, device: A
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), _autocast(precision, device):
         for batch in shard.iter_torch_batches(batch_size=max(batch_size, 32), device=device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            ids, mask = _trimmed(batch)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
             labels = batch["labels"]
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())

@@ -175,6 +175,7 @@ def build_trainer(
         "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
         "temperature": config.temperature, "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
         "fail_marker": str(paths.out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "patience": config.patience, "monitor": config.monitor, "min_delta": config.min_delta,
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -218,7 +219,14 @@ def collect_result(
         metrics[names.TEST_ACCURACY] = test["accuracy"]
         metrics["test_f1_macro"] = test["f1_macro"]
         client.log_metric(run_id, names.TEST_ACCURACY, test["accuracy"])
-    history = [{"epoch": int(m.step), "val_accuracy": m.value} for m in client.get_metric_history(run_id, names.VAL_ACCURACY)]
+    history = validation_curve(client, run_id)
+    metrics[names.EPOCHS_RUN] = int(metrics.get(names.EPOCH) or len(history))
+    delivered = next((row for row in history if row["epoch"] == metrics.get(names.BEST_EPOCH)), None)
+    if delivered is not None:  # the figures describe the model delivered (the best epoch), the last in last_*
+        for key in (names.VAL_LOSS, names.VAL_ACCURACY):
+            metrics[f"last_{key}"] = metrics.get(key)
+            metrics[key] = delivered.get(key, metrics.get(key))
+    client.log_metric(run_id, names.EPOCHS_RUN, metrics[names.EPOCHS_RUN])
     reached = client.get_metric_history(run_id, names.TIME_TO_TARGET_S)
     if reached:
         metrics[names.TIME_TO_TARGET_S] = reached[0].value
@@ -227,8 +235,17 @@ def collect_result(
     (paths.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return FinetuneResult(
         model_dir=model_dir, metrics=metrics, run_id=run_id, run_name=paths.run_name,
-        checkpoint_path=result.checkpoint.path, history=sorted(history, key=lambda h: h["epoch"]),
+        checkpoint_path=result.checkpoint.path, history=history,
     )
+
+
+def validation_curve(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """One row per epoch run: validation loss and accuracy (what early stopping decided on), from MLflow."""
+    rows: dict[int, dict[str, Any]] = {}
+    for key in (names.VAL_LOSS, names.VAL_ACCURACY):
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(int(m.step), {"epoch": int(m.step)})[key] = m.value
+    return [rows[e] for e in sorted(rows)]
 
 
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:

@@ -96,6 +96,8 @@ def make_mlflow_callback(tracking_uri: str, run_id: str, target_accuracy: float 
             add(names.SAMPLES_PER_S, sum(m["samples_per_s"] for m in metrics))
             add(names.WALL_S, max(m["wall_s"] for m in metrics))
             add(names.PEAK_RSS_BYTES, max(m["peak_rss_bytes"] for m in metrics))
+            add(names.BEST_EPOCH, first.get("best_epoch", epoch))
+            add(names.STOPPED_EARLY, first.get("stopped_early", 0))
             add(names.MICRO_BATCH, first["micro_batch"])
             add(names.ACCUMULATION_STEPS, first["accumulation_steps"])
             add(names.WORKERS, len(metrics))
