@@ -10,6 +10,7 @@ Anything else is a local HF-format directory or a ``.pt``/``.safetensors`` check
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,10 +126,37 @@ def _infer_kind(config: Any) -> ModelKind:
     return "causal_lm" if "CausalLM" in archs or config.model_type in {"llama", "gpt2", "mistral"} else "classifier"
 
 
+def label_maps(label_names: Sequence[str]) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` for a classifier config, from the dataset's label names."""
+    names = [str(n) for n in label_names]
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def name_labels(model: Any, label_names: Sequence[str]) -> None:
+    """Name a classifier's outputs after its dataset's labels (``config.id2label``), so every variant and the
+    serving API answer ``fresh``/``rotten`` instead of ``LABEL_1``/``LABEL_0``. Names other than the generic
+    ``LABEL_i`` (from an earlier fine-tune) are kept; a head of another size is a ``ConfigError``."""
+    config = model.config
+    current = [str(config.id2label.get(i, i)) for i in range(config.num_labels)] if config.id2label else []
+    if len(current) != len(label_names):
+        raise ConfigError(
+            f"the model has {len(current)} output labels but the dataset has {len(label_names)} "
+            f"({', '.join(map(str, label_names[:6]))}); fine-tune it on this dataset first"
+        )
+    if all(name == f"LABEL_{i}" for i, name in enumerate(current)):
+        maps = label_maps(label_names)
+        config.id2label, config.label2id = maps["id2label"], maps["label2id"]
+
+
 def load_model(
-    name_or_path: str, kind: ModelKind | None = None, num_labels: int = 2, dtype: Any = None
+    name_or_path: str,
+    kind: ModelKind | None = None,
+    num_labels: int = 2,
+    dtype: Any = None,
+    labels: Sequence[str] | None = None,
 ) -> LoadedModel:
-    """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file."""
+    """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file.
+    ``labels`` names a fresh classifier head's outputs (and sets ``num_labels``)."""
     import torch
     from transformers import (
         AutoConfig,
@@ -148,9 +176,8 @@ def load_model(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels, dtype=dtype
-        )
+        head = label_maps(labels) if labels is not None else {"num_labels": num_labels}
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype, **head)
     if path.is_file():
         state = _read_state_dict(path)
         _missing, unexpected = model.load_state_dict(state, strict=False)

@@ -23,7 +23,8 @@ from tightfit.measure.quality import predict_logits
 
 
 class VariantPyfunc(PythonModel):
-    """``predict(texts)`` -> class labels (classifiers) or generated text (causal LMs)."""
+    """``predict(texts)`` -> label names (classifiers: the model config's ``id2label``, the dataset's names
+    such as ``fresh``/``rotten``) or generated text (causal LMs)."""
 
     def load_context(self, context: Any) -> None:
         import torch
@@ -64,8 +65,8 @@ class VariantPyfunc(PythonModel):
 
         # The same fixed-shape tokenization and batching as evaluation, so labels match the measured accuracy.
         logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
-        labels = [int(x) for x in logits.argmax(dim=-1).tolist()]
-        return np.array(labels, dtype=np.int64)
+        id2label = getattr(model.config, "id2label", None) or {}
+        return np.array([str(id2label.get(int(i), int(i))) for i in logits.argmax(dim=-1).tolist()], dtype=object)
 
 
 def _requirements() -> list[str]:
@@ -100,7 +101,7 @@ def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
         warnings.simplefilter("ignore", UserWarning)  # "no input example" / type-hint notes: the signature is explicit
         mlflow.pyfunc.save_model(
             path=str(out),
-            python_model=str(Path(__file__).with_name("tracking_pyfunc_code.py")),  # model from code: no pickle
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # model from code: no pickle
             artifacts={names.PYFUNC_VARIANT_ARTIFACT: str(Path(variant_dir).resolve())},
             signature=signature,
             pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess

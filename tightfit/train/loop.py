@@ -58,6 +58,14 @@ def _autocast(precision: str, device: Any) -> Any:
     return nullcontext()
 
 
+def _head(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The classifier head's size and label names (the dataset's), so the saved model serves them."""
+    from tightfit.assets import label_maps
+
+    names = cfg.get("label_names") or [str(i) for i in range(int(cfg["num_labels"]))]
+    return label_maps(names)
+
+
 def _maybe_inject_fault(cfg: dict[str, Any], epoch: int, rank: int) -> None:
     """Raise once on rank 0 at the configured (1-based) epoch; a marker file keeps it to once."""
     fail_at = cfg.get("fail_at_epoch")
@@ -89,7 +97,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     micro_batch, accumulation = int(cfg["micro_batch"]), int(cfg["accumulation_steps"])
 
     torch.manual_seed(int(cfg["seed"]))  # the same fresh head on every rank
-    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], **_head(cfg))
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     teacher = None
@@ -229,7 +237,7 @@ def _write_checkpoint(
     if cfg["strategy"] == "fsdp":
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        config = AutoConfig.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+        config = AutoConfig.from_pretrained(cfg["model_dir"], **_head(cfg))
         plain = AutoModelForSequenceClassification.from_config(config)
         plain.load_state_dict(full_state)
         plain.save_pretrained(model_dir)
