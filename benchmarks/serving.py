@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _common import median, write_results
 
-from tightfit.settings import cache_dir
+from tightfit.settings import cache_dir, start_local_ray
 
 BUDGET = 800 * 2**20
 CONCURRENCY = 32
@@ -165,7 +165,7 @@ def main() -> None:
     records, data = build_records(work)
     texts = [t for t in data.test["text"].tolist() if t.strip()][:400]
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     try:

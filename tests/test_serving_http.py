@@ -55,6 +55,7 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     from tightfit.memory.replica import footprint_for_source
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
+    from tightfit.settings import start_local_ray
 
     dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
     records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]
@@ -66,7 +67,7 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     assert plan.max_models_per_replica == 2
     port = free_port()
     metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    start_local_ray(num_cpus=2, _metrics_export_port=metrics_port)
     try:
         url = serve_until_healthy(plan, port, timeout_s=120)
         yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes}

@@ -10,6 +10,8 @@ Anything else is a local HF-format directory or a ``.pt``/``.safetensors`` check
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +97,69 @@ def smollm2_path(dist: str = SMOLLM2_DIST) -> Path:
     return target
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_weights_file(path: Path) -> None:
+    """A weights file is readable to its end: a safetensors header whose tensors fit the file exactly, or a
+    complete zip archive (``torch.save``). A truncated or damaged file is one ``ConfigError`` line."""
+    size = path.stat().st_size
+    hint = "it is truncated or damaged; copy or save it again"
+    if size == 0:
+        raise ConfigError(f"weights file {path} is empty; {hint}")
+    if path.suffix == ".safetensors":
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = handle.read(length) if 0 < length <= min(size - 8, 100 * 2**20) else b""
+        try:
+            tensors: dict[str, Any] = json.loads(header) if header else {}
+            if not tensors:
+                raise ValueError("no header")
+            end = max((int(t["data_offsets"][1]) for k, t in tensors.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ConfigError(f"weights file {path} is not a readable safetensors file; {hint}") from None
+        if 8 + length + end != size:
+            raise ConfigError(f"weights file {path} is {size} bytes but its header describes {8 + length + end}; {hint}")
+    elif path.suffix in {".pt", ".pth", ".bin"} and not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            legacy_pickle = handle.read(1) == b"\x80"  # torch's pre-zip format: cannot be checked cheaply
+        if not legacy_pickle:
+            raise ConfigError(f"weights file {path} is not a complete torch checkpoint; {hint}")
+
+
+def check_model_dir(directory: Path) -> None:
+    """An HF-format model directory tightfit can load: a JSON ``config.json``, tokenizer files, and weights
+    that are readable to their end (checked before anything starts, so a broken model is one line)."""
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{directory} is not an HF-format model directory (no config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file} is not valid JSON ({exc}); save the model again") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ConfigError(f"{config_file} has no 'model_type'; it is not a transformers model config")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+                          "save the tokenizer beside the model (tokenizer.save_pretrained)")
+    weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not weights:
+        raise ConfigError(f"{directory} holds no weights (model.safetensors, pytorch_model.bin or weights.pt)")
+    for file in weights:
+        check_weights_file(file)
+
+
 def resolve_model_path(name_or_path: str) -> tuple[Path, ModelKind | None]:
-    """Map a built-in name or a user path to a directory (and the kind, when the name implies one)."""
+    """Map a built-in name or a user path to a directory (and the kind, when the name implies one); a user
+    path is checked (config, tokenizer, weights readable) before anything loads it."""
     if name_or_path == "minilm":
         return minilm_path(), "classifier"
     if name_or_path == "smollm2":
         return smollm2_path(), "causal_lm"
+    if not name_or_path.strip():
+        raise ConfigError(f"no model given; use a built-in name ({', '.join(BUILTIN_MODELS)}) or an HF directory")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         known = ", ".join(BUILTIN_MODELS)
@@ -115,9 +174,10 @@ def resolve_model_path(name_or_path: str) -> tuple[Path, ModelKind | None]:
                 f"checkpoint {path} has no config.json beside it; put it in an HF-format directory "
                 "(config.json + tokenizer files) so the architecture can be rebuilt"
             )
+        check_weights_file(path)
+        check_model_dir(path.parent)
         return path, None
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{path} is not an HF-format model directory (no config.json)")
+    check_model_dir(path)
     return path, None
 
 

@@ -6,7 +6,10 @@ Heavy libraries (torch, ray, mlflow, kfp) are imported inside commands, so ``tig
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -23,6 +26,44 @@ app = typer.Typer(
     add_completion=False,
 )
 err_console = Console(stderr=True)
+
+VERBOSE_ENV = "TIGHTFIT_VERBOSE"
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+"""Import-time library notices a user cannot act on: torchao's optional CUDA/cutlass extensions that a CPU
+build lacks, torch's pytree deprecations of Enum registrations made inside torchao."""
+QUIET_WARNING_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def quiet_libraries() -> None:
+    """Hide library notices a user cannot act on (``--verbose`` or ``TIGHTFIT_VERBOSE=1`` shows them)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in QUIET_WARNING_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category)
+
+
+def show_tightfit_warnings() -> None:
+    """tightfit's own warnings (e.g. the rows a dataset check dropped) as one ``warning:`` line each."""
+    logger = logging.getLogger("tightfit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "--verbose", help="Show library warnings (torch, torchao, ...) too."),
+) -> None:
+    """Fit models to the hardware you have."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    elif os.environ.get(VERBOSE_ENV) != "1":
+        quiet_libraries()
+    show_tightfit_warnings()
+
 
 for _area in (pipeline, compress, train, serve, track):
     _area.register(app)

@@ -28,12 +28,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tightfit.assets import BUILTIN_MODELS, resolve_model_path
 from tightfit.compress.build import default_variant_set
 from tightfit.compress.registry import validate_chain
 from tightfit.data import BUILTIN_DATASETS, load_dataset
 from tightfit.errors import ConfigError, TightfitError, describe_validation_error
 from tightfit.spec import PERSON, HardwareTarget, VariantSpec
-from tightfit.train.config import CONFIG_ENV, FinetuneConfig
+from tightfit.train.config import CONFIG_ENV, MAX_TOKENS, FinetuneConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 PROFILES = ("quick", "full")
@@ -50,7 +51,7 @@ class DataConfig(BaseModel):
     limit: int | None = Field(default=None, description="rows per split (head of each shuffled split); None = all")
     validation: float = 0.1
     test: float = 0.2
-    max_length: int = 64
+    max_length: int = Field(default=64, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -82,7 +83,7 @@ class MeasureSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int = 64
+    seq_len: int = Field(default=64, ge=8, le=MAX_TOKENS)
     quick: bool = False
     memory_subprocess: bool = True
 
@@ -131,7 +132,7 @@ class PipelineConfig(BaseModel):
     model: str = "minilm"
     kind: Literal["classifier", "causal_lm"] = "classifier"
     dataset: str = "rotten_tomatoes"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     profile: str = "full"
     data: DataConfig = Field(default_factory=DataConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -222,8 +223,19 @@ def config_from_dict(raw: dict[str, Any], *, profile: str | None = None, source:
     except ConfigError as exc:  # raised by a unit parser or the registry inside a validator
         raise ConfigError(f"{source}: {exc}") from None
     _check_variants(config, source)
+    _check_model(config.model, source)
     _check_dataset(config, source)
     return config
+
+
+def _check_model(model: str, source: str) -> None:
+    """A model path is checked before anything starts (config, tokenizer, weights readable)."""
+    if model in BUILTIN_MODELS:
+        return
+    try:
+        resolve_model_path(model)
+    except TightfitError as exc:
+        raise type(exc)(f"{source}: model: {exc}") from None
 
 
 def _check_variants(config: PipelineConfig, source: str) -> None:

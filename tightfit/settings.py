@@ -47,3 +47,20 @@ def cache_dir(*parts: str) -> Path:
     root = Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "tightfit")).joinpath(*parts)
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+LOCAL_RAY_ENV: Final = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's own switch between a cluster node (services on the machine's address) and a local-only Ray (every
+service on the loopback address); Ray reads it when it picks the node address."""
+
+
+def start_local_ray(num_cpus: int | None = None, **options: object) -> None:
+    """Start a Ray for this machine only: GCS, raylet, workers, the object manager and the agents all listen
+    on 127.0.0.1 (Ray 2.60 binds its servers to the node address, which a local-only Ray sets to loopback),
+    and there is no dashboard or Jobs API. Join a cluster with ``ray.init(address=...)`` instead."""
+    import ray
+    from ray._private import ray_constants  # read by ray._private.services.get_node_ip_address at init
+
+    os.environ[LOCAL_RAY_ENV] = "0"  # for processes Ray starts from here
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **options)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from tightfit.serve.replica import (
     classify,
     generate,
     load_for_serving,
+    read_body,
     trim_heap,
     validate_request,
 )
@@ -45,7 +46,9 @@ KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
 
 
 def _error(exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
+    # 413: the rest of the body is never read, so the connection cannot be reused; tell the client.
+    headers = {"Connection": "close"} if exc.status == 413 else None
+    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=headers)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -147,7 +150,7 @@ class TightfitServer:
     async def _handle(self, request: Request, route: str) -> JSONResponse:
         self.requests += 1
         try:
-            raw = await request.body()
+            raw = await read_body(request, self.plan.max_request_bytes)
             parsed = validate_request(raw, self.plan, KIND_OF_ROUTE[route], serve.get_multiplexed_model_id() or None)
             items = [(parsed.variant.name, text, parsed.max_new_tokens) for text in parsed.texts]
             results = await asyncio.gather(*(self.run_batch(item) for item in items))

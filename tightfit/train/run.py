@@ -152,7 +152,7 @@ def ensure_ray(config: FinetuneConfig) -> bool:
         ray.init()  # inside a Ray job: the cluster the job runs on
         return False
     cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    settings.start_local_ray(num_cpus=cpus, log_to_driver=False)
     return True
 
 
