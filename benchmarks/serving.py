@@ -157,6 +157,7 @@ def main() -> None:
 
     from tightfit.serve.app import TightfitServer, build_app
     from tightfit.serve.calibrate import calibrate_serving_memory, text_of_tokens
+    from tightfit.serve.ingress import TightfitIngress
     from tightfit.serve.plan import ServeOptions, plan_serving
 
     work = cache_dir("bench-serving")
@@ -180,8 +181,10 @@ def main() -> None:
         plan = plan_serving(records, BUDGET, ServeOptions(cpus_per_replica=THREADS), model=model)
         print(plan.describe())
         naive_plan = plan_serving([by_name["fp32"]], BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
-        naive_app: Any = TightfitServer
-        serve.run(naive_app.options(num_replicas=1, ray_actor_options={"num_cpus": THREADS}).bind(naive_plan.to_dict()),
+        naive_model: Any = TightfitServer  # Serve's defaults: no memory reservation, default concurrency
+        naive_ingress: Any = TightfitIngress
+        naive = naive_model.options(num_replicas=1, ray_actor_options={"num_cpus": THREADS}).bind(naive_plan.to_dict())
+        serve.run(naive_ingress.options(**naive_plan.ingress_options()).bind(naive_plan.to_dict(), naive),
                   name="naive", route_prefix="/naive")
         serve.run(build_app(plan), name="tightfit", route_prefix="/tightfit")
         pids = {k: requests.get(f"{base}/{k}/healthz", timeout=30).json()["pid"] for k in ("naive", "tightfit")}

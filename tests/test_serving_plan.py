@@ -111,8 +111,10 @@ def test_serve_config_validates_with_rays_schema(records):
     config = plan.to_serve_config()
     json.dumps(config)  # plain JSON, as a RayService embeds it
     schema = ServeDeploySchema.model_validate(config)
-    deployment = schema.applications[0].deployments[0]
-    assert deployment.ray_actor_options.memory == plan.predicted_peak_bytes
+    deployments = {d.name: d for d in schema.applications[0].deployments}
+    assert set(deployments) == {"TightfitIngress", "TightfitServer"}
+    assert deployments["TightfitServer"].ray_actor_options.memory == plan.predicted_peak_bytes
+    assert deployments["TightfitIngress"].ray_actor_options.num_cpus == 0
     assert schema.applications[0].import_path == "tightfit.ray_jobs.serve:app_builder"
 
 

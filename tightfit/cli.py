@@ -13,6 +13,7 @@ import warnings
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tightfit.commands import compress, pipeline, serve, track, train
 from tightfit.errors import TightfitError
@@ -42,13 +43,18 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+class _WarningLines(logging.Handler):
+    """One ``warning: ...`` line on the current stderr per record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"warning: {record.getMessage()}\n")
+
+
 def show_tightfit_warnings() -> None:
     """tightfit's own warnings (e.g. the rows a dataset check dropped) as one ``warning:`` line each."""
     logger = logging.getLogger("tightfit")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("warning: %(message)s"))
-        logger.addHandler(handler)
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
         logger.setLevel(logging.WARNING)
         logger.propagate = False
 
@@ -73,18 +79,22 @@ def main() -> None:
     """Entry point: run the app, turning project errors into one clear line."""
     try:
         app(standalone_mode=False)
-    except TightfitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+    except TightfitError as exc:  # one line, never wrapped or read as markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
+    except Exception as exc:  # usage errors (typer's own click, or click) carry their own exit code
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, typer.TyperException | click.ClickException):
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                err_console.print(f"error: {escape(str(exc))}", soft_wrap=True, highlight=False)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
         raise
 
 

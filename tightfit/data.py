@@ -45,8 +45,8 @@ class DataReport:
     """What loading dropped, counted (reported in one warning line when anything was wrong with the rows)."""
 
     rows_read: int
-    missing: int = 0  # no text or no label
-    empty_texts: int = 0  # empty or whitespace-only text
+    missing: int = 0  # no label
+    empty_texts: int = 0  # no text, or an empty or whitespace-only one
     duplicates: int = 0  # texts seen before (dropped so splits stay disjoint)
 
     @property
@@ -56,7 +56,7 @@ class DataReport:
     def describe(self, name: str) -> str:
         return (
             f"dataset {name}: dropped {self.empty_texts} empty or whitespace-only text(s), {self.missing} row(s) "
-            f"without a text or label and {self.duplicates} duplicated text(s) of {self.rows_read} rows; "
+            f"without a label and {self.duplicates} duplicated text(s) of {self.rows_read} rows; "
             f"{self.rows_kept} rows left"
         )
 
@@ -85,14 +85,13 @@ class DatasetSplits:
 
 
 def _clean(frame: pd.DataFrame) -> tuple[pd.DataFrame, DataReport]:
-    """Drop rows without text or label, empty texts and duplicates; count each."""
+    """Drop rows without a label, empty texts and duplicates; count each."""
     rows = len(frame)
-    frame = frame.dropna(subset=["text", "label"])
+    frame = frame.dropna(subset=["label"])
     frame = frame[frame["label"].astype(str).str.strip() != ""]
     missing = rows - len(frame)
-    frame = frame.assign(text=frame["text"].astype(str))
-    blank = frame["text"].str.strip() == ""
-    frame = frame[~blank]
+    blank = frame["text"].isna() | (frame["text"].astype(str).str.strip() == "")
+    frame = frame[~blank].assign(text=lambda f: f["text"].astype(str))
     deduped = frame.drop_duplicates(subset="text", keep="first")
     report = DataReport(rows, missing=missing, empty_texts=int(blank.sum()), duplicates=len(frame) - len(deduped))
     return deduped.reset_index(drop=True), report

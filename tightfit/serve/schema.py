@@ -13,6 +13,9 @@ from tightfit.units import format_bytes
 
 APP_NAME = "tightfit"
 DEPLOYMENT_NAME = "TightfitServer"
+INGRESS_NAME = "TightfitIngress"
+INGRESS_RUNTIME_BYTES = 192 * 2**20
+"""What the ingress process holds besides request bodies: a Ray worker with FastAPI and Serve, no torch."""
 IMPORT_PATH = "tightfit.ray_jobs.serve:app_builder"
 AUTOSCALING_POLICY = "tightfit.serve.autoscale:memory_aware_policy"
 
@@ -128,6 +131,18 @@ class ServePlan:
         Ray Serve 2.60's proxy has no body-size option (and takes no middlewares); the app caps bodies."""
         return {"host": host, "port": port, "request_timeout_s": self.request_timeout_s}
 
+    def ingress_options(self) -> dict[str, Any]:
+        """Options of the ingress deployment: room for every request the model replicas may hold (ongoing +
+        queued, at the most replicas), and memory for that many request bodies besides its runtime."""
+        held = (self.max_ongoing_requests + self.max_queued_requests) * max(self.num_replicas, self.max_replicas)
+        return {
+            "num_replicas": 1,
+            "max_ongoing_requests": held + 8,
+            "max_queued_requests": held,
+            "ray_actor_options": {"num_cpus": 0, "memory": INGRESS_RUNTIME_BYTES + held * self.max_request_bytes},
+            "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
+        }
+
     def to_serve_config(self, *, host: str = "0.0.0.0", port: int = 8000, route_prefix: str = "/") -> dict[str, Any]:
         """The Serve config v2 dict (`serve deploy` / RayService `serveConfigV2`) for this plan."""
         return {
@@ -138,7 +153,10 @@ class ServePlan:
                     "route_prefix": route_prefix,
                     "import_path": IMPORT_PATH,
                     "args": {"plan": self.to_dict()},
-                    "deployments": [{"name": DEPLOYMENT_NAME, **self.deployment_options()}],
+                    "deployments": [
+                        {"name": INGRESS_NAME, **self.ingress_options()},
+                        {"name": DEPLOYMENT_NAME, **self.deployment_options()},
+                    ],
                 }
             ],
         }
