@@ -250,3 +250,59 @@ def test_multiplexed_pool_routes_by_model_id_and_evicts_by_bytes(served, known_e
         assert sum(sizes[n] for n in loaded) <= cap
         before = stats["evictions"]
     assert stats["peak_rss_bytes"] <= BUDGET
+
+
+def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(served, known_examples):
+    """SIGKILL the model replica while 8 clients send requests: Serve starts a new replica, the requests
+    that were inside the killed one answer 503 with Retry-After (the ingress), the others wait for the new
+    replica or get the plan's 503 backpressure; no client sees another status or goes without an answer."""
+    import os
+    import signal
+
+    url = served["url"]
+    old_pid = requests.get(f"{url}/healthz", timeout=10).json()["pid"]
+    texts = [r["text"] for r in known_examples]
+    outcomes: list[int | str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            try:
+                status: int | str = requests.post(f"{url}/v1/classify", json={"text": texts[i % len(texts)]},
+                                                  timeout=120).status_code
+            except requests.RequestException as exc:  # no answer: a lost request
+                status = type(exc).__name__
+            with lock:
+                outcomes.append(status)
+            if status == 503:
+                time.sleep(0.2)
+            i += 5
+
+    def new_pid() -> int | None:
+        try:
+            pid = int(requests.get(f"{url}/healthz", timeout=5).json()["pid"])
+        except (requests.RequestException, ValueError, KeyError):
+            return None
+        return pid if pid != old_pid else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(client, w) for w in range(8)]
+        time.sleep(2.0)
+        before_kill = len(outcomes)
+        os.kill(old_pid, signal.SIGKILL)
+        deadline, replaced = time.time() + 180, None
+        while replaced is None and time.time() < deadline:
+            time.sleep(1.0)
+            replaced = new_pid()
+        after = len(outcomes)
+        time.sleep(2.0)  # the new replica serves the clients
+        stop.set()
+        for future in futures:
+            future.result()
+    assert replaced is not None, "Serve did not start a new replica"
+    counts = {code: outcomes.count(code) for code in set(outcomes)}
+    assert set(counts) <= {200, 503}, counts  # no 500, no connection error: every request answered
+    assert before_kill > 0 and counts.get(200, 0) > before_kill
+    assert outcomes[after:].count(200) > 0, "the new replica serves"

@@ -68,7 +68,6 @@ class FinetuneConfig(BaseModel):
     storage_path: str | None = None
     run_name: str | None = None
     max_failures: NonNegativeInt = Field(default=1, le=100)
-    fail_at_epoch: PositiveInt | None = None
     target_accuracy: Fraction | None = Field(default=None, gt=0, le=1)
     tracking_uri: str | None = None
     experiment: str = names.DEFAULT_EXPERIMENT
@@ -91,8 +90,6 @@ class FinetuneConfig(BaseModel):
                 "strategy fsdp needs GPU workers (Ray Train's prepare_model wraps FSDP only on GPUs); "
                 "use --strategy ddp on CPU, or add --gpu"
             )
-        if self.fail_at_epoch is not None and self.fail_at_epoch > self.epochs:
-            raise ValueError(f"fail_at_epoch must be within 1..{self.epochs}, got {self.fail_at_epoch}")
         return self
 
     @property

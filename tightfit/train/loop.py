@@ -22,10 +22,6 @@ TRAIN_STATE_FILE = "train_state.pt"
 MODEL_SUBDIR = "model"
 
 
-class InjectedFault(RuntimeError):
-    """Raised once by the fault-injection option, to prove that a run resumes from its last checkpoint."""
-
-
 def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
@@ -64,19 +60,6 @@ def _head(cfg: dict[str, Any]) -> dict[str, Any]:
 
     names = cfg.get("label_names") or [str(i) for i in range(int(cfg["num_labels"]))]
     return label_maps(names)
-
-
-def _maybe_inject_fault(cfg: dict[str, Any], epoch: int, rank: int) -> None:
-    """Raise once on rank 0 at the configured (1-based) epoch; a marker file keeps it to once."""
-    fail_at = cfg.get("fail_at_epoch")
-    if fail_at is None or rank != 0 or epoch + 1 != int(fail_at):
-        return
-    marker = Path(cfg["fail_marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"fault injected at epoch {epoch + 1}\n")
-    raise InjectedFault(f"injected fault at epoch {epoch + 1} on rank 0 (marker {marker})")
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -136,7 +119,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("validation")
     run_start = time.perf_counter()
     for epoch in range(start_epoch, int(cfg["epochs"])):
-        _maybe_inject_fault(cfg, epoch, rank)
         torch.manual_seed(int(cfg["seed"]) * 1000 + epoch * 10 + rank)  # dropout masks per (epoch, rank)
         model.train()
         epoch_start = time.perf_counter()

@@ -25,7 +25,6 @@ from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_tr
 from tightfit.train.config import FinetuneConfig
 from tightfit.train.loop import MODEL_SUBDIR, train_loop_per_worker
 from tightfit.train.support import (
-    FAULT_MARKER,
     evaluate_classifier,
     make_mlflow_callback,
     ray_dataset,
@@ -174,8 +173,7 @@ def build_trainer(
         "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
         "rows_per_worker": math.ceil(len(data.train) / config.workers), "precision": plan.precision,
         "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
-        "temperature": config.temperature, "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
-        "fail_marker": str(paths.out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "temperature": config.temperature, "alpha": config.alpha, "predicted_peak_bytes": plan.predicted_peak_bytes,
     }
     return TorchTrainer(
         train_loop_per_worker,
