@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from reliability_log import record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -450,8 +451,11 @@ def test_a_200_mb_upload_is_refused_without_growing_the_replica(tiny_served) -> 
     status, sent = _status_of_upload(port, chunked, iter(lambda: framed, None), 8 * 2**20)
     stop.set()
     sampler.join()
+    peak_after = _vm(pid, "VmHWM")
+    record("upload_attack", budget_bytes=plan.budget_bytes, max_rss_bytes=max(samples), rss_before_bytes=rss_before,
+           peak_before_bytes=peak_before, peak_after_bytes=peak_after, chunked_bytes_sent=sent)
     assert status == 413 and sent >= plan.max_request_bytes, (status, sent)
-    assert _vm(pid, "VmHWM") - peak_before <= 20 * 2**20
+    assert peak_after - peak_before <= 20 * 2**20
     assert max(samples) - rss_before <= 20 * 2**20, (max(samples), rss_before)
     assert max(samples) <= plan.budget_bytes
     assert requests.get(f"{url}/healthz", timeout=30).json()["pid"] == pid  # the same replica, still serving

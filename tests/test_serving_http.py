@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from reliability_log import record
 from serving_support import free_port, serve_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -301,8 +302,11 @@ def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(serv
         stop.set()
         for future in futures:
             future.result()
-    assert replaced is not None, "Serve did not start a new replica"
     counts = {code: outcomes.count(code) for code in set(outcomes)}
+    lost = sum(n for code, n in counts.items() if code not in (200, 503))
+    record("replica_kill", requests=len(outcomes), lost=lost, statuses={str(k): v for k, v in counts.items()},
+           replaced=replaced is not None)
+    assert replaced is not None, "Serve did not start a new replica"
     assert set(counts) <= {200, 503}, counts  # no 500, no connection error: every request answered
     assert before_kill > 0 and counts.get(200, 0) > before_kill
     assert outcomes[after:].count(200) > 0, "the new replica serves"
