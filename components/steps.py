@@ -50,10 +50,11 @@ def save_splits(splits: DatasetSplits, out_dir: str | Path, **extra: Any) -> dic
     return meta
 
 
-def load_splits(path: str | Path) -> Any:
+def load_splits(path: str | Path) -> DatasetSplits:
     """Read the splits ``save_splits`` wrote back into a ``tightfit.data.DatasetSplits``."""
     import pandas as pd
 
+    from tightfit.data import DatasetSplits
 
     root = Path(path)
     meta = json.loads((root / SPLITS_META).read_text())
