@@ -205,6 +205,8 @@ CLI_CASES = [
     case("budget-too-small", f"{SERVE} --memory-budget 1MiB", 2, "no variant fits", "raise --memory-budget"),
     case("latency-not-a-duration", f"{SERVE} --memory-budget 1GiB --latency-slo fast", 2, "cannot read 'fast'"),
     case("max-tokens-absurd", f"{SERVE} --memory-budget 1GiB --max-tokens 100000000", 2, "max_tokens must be in"),
+    case("max-tokens-over-positions", f"{SERVE} --memory-budget 1GiB --max-tokens 1024", 2,
+         "over the 512 positions the model reads"),
     case("port-out-of-range", f"{SERVE} --memory-budget 1GiB --port 70000", 2, "invalid value", "65535"),
     case("serve-variant-truncated", "serve --variant {variant_truncated} --no-measure --dry-run --memory-budget 1GiB",
          2, "truncated"),

@@ -99,6 +99,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches(basel
     import psutil
     import ray
     from ray.util.state import list_actors
+    from reliability_log import record
     from serving_support import free_port
 
     from tightfit.settings import start_local_ray
@@ -116,6 +117,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches(basel
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
+    started = time.perf_counter()
     try:
         thread.start()
         storage = tmp_path / "out" / "ray_results" / "sigkill"
@@ -126,8 +128,11 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches(basel
             ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
         assert thread.is_alive() and len(workers) == 2, (workers, outcome)
         victim = int(workers[0].pid)
+        killed_at = time.perf_counter()
         os.kill(victim, signal.SIGKILL)
         thread.join(timeout=600)
+        record("train_worker_kill", before_kill_s=round(killed_at - started, 1),
+               after_kill_s=round(time.perf_counter() - killed_at, 1), survived="result" in outcome)
     finally:
         ray.shutdown()
     assert "error" not in outcome, outcome.get("error")

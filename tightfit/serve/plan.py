@@ -115,6 +115,10 @@ def fit_variant(
     """The largest batch on the ladder whose predicted peak fits ``usable`` bytes, whose activations stay
     under ``activation_cap`` (pool members) and whose latency meets the SLO; or the reason none does."""
     tokens = options.tokens_for(cand.arch.kind)
+    positions = cand.arch.max_positions
+    longest = tokens + (options.max_new_tokens if cand.arch.kind == "causal_lm" else 0)
+    if positions and longest > positions:
+        return Fit(None, f"the token cap {longest} is over the {positions} positions the model reads; lower --max-tokens")
     best: PlannedVariant | None = None
     for batch in [b for b in BATCH_LADDER if b <= options.max_batch]:
         pred = _predict(cand, model, options, batch)
