@@ -23,12 +23,14 @@ def select(
     """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
     from collections import namedtuple
 
-    from tightfit.components.steps import log_stats, quiet, select_step
+    from tightfit.components.steps import fail_task, log_stats, quiet, select_step
 
     quiet()
-    name, selection_json, figures = select_step(
-        footprints, [v.path for v in variants], target, tracking_uri, experiment, pipeline_run, chosen.path, report.path
-    )
+    with fail_task("select"):
+        name, selection_json, figures = select_step(
+            footprints, [v.path for v in variants], target, tracking_uri, experiment, pipeline_run, chosen.path,
+            report.path,
+        )
     chosen.metadata.update({"variant": name or ""})
     log_stats(stats, figures)
     with open(selected.path, "w") as handle:  # the selection as an artifact: tasks inside dsl.If read it

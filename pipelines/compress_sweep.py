@@ -61,7 +61,6 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             baseline=base.outputs["model"],
             data=data.outputs["data"],
             variants=variants,
-            kind=kind,
             seq_len=seq_len,
             quick=quick,
             memory_subprocess=memory_subprocess,
