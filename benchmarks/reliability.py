@@ -56,7 +56,7 @@ GROUPS = (
     Group("bad inputs (CLI, config files, datasets, model and variant dirs, HTTP, Helm)",
           ("tests/test_bad_inputs.py",), "bad_inputs", True),
     Group("disk full while a variant is written", ("tests/test_faults.py", "-k", "full_disk"), "fault", True),
-    Group("kfp.local compress task killed", ("tests/test_faults.py", "-k", "kfp"), "fault", False),
+    Group("kfp.local compress task killed", ("tests/test_faults.py", "-k", "killed_compress"), "fault", False),
     Group("Serve replica SIGKILL under load",
           ("tests/test_serving_http.py", "-k", "replica_killed"), "fault", False),
     Group("Ray Train worker SIGKILL mid-epoch", ("tests/test_train.py", "-k", "worker_killed"), "fault", False),
