@@ -253,8 +253,14 @@ CLI_CASES = [
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """The console script's entry point in this process: (exit status, stdout, stderr)."""
+    import logging
+
     from tightfit import cli
 
+    logger = logging.getLogger("tightfit")  # the CLI adds its warning handler: undone after the test
+    for attribute in ("handlers", "propagate", "level"):
+        value = getattr(logger, attribute)
+        monkeypatch.setattr(logger, attribute, list(value) if attribute == "handlers" else value)
     monkeypatch.setattr(sys, "argv", ["tightfit", *args])
     code = 0
     try:
