@@ -230,10 +230,13 @@ def select_step(
     pipeline_run: str,
     chosen_dir: str,
     report_path: str,
+    failed_json: str = "",
 ) -> tuple[str | None, str, dict[str, Any]]:
     """Choose with ``tightfit.select.choose.select_variant``; copy the chosen variant out; write the HTML report.
 
-    Returns (chosen variant name or None, the selection as JSON, stats).
+    ``failed_json`` names variants that failed in an earlier run (``{variant: {"chain", "error"}}``): they are
+    reported and logged as failed records, never chosen. Returns (chosen variant or None, the selection as
+    JSON, stats).
     """
     from tightfit.select.choose import select_variant
     from tightfit.select.report import write_report
@@ -241,7 +244,7 @@ def select_step(
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        records = records_from_json(footprints)
+        records = records_from_json(footprints) + failed_records(failed_json)
         target = HardwareTarget.model_validate(as_object(target_json) or {})
         selection = select_variant(records, target)
         dirs = _dirs_by_variant(variant_dirs)
@@ -262,6 +265,18 @@ def select_step(
         report["pareto_path"] = str(plot) if plot.exists() else None
     stats.update({"variants": len(records), "failed": len(selection.failed), "fitting": len(selection.fitting)})
     return (chosen.variant if chosen else None), json.dumps(report, default=str), stats
+
+
+def failed_records(failed_json: str) -> list[Footprint]:
+    """Failed footprint records from ``{variant: {"chain": ..., "error": ...}}`` (empty for '')."""
+    from tightfit import names
+
+    failed = as_object(failed_json) or {}
+    return [
+        Footprint(variant=name, chain=str(info.get("chain", "fp32")), status=names.STATUS_FAILED,
+                  error=str(info.get("error", "failed")))
+        for name, info in failed.items()
+    ]
 
 
 def _dirs_by_variant(variant_dirs: list[str]) -> dict[str, str]:

@@ -50,6 +50,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
         memory_subprocess: bool = config.measure.memory_subprocess,
         tracking_uri: str = "",
         pipeline_run: str = "",
+        failed_variants: str = "",
         experiment: str = config.tracking.experiment,
         run_name: str = "fit-for-serving",
         registered_model: str = config.tracking.registered_model,
@@ -102,6 +103,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             tracking_uri=tracking_uri,
             experiment=experiment,
             pipeline_run=pipeline_run,
+            failed_variants=failed_variants,
             after=parent,
         )
         # register runs always (a no-op when nothing fits); deploy runs when deployment is on and a variant

@@ -25,7 +25,7 @@ from typing import Any
 from tightfit.components.common import TaskFailure
 from tightfit.pipelines.kfp_watch import KfpRun, run_once
 
-from tightfit import names, settings
+from tightfit import settings
 from tightfit.config import PipelineConfig
 from tightfit.errors import BackendError, ConfigError
 from tightfit.footprint import Footprint
@@ -151,13 +151,14 @@ def run_local(
         runs = [run(arguments)]
         survivors = _survivors(runs[0], arguments["variants"], log_file)
         if survivors is not None:
-            runs.append(run({**arguments, "variants": survivors}))
+            failed = _failed_variants(runs[0], arguments["variants"])
+            runs.append(run({**arguments, "variants": survivors, "failed_variants": json.dumps(failed)}))
             if runs[-1].error:
                 raise BackendError(_failure_message(runs[-1], log_file))
     wall = time.perf_counter() - started
     final = runs[-1]
     selection = json.loads(final.output) if isinstance(final.output, str) else dict(final.output)
-    records = _records_in_order(selection, runs[0], arguments["variants"])
+    records = _records_in_order(selection, arguments["variants"])
     ran_deploy = "deploy" in final.started or "deploy" in final.cache_hits
     return RunSummary(
         pipeline=pipeline,
@@ -199,20 +200,21 @@ def _failure_message(run: KfpRun, log_file: Path) -> str:
     return f"the local pipeline run failed: {'; '.join(causes) or run.error} Task logs: {log_file}"
 
 
-def _records_in_order(selection: dict[str, Any], first: KfpRun, items: list[dict[str, Any]]) -> list[Footprint]:
-    """The measured records plus a failed record per failed variant, in the order the variants were asked for."""
-    measured = {r["variant"]: Footprint.from_dict(r) for r in selection.get("records", [])}
-    failures = first.variant_failures()
-    records = []
-    for item in items:
-        name = str(item["variant"])
-        if name in measured:
-            records.append(measured.pop(name))
-        elif name in failures:
-            failure = failures[name]
-            records.append(Footprint(variant=name, chain=str(item["chain"]), status=names.STATUS_FAILED,
-                                     error=f"{failure.cause} (at {failure.step})"))
-    return records + list(measured.values())
+def _failed_variants(first: KfpRun, items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{variant: {"chain", "error"}}`` for the variants whose tasks failed in ``first``: the second run hands
+    them to ``select``, so the report and MLflow show them as failed records."""
+    chains = {str(item["variant"]): str(item["chain"]) for item in items}
+    return {
+        name: {"chain": chains.get(name, "fp32"), "error": f"{failure.cause} (at {failure.step})"}
+        for name, failure in first.variant_failures().items()
+    }
+
+
+def _records_in_order(selection: dict[str, Any], items: list[dict[str, Any]]) -> list[Footprint]:
+    """The selection's records (measured and failed), in the order the variants were asked for."""
+    order = {str(item["variant"]): i for i, item in enumerate(items)}
+    records = [Footprint.from_dict(r) for r in selection.get("records", [])]
+    return sorted(records, key=lambda r: order.get(r.variant, len(order)))
 
 
 @contextlib.contextmanager

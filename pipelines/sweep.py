@@ -70,6 +70,7 @@ def add_sweep(
     tracking_uri: Any,
     experiment: Any,
     pipeline_run: Any,
+    failed_variants: Any = "",
     after: Any = None,
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
@@ -121,6 +122,7 @@ def add_sweep(
         tracking_uri=tracking_uri,
         experiment=experiment,
         pipeline_run=pipeline_run,
+        failed_variants=failed_variants,
     )
     apply_resources(chosen, resources["select"], config, mlflow=True)
     return chosen

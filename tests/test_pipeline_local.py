@@ -183,17 +183,19 @@ def test_a_failed_variant_fails_its_task_the_others_are_selected_and_a_rerun_red
     # every task of which came from the cache, selected among them.
     every, rest = first.kfp_runs
     assert not every.succeeded and every.failed_tasks == ["compress-2"] and "select" in every.skipped
-    assert rest.succeeded and rest.variants == ["fp32", "bf16"] and rest.started == ["select"]
+    assert rest.succeeded and rest.variants == ["fp32", "bf16"] and rest.started == ["select"]  # the rest: cache
     cause = "ConfigError: keep_every=7 would drop all 6 layers; use at most 6"
     assert first.failed == {"too-shallow": cause} and first.failures["too-shallow"].step == "compress"
     by_name = {r.variant: r for r in first.records}
     assert list(by_name) == ["fp32", "bf16", "too-shallow"]
     assert by_name["fp32"].ok and by_name["bf16"].ok and by_name["too-shallow"].error == f"{cause} (at compress)"
     assert first.chosen in {"fp32", "bf16"}
-    # The others are measured and logged; the failed variant never reached profile, so it has no MLflow run.
+    assert first.selection["failed"] == {"too-shallow": f"{cause} (at compress)"}  # select saw it as failed
+    assert "too-shallow" in Path(first.report_path or "").read_text()  # and the report lists it
+    # The others are measured and logged; the failed variant is a FAILED run carrying its cause.
     _, runs = _mlflow_runs(first.tracking_uri, config.tracking.experiment)
     status = {r.data.tags.get(names.TAG_VARIANT): r.info.status for r in runs if r.data.tags.get(names.TAG_VARIANT)}
-    assert status == {"fp32": "FINISHED", "bf16": "FINISHED"}
+    assert status == {"fp32": "FINISHED", "bf16": "FINISHED", "too-shallow": "FAILED"}
 
     # Rerun: only the failed variant's compress runs again (and fails again); the rest, select included, is
     # served from the cache.
