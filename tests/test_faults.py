@@ -1,5 +1,6 @@
 """Faults survived, with real processes and real limits (the Serve replica kill is in test_serving_http.py,
-the Ray Train worker kill in test_train.py, the MLflow server kill in test_tracking_server.py).
+the Ray Train worker kill in test_train.py, the MLflow server kill in test_tracking_server.py, the kfp.local
+compress task kill in test_pipeline_local.py, inside the run that already sweeps failing variants).
 
 - The disk fills while a variant is written: the write goes to a ``.partial`` sibling that is renamed into
   place only when complete, so the target never looks like a variant; the command says so in one line, and
@@ -67,61 +68,3 @@ def test_a_full_disk_while_writing_leaves_no_variant_and_a_rerun_completes(small
     build_variant(tiny_bert_dir, VariantSpec.parse("fp32"), out, progress=False)  # the rerun, with room
     assert verify_variant(out)["name"] == "fp32"
 
-
-@pytest.mark.slow
-def test_a_killed_compress_task_fails_the_run_in_one_line_and_the_rerun_redoes_only_it(tmp_path: Path) -> None:
-    """SIGKILL the kfp.local subprocess of a variant's compress task mid-run: the run fails with one line
-    naming the task; the rerun takes every finished task (data, baseline, its profile) from the cache and
-    runs only that compress task and what follows it."""
-    import threading
-    import time
-
-    import psutil
-    import yaml
-    from tightfit.pipelines.local import run_local
-
-    from tightfit.config import DEFAULT_CONFIG, config_from_dict
-    from tightfit.errors import BackendError
-
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["target"] = {"disk": "64MiB"}  # an untrained head: no accuracy floor
-    raw["profiles"] = {"quick": {"data": {"limit": 200}, "measure": {"quick": True, "memory_subprocess": False},
-                                 "variants": [{"variant": "bf16", "chain": "bf16"}]}}
-    config = config_from_dict(raw, profile="quick")
-    killed: list[int] = []
-    stop = threading.Event()
-
-    def kill_the_compress_task() -> None:
-        me = psutil.Process()
-        while not stop.is_set() and not killed:
-            for proc in me.children(recursive=True):
-                try:
-                    command = " ".join(proc.cmdline())
-                except psutil.Error:
-                    continue
-                # the variant's compress (loop task compress-2), not the baseline's (task compress, chain fp32)
-                if "--function_to_execute compress" in command and "bf16" in command:
-                    proc.send_signal(signal.SIGKILL)
-                    killed.append(proc.pid)
-                    break
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_the_compress_task, daemon=True)
-    watcher.start()
-    runs = tmp_path / "runs"
-    try:
-        with pytest.raises(BackendError) as failed:
-            run_local(config, pipeline="compress_sweep", run_dir=runs)
-    finally:
-        stop.set()
-        watcher.join()
-    assert killed, "the compress task was never seen running"
-    message = str(failed.value)
-    assert "\n" not in message and "compress-2 stopped without an error of its own" in message, message
-
-    again = run_local(config, pipeline="compress_sweep", run_dir=runs)
-    (run,) = again.kfp_runs
-    assert run.succeeded, run.error
-    assert run.started.count("compress-2") == 1 and set(run.started) <= {"compress-2", "profile-2", "select"}, run
-    assert {"prepare-data", "import-model", "profile"} <= set(run.cache_hits), run.cache_hits
-    assert [r.variant for r in again.records if r.ok] == ["bf16"]
