@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import median, spread, write_results
 from _load import LoadResult, RssSampler, closed_loop, run_open_loop
 
-from tightfit.settings import cache_dir
+from tightfit.settings import cache_dir, start_local_ray
 
 BUDGET = 800 * 2**20
 THREADS = 1  # torch threads = CPUs per replica, every deployment
@@ -129,13 +129,16 @@ def deploy_naive(records: list[Any], model: Any, base: str) -> Deployment:
     from ray import serve
 
     from tightfit.serve.app import TightfitServer
+    from tightfit.serve.ingress import TightfitIngress
     from tightfit.serve.plan import ServeOptions, plan_serving
 
     fp32 = [r for r in records if r.variant == "fp32"]
     plan = plan_serving(fp32, BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
     app: Any = TightfitServer
+    ingress: Any = TightfitIngress
     options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS, "memory": BUDGET}}
-    serve.run(app.options(**options).bind(plan.to_dict()), name="naive", route_prefix="/naive")
+    naive = app.options(**options).bind(plan.to_dict())
+    serve.run(ingress.options(**plan.ingress_options()).bind(plan.to_dict(), naive), name="naive", route_prefix="/naive")
     return Deployment("naive", f"{base}/naive/v1/classify", f"{base}/naive/healthz",
                       {"variant": "fp32", "max_batch_size": 1, "max_ongoing_requests": 5, "max_queued_requests": -1})
 
@@ -319,7 +322,7 @@ def main() -> None:
     records = measure_records(dirs, data, protocol["eval_rows"])
     texts = [t for t in data.test["text"].astype(str).tolist() if t.strip()][:400]
     port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False)
+    start_local_ray(num_cpus=4)  # logical CPUs: three deployments side by side on the machine's cores
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -506,7 +509,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
     texts = [t for t in __import__("tightfit.data", fromlist=["load_dataset"]).load_dataset(
         "rotten_tomatoes", seed=0).test["text"].astype(str).tolist() if t.strip()][:400]
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _memory=LEAN_NODE_MEMORY)
+    start_local_ray(num_cpus=2, _memory=LEAN_NODE_MEMORY)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     try:

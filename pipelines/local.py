@@ -192,8 +192,12 @@ def _survivors(first: KfpRun, items: list[dict[str, Any]], log_file: Path) -> li
 
 def _failure_message(run: KfpRun, log_file: Path) -> str:
     """One line: the failed steps with their causes (or kfp.local's own message), and where the logs are."""
-    causes = "; ".join(f.line().removeprefix("tightfit: ") for f in run.failures)
-    return f"the local pipeline run failed: {causes or run.error} Task logs: {log_file}"
+    causes = [f.line().removeprefix("tightfit: ") for f in run.failures]
+    if len(run.failed_tasks) > len(run.failures):  # a task without its line: killed (a signal, the OOM killer)
+        silent = run.failed_tasks if not run.failures else ["another task"]
+        causes.append(f"{', '.join(silent)} stopped without an error of its own (killed by a signal or out of "
+                      "memory?); a rerun takes every finished task from the cache")
+    return f"the local pipeline run failed: {'; '.join(causes) or run.error} Task logs: {log_file}"
 
 
 def _failed_variants(first: KfpRun, items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

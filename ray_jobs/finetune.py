@@ -1,7 +1,7 @@
 """Ray job entrypoint of fine-tuning / distillation: ``python -m tightfit.ray_jobs.finetune``.
 
 One entrypoint for the three launch paths:
-- in-process: ``main(["--config", "cfg.json"])`` or the CLI start a local Ray (``ray.init(num_cpus=...)``);
+- in-process: ``main(["--config", "cfg.json"])`` or the CLI start a local Ray on 127.0.0.1 (``settings.start_local_ray``);
 - Ray Jobs API: ``tightfit.train.launch.submit_finetune`` submits this module with the config as JSON in
   ``$TIGHTFIT_FINETUNE_CONFIG``; inside the job ``ray.init()`` joins the cluster through ``$RAY_ADDRESS``;
 - KubeRay: the ``RayJob`` from ``tightfit.train.launch.rayjob_for_finetune`` runs the same command.

@@ -27,7 +27,7 @@ os.environ.setdefault("RAY_TMPDIR", "/tmp/tightfit-ray")
 
 pytest_plugins = ["fixtures_models", "fixtures_onnx"]
 
-SHARED = ROOT.parent / "shared"
+KUBERAY_CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds"
 
 
 @pytest.fixture
@@ -38,8 +38,5 @@ def mlflow_uri(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def kuberay_crd_dir() -> Path:
-    """The KubeRay v1.7.0 CRDs shipped beside the project (skip, with the reason, where absent)."""
-    path = SHARED / "kuberay-crds"
-    if not path.exists():
-        pytest.skip(f"KubeRay CRDs not found at {path}")
-    return path
+    """The KubeRay v1.7.0 CRDs vendored under tests/data/kuberay-crds (version and license in its README)."""
+    return KUBERAY_CRDS

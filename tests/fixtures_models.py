@@ -69,3 +69,22 @@ def finetuned_minilm_dir():
     Its test accuracy is well above the majority class (about 0.58).
     """
     return _finetuned_minilm(None, FINETUNED_MINILM_VERSION, train_rows=3200, steps=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny, untrained BERT classifier (1 layer, width 32) built from MiniLM's config and tokenizer, saved as
+    an HF dir: loads in well under a second, for tests of paths, labels and serving plumbing, not accuracy."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from tightfit.assets import minilm_path
+
+    source = minilm_path()
+    config = AutoConfig.from_pretrained(source, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                        intermediate_size=64, num_labels=2)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out

@@ -77,7 +77,8 @@ def test_user_csv_and_jsonl(tmp_path) -> None:
     for name in ("d.csv", "d.jsonl"):
         splits = data.load_dataset(str(tmp_path / name))
         assert sum(splits.sizes().values()) == 60
-        assert splits.label_names == ["0", "1"]
+        assert splits.label_names == ["neg", "pos"]  # the file's values, sorted: ids 0 and 1
+        assert set(splits.train["label"]) == {0, 1}
     pd.DataFrame({"body": ["x"], "label": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ConfigError, match="lacks column"):
         data.load_dataset(str(tmp_path / "bad.csv"))

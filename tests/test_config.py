@@ -98,7 +98,7 @@ def test_loop_items_never_use_name_key_and_names_are_unique() -> None:
 
 def test_dataset_file_columns_are_checked(tmp_path: Path) -> None:
     good = tmp_path / "good.csv"
-    good.write_text("text,label\nnice film,1\nbad film,0\n")
+    good.write_text("text,label\n" + "".join(f"nice film {i},1\nbad film {i},0\n" for i in range(15)))
     assert config_from_dict(_base(dataset=str(good))).dataset == str(good)
     bad = tmp_path / "bad.csv"
     bad.write_text("review,score\nnice film,1\n")

@@ -31,11 +31,13 @@ SECRET_SENTINELS = {
     "kfp": "sentinel-kfp-secret",
     "ray": "sentinel-ray-token",
     "pull": "sentinel-pull-secret",
+    "mlflow_auth": "sentinel-mlflow-auth",
 }
 SECRET_VALUES = {
     "imagePullSecrets": [SECRET_SENTINELS["pull"]],
     "mlflow": {
         "replicas": 2,
+        "auth": {"existingSecret": SECRET_SENTINELS["mlflow_auth"]},
         "backendStore": {"type": "postgresql", "postgresql": {"existingSecret": SECRET_SENTINELS["db"]}},
         "artifactStore": {
             "type": "s3",
@@ -50,11 +52,11 @@ SECRET_VALUES = {
 # Overrides touching every knob of the KubeRay objects, for the no-drift comparison.
 EVERY_RAY_KNOB = {
     "fullnameOverride": "fit",
-    "image": {"repository": "registry.example/tf", "tag": "9.9.9-cuda", "pullPolicy": "Always"},
+    "image": {"repository": "registry.example/tf", "tag": "9.9.9-cuda", "pullPolicy": "Always", "digest": "sha256:" + "ab" * 32},
     "imagePullSecrets": ["pull-a", "pull-b"],
     "serviceAccount": {"name": "tf-runner"},
     "securityContext": {"runAsUser": 2000},
-    "mlflow": {"service": {"port": 5055}},
+    "mlflow": {"service": {"port": 5055}, "auth": {"existingSecret": "auth", "usernameKey": "u", "passwordKey": "p"}},
     "ray": {
         "version": "2.60.0",
         "auth": {"mode": "disabled"},
@@ -170,9 +172,10 @@ def _kinds(values: dict[str, Any]) -> list[str]:
 
 def test_toggles_and_examples_render_what_they_say() -> None:
     assert _kinds({}) == sorted(
-        ["Deployment", "Job", "PersistentVolumeClaim", "RayCluster", "Role", "RoleBinding", "Service", "ServiceAccount"]
+        ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster",
+         "Role", "RoleBinding", "Service", "ServiceAccount"]
     )
-    assert _kinds(CASES["serving-only"]) == ["RayService", "ServiceAccount"]
+    assert _kinds(CASES["serving-only"]) == ["NetworkPolicy", "RayService", "ServiceAccount"]
     gpu_job = next(o for o in render(CASES["gpu-workers"]) if o["kind"] == "RayJob")
     worker = gpu_job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -285,7 +288,7 @@ def test_no_rendered_object_carries_a_secret_value() -> None:
     )
     seen = set()
     for obj in objects:
-        assert "data" not in obj and "stringData" not in obj
+        assert "stringData" not in obj and ("data" not in obj or obj["kind"] == "ConfigMap")
         for path, text in strings(obj):
             for key, sentinel in SECRET_SENTINELS.items():
                 if sentinel in text:
@@ -352,7 +355,7 @@ def test_default_serve_config_is_a_real_serving_plan() -> None:
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
     plan = ServePlan.from_dict(config["applications"][0]["args"]["plan"])
     assert config == json.loads(json.dumps(plan.to_serve_config()))
-    deployment = config["applications"][0]["deployments"][0]
+    deployment = next(d for d in config["applications"][0]["deployments"] if d["name"] == "TightfitServer")
     assert deployment["ray_actor_options"]["memory"] == plan.predicted_peak_bytes <= plan.budget_bytes
     worker_memory = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     from tightfit.units import parse_bytes
@@ -385,3 +388,70 @@ def test_image_and_versions_agree_across_chart_package_and_dockerfile() -> None:
     makefile_assets = re.search(r"^ASSET_PKGS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
     docker_assets = re.search(r'^ARG ASSET_PKGS="(.+)"$', dockerfile, re.M)
     assert makefile_assets and docker_assets and makefile_assets.group(1) == docker_assets.group(1)
+
+
+def test_mlflow_requires_basic_auth_with_credentials_from_a_secret() -> None:
+    objects = render({})
+    mlflow = next(o for o in objects if o["kind"] == "Deployment")
+    container = mlflow["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    for name, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "username"), ("MLFLOW_AUTH_ADMIN_PASSWORD", "password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "tightfit-mlflow-auth", "key": key}
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["basic_auth.ini"]
+    assert "database_uri = sqlite:////data/basic_auth.db" in settings and "password" not in settings
+    for obj in objects:  # every Ray pod authenticates with the same Secret, never a literal
+        for _, spec in pod_specs(obj):
+            ray_env = {e["name"]: e for e in spec["containers"][0]["env"]}
+            if "MLFLOW_TRACKING_URI" in ray_env:
+                ref = ray_env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "tightfit-mlflow-auth", "key": "password"}
+    off = render({"mlflow": {"auth": {"enabled": False}}})
+    assert "--app-name=basic-auth" not in next(o for o in off if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert all(o["kind"] != "ConfigMap" for o in off)
+
+
+def test_network_policies_admit_only_the_release_and_listed_peers() -> None:
+    policies = {o["metadata"]["name"]: o["spec"] for o in render({}) if o["kind"] == "NetworkPolicy"}
+    mlflow, ray = policies[f"{RELEASE}-tightfit-mlflow"], policies[f"{RELEASE}-tightfit-ray"]
+    release = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/name": "tightfit"}
+    assert mlflow["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    assert mlflow["policyTypes"] == ["Ingress"] and len(mlflow["ingress"]) == 1
+    peers = mlflow["ingress"][0]["from"]
+    assert peers[0] == {"podSelector": {"matchLabels": release}}
+    assert peers[1] == {"namespaceSelector": {"matchLabels": {"pipelines.kubeflow.org/enabled": "true"}}}
+    assert mlflow["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
+    assert ray["podSelector"]["matchExpressions"][0]["values"] == ["raycluster", "rayjob", "rayservice"]
+    internal, dashboard, serve = ray["ingress"]
+    assert "ports" not in internal and internal["from"][0]["podSelector"]["matchLabels"] == release
+    assert dashboard["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert dashboard["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert serve["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # Every Ray pod the chart makes is selected by the policy (its labels match the selector).
+    def templates(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if "containers" in (node.get("spec") or {}) and "metadata" in node:
+                yield node
+            for value in node.values():
+                yield from templates(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from templates(value)
+
+    selected = 0
+    for obj in render(CASES["all-ray-kinds"]):
+        if obj["kind"] in KUBERAY_KINDS:
+            for template in templates(obj):
+                labels = template["metadata"]["labels"]
+                assert release.items() <= labels.items()
+                assert labels["app.kubernetes.io/component"] in ray["podSelector"]["matchExpressions"][0]["values"]
+                selected += 1
+    assert selected >= 6  # head and workers of the RayCluster, RayJob and RayService (+ the job submitter)
+    assert not [o for o in render({"networkPolicy": {"enabled": False}}) if o["kind"] == "NetworkPolicy"]
+
+
+def test_a_digest_pins_every_image() -> None:
+    digest = "sha256:" + "0f" * 32
+    objects = render({"image": {"digest": digest}, "rayJob": {"enabled": True}, "rayService": {"enabled": True}})
+    images = [c["image"] for o in objects for _, spec in pod_specs(o) for c in spec["containers"]]
+    assert len(images) >= 6 and all(image.endswith("@" + digest) and ":0.1.0-" in image for image in images)

@@ -2,7 +2,9 @@
 Rotten Tomatoes): artifacts, MLflow runs, the selection, a failed variant that fails its task while the
 others are selected, and cached reruns that redo only what failed or changed."""
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,14 +205,20 @@ def test_a_failed_variant_fails_its_task_the_others_are_selected_and_a_rerun_red
         profiles={"quick": {"data": {"limit": 200}, "variants": variants, "measure": {"quick": True}}},
     )
     runs_dir = tmp_path / "runs"
-    first = run_local(config, pipeline="compress_sweep", run_dir=runs_dir)
+    # A fault on top: bf16's compress task is SIGKILLed mid-run (its kfp.local subprocess, as the OOM killer
+    # would), so it fails without a cause of its own.
+    with killed_when_seen("compress", "bf16") as killed:
+        first = run_local(config, pipeline="compress_sweep", run_dir=runs_dir)
+    assert killed, "bf16's compress task was never seen running"
 
-    # KFP: the variant's compress task failed (so kfp.local skipped select); a second run over the other two,
-    # every task of which came from the cache, selected among them.
+    # KFP: both compress tasks failed (so kfp.local skipped select); a second run over the variants without a
+    # failure of their own (fp32, and the killed bf16) redoes only the killed task and what follows it, takes
+    # the rest from the cache, and selects.
     every, rest = first.kfp_runs
-    assert not every.succeeded and every.failed_tasks == ["compress-2"]
+    assert not every.succeeded and every.failed_tasks == ["compress-2", "compress-2"]
     assert {"profile-all", "select"} <= set(every.skipped)  # the profile stage runs after the whole sweep
-    assert rest.succeeded and rest.variants == ["fp32", "bf16"] and rest.started == ["profile-all", "select"]
+    assert rest.succeeded and rest.variants == ["fp32", "bf16"]
+    assert rest.started == ["compress-2", "profile-all", "select"], rest.started  # only the killed variant's tasks
     cause = "ConfigError: keep_every=7 would drop all 6 layers; use at most 6"
     assert first.failed == {"too-shallow": cause} and first.failures["too-shallow"].step == "compress"
     by_name = {r.variant: r for r in first.records}
@@ -231,6 +239,53 @@ def test_a_failed_variant_fails_its_task_the_others_are_selected_and_a_rerun_red
     assert every_again.started == ["compress-2"] and every_again.failed_tasks == ["compress-2"]
     assert rest_again.succeeded and rest_again.started == []
     assert second.failed == first.failed and second.chosen == first.chosen
+
+
+@contextlib.contextmanager
+def killed_when_seen(function: str, marker: str) -> Iterator[list[int]]:
+    """SIGKILL the first kfp.local task process running component ``function`` whose arguments mention
+    ``marker`` (the Python worker, not its ``sh`` wrapper); yields the killed pids."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        me = psutil.Process()
+        while not stop.is_set() and not killed:
+            for proc in me.children(recursive=True):
+                try:
+                    argv = proc.cmdline()
+                except psutil.Error:
+                    continue
+                worker = argv[1:3] == ["-m", "kfp.dsl.executor_main"]
+                if worker and f"--function_to_execute {function}" in " ".join(argv) and marker in " ".join(argv):
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                    break
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def test_a_task_killed_without_a_cause_is_named_in_one_line(tmp_path: Path) -> None:
+    from tightfit.pipelines.kfp_watch import KfpRun
+    from tightfit.pipelines.local import _failure_message
+
+    run = KfpRun(variants=["bf16"], error="Pipeline failed", failed_tasks=["compress-2"])
+    message = _failure_message(run, tmp_path / "run.log")
+    assert "\n" not in message and "compress-2 stopped without an error of its own" in message, message
+    assert "rerun" in message and str(tmp_path / "run.log") in message
 
 
 def test_footprint_records_round_trip_through_the_fan_in() -> None:

@@ -26,9 +26,12 @@ def test_dry_run_json_is_the_serve_config():
     assert result.exit_code == 0, result.output
     config = json.loads(result.output)
     assert config["http_options"]["port"] == 8123
-    deployment = config["applications"][0]["deployments"][0]
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    deployment = deployments["TightfitServer"]
     assert deployment["ray_actor_options"]["memory"] <= 2**30
     assert deployment["max_queued_requests"] > 0
+    ingress = deployments["TightfitIngress"]  # holds every request the model replicas may hold
+    assert ingress["max_ongoing_requests"] > deployment["max_ongoing_requests"] + deployment["max_queued_requests"]
 
 
 def test_rayservice_manifest_file(tmp_path):

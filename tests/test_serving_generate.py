@@ -26,11 +26,12 @@ def lm_served():
     from tightfit.memory.replica import footprint_for_source
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
+    from tightfit.settings import start_local_ray
 
     record = with_load_rss([footprint_for_source("smollm2")])[0]
     plan = plan_serving([record], BUDGET, ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8))
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2)
     try:
         url = serve_until_healthy(plan, port, timeout_s=180)
         yield {"url": url, "plan": plan, "record": record, "port": port}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from reliability_log import record
 from serving_support import free_port, serve_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -55,6 +56,7 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     from tightfit.memory.replica import footprint_for_source
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
+    from tightfit.settings import start_local_ray
 
     dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
     records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]
@@ -66,7 +68,7 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     assert plan.max_models_per_replica == 2
     port = free_port()
     metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    start_local_ray(num_cpus=2, _metrics_export_port=metrics_port)
     try:
         url = serve_until_healthy(plan, port, timeout_s=120)
         yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes}
@@ -250,3 +252,62 @@ def test_multiplexed_pool_routes_by_model_id_and_evicts_by_bytes(served, known_e
         assert sum(sizes[n] for n in loaded) <= cap
         before = stats["evictions"]
     assert stats["peak_rss_bytes"] <= BUDGET
+
+
+def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(served, known_examples):
+    """SIGKILL the model replica while 8 clients send requests: Serve starts a new replica, the requests
+    that were inside the killed one answer 503 with Retry-After (the ingress), the others wait for the new
+    replica or get the plan's 503 backpressure; no client sees another status or goes without an answer."""
+    import os
+    import signal
+
+    url = served["url"]
+    old_pid = requests.get(f"{url}/healthz", timeout=10).json()["pid"]
+    texts = [r["text"] for r in known_examples]
+    outcomes: list[int | str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            try:
+                status: int | str = requests.post(f"{url}/v1/classify", json={"text": texts[i % len(texts)]},
+                                                  timeout=120).status_code
+            except requests.RequestException as exc:  # no answer: a lost request
+                status = type(exc).__name__
+            with lock:
+                outcomes.append(status)
+            if status == 503:
+                time.sleep(0.2)
+            i += 5
+
+    def new_pid() -> int | None:
+        try:
+            pid = int(requests.get(f"{url}/healthz", timeout=5).json()["pid"])
+        except (requests.RequestException, ValueError, KeyError):
+            return None
+        return pid if pid != old_pid else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(client, w) for w in range(8)]
+        time.sleep(2.0)
+        before_kill = len(outcomes)
+        os.kill(old_pid, signal.SIGKILL)
+        deadline, replaced = time.time() + 180, None
+        while replaced is None and time.time() < deadline:
+            time.sleep(1.0)
+            replaced = new_pid()
+        after = len(outcomes)
+        time.sleep(2.0)  # the new replica serves the clients
+        stop.set()
+        for future in futures:
+            future.result()
+    counts = {code: outcomes.count(code) for code in set(outcomes)}
+    lost = sum(n for code, n in counts.items() if code not in (200, 503))
+    record("replica_kill", requests=len(outcomes), lost=lost, statuses={str(k): v for k, v in counts.items()},
+           replaced=replaced is not None)
+    assert replaced is not None, "Serve did not start a new replica"
+    assert set(counts) <= {200, 503}, counts  # no 500, no connection error: every request answered
+    assert before_kill > 0 and counts.get(200, 0) > before_kill
+    assert outcomes[after:].count(200) > 0, "the new replica serves"

@@ -111,8 +111,10 @@ def test_serve_config_validates_with_rays_schema(records):
     config = plan.to_serve_config()
     json.dumps(config)  # plain JSON, as a RayService embeds it
     schema = ServeDeploySchema.model_validate(config)
-    deployment = schema.applications[0].deployments[0]
-    assert deployment.ray_actor_options.memory == plan.predicted_peak_bytes
+    deployments = {d.name: d for d in schema.applications[0].deployments}
+    assert set(deployments) == {"TightfitIngress", "TightfitServer"}
+    assert deployments["TightfitServer"].ray_actor_options.memory == plan.predicted_peak_bytes
+    assert deployments["TightfitIngress"].ray_actor_options.num_cpus == 0
     assert schema.applications[0].import_path == "tightfit.ray_jobs.serve:app_builder"
 
 
@@ -161,7 +163,7 @@ def test_pool_members_fit_alone_and_are_evicted_by_bytes(records):
         (b'{"texts": []}', 422, "non-empty list"),
         (b'{"nope": "x"}', 422, "unknown field"),
         (b'{"text": "x", "variant": "ghost"}', 404, "unknown variant"),
-        (b'{"text": "' + b"a" * 70_000 + b'"}', 413, "payload"),
+        (b'{"text": "' + b"a" * 1_000_000 + b'"}', 413, "payload"),
     ],
 )
 def test_each_malformed_request_gets_its_4xx(records, body, status, fragment):
@@ -214,3 +216,17 @@ def test_autoscaling_decision_reads_rss_beside_load():
     assert desired_replicas(2, total_requests=4, target_per_replica=16, rss_fractions=[0.9, 0.4]) == 3
     assert desired_replicas(3, total_requests=4, target_per_replica=16, rss_fractions=[0.7, 0.7]) == 3
     assert desired_replicas(0, total_requests=0, target_per_replica=16, rss_fractions=[]) == 1
+
+
+def test_the_request_size_limit_comes_from_the_plan(records):
+    """Texts per request x token cap x bytes per token (+ the JSON around them), not a constant: a tighter
+    token cap or batch gives a smaller limit."""
+    from tightfit.serve.plan import BYTES_PER_TOKEN, REQUEST_OVERHEAD_BYTES
+
+    wide = plan_serving(records, 1 * 2**30, ServeOptions(max_tokens=128), model=MODEL)
+    narrow = plan_serving(records, 1 * 2**30, ServeOptions(max_tokens=32, max_batch=4), model=MODEL)
+    for plan in (wide, narrow):
+        most = max(v.max_batch_size * v.max_tokens for v in plan.pool)
+        assert plan.max_request_bytes == most * BYTES_PER_TOKEN + REQUEST_OVERHEAD_BYTES
+    assert narrow.max_request_bytes < wide.max_request_bytes
+    assert wide.to_serve_config()["http_options"]["request_timeout_s"] == wide.request_timeout_s >= 60

@@ -23,7 +23,10 @@ def test_parse_chain_round_trips() -> None:
 
 def test_baseline_and_names() -> None:
     assert VariantSpec.parse("fp32").steps == ()
-    assert VariantSpec.parse("").name == "fp32"
+    assert VariantSpec.parse("baseline").name == "fp32"
+    for empty in ("", "  "):  # an empty spec is a mistake, never a silent fp32 copy
+        with pytest.raises(ConfigError, match=r"spec is empty.*'fp32'"):
+            VariantSpec.parse(empty)
     with pytest.raises(ConfigError, match="variant name"):
         VariantSpec.parse("bf16", name="bad name!")
 

@@ -105,14 +105,14 @@ def real_sweep(finetuned_dir: Path) -> list[tuple[Footprint, Path]]:
     return [(r, root / r.variant) for r in items]
 
 
-def labels_before_logging(variant_dir: Path, texts: list[str]) -> list[int]:
-    """Predicted labels straight from the variant dir (no MLflow involved)."""
+def labels_before_logging(variant_dir: Path, texts: list[str]) -> list[str]:
+    """Predicted label names straight from the variant dir (no MLflow involved)."""
     from tightfit import load_variant
     from tightfit.measure.quality import predict_logits
 
     variant = load_variant(variant_dir, device="cpu")
     logits = predict_logits(variant.model, variant.tokenizer, texts, batch_size=32, max_length=64)
-    return [int(x) for x in logits.argmax(dim=-1).tolist()]
+    return [variant.model.config.id2label[int(x)] for x in logits.argmax(dim=-1).tolist()]
 
 
 def log_summary(parent: str, records: list[Footprint], tracker: object, target: object = None) -> object:

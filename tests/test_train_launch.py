@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tightfit.settings import LOCAL_RAY_ENV
+
 
 def _config(tmp: Path, **overrides: Any):
     from tightfit.train import FinetuneConfig
@@ -122,7 +124,8 @@ def ray_head() -> Iterator[dict[str, str]]:
              "runtime-env-agent-port"]
     ports = dict(zip(names, _free_ports(len(names)), strict=True))
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's local-only switch: every service of the head on 127.0.0.1, not only the ones given a host.
+    env = {**os.environ, "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0", LOCAL_RAY_ENV: "0"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",

@@ -10,6 +10,9 @@ Anything else is a local HF-format directory or a ``.pt``/``.safetensors`` check
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,12 +97,69 @@ def smollm2_path(dist: str = SMOLLM2_DIST) -> Path:
     return target
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_weights_file(path: Path) -> None:
+    """A weights file is readable to its end: a safetensors header whose tensors fit the file exactly, or a
+    complete zip archive (``torch.save``). A truncated or damaged file is one ``ConfigError`` line."""
+    size = path.stat().st_size
+    hint = "it is truncated or damaged; copy or save it again"
+    if size == 0:
+        raise ConfigError(f"weights file {path} is empty; {hint}")
+    if path.suffix == ".safetensors":
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = handle.read(length) if 0 < length <= min(size - 8, 100 * 2**20) else b""
+        try:
+            tensors: dict[str, Any] = json.loads(header) if header else {}
+            if not tensors:
+                raise ValueError("no header")
+            end = max((int(t["data_offsets"][1]) for k, t in tensors.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ConfigError(f"weights file {path} is not a readable safetensors file; {hint}") from None
+        if 8 + length + end != size:
+            raise ConfigError(f"weights file {path} is {size} bytes but its header describes {8 + length + end}; {hint}")
+    elif path.suffix in {".pt", ".pth", ".bin"} and not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            legacy_pickle = handle.read(1) == b"\x80"  # torch's pre-zip format: cannot be checked cheaply
+        if not legacy_pickle:
+            raise ConfigError(f"weights file {path} is not a complete torch checkpoint; {hint}")
+
+
+def check_model_dir(directory: Path) -> None:
+    """An HF-format model directory tightfit can load: a JSON ``config.json``, tokenizer files, and weights
+    that are readable to their end (checked before anything starts, so a broken model is one line)."""
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{directory} is not an HF-format model directory (no config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file} is not valid JSON ({exc}); save the model again") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ConfigError(f"{config_file} has no 'model_type'; it is not a transformers model config")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+                          "save the tokenizer beside the model (tokenizer.save_pretrained)")
+    weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not weights:
+        raise ConfigError(f"{directory} holds no weights (model.safetensors, pytorch_model.bin or weights.pt)")
+    for file in weights:
+        check_weights_file(file)
+
+
 def resolve_model_path(name_or_path: str) -> tuple[Path, ModelKind | None]:
-    """Map a built-in name or a user path to a directory (and the kind, when the name implies one)."""
+    """Map a built-in name or a user path to a directory (and the kind, when the name implies one); a user
+    path is checked (config, tokenizer, weights readable) before anything loads it."""
     if name_or_path == "minilm":
         return minilm_path(), "classifier"
     if name_or_path == "smollm2":
         return smollm2_path(), "causal_lm"
+    if not name_or_path.strip():
+        raise ConfigError(f"no model given; use a built-in name ({', '.join(BUILTIN_MODELS)}) or an HF directory")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         known = ", ".join(BUILTIN_MODELS)
@@ -114,9 +174,10 @@ def resolve_model_path(name_or_path: str) -> tuple[Path, ModelKind | None]:
                 f"checkpoint {path} has no config.json beside it; put it in an HF-format directory "
                 "(config.json + tokenizer files) so the architecture can be rebuilt"
             )
+        check_weights_file(path)
+        check_model_dir(path.parent)
         return path, None
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{path} is not an HF-format model directory (no config.json)")
+    check_model_dir(path)
     return path, None
 
 
@@ -125,10 +186,37 @@ def _infer_kind(config: Any) -> ModelKind:
     return "causal_lm" if "CausalLM" in archs or config.model_type in {"llama", "gpt2", "mistral"} else "classifier"
 
 
+def label_maps(label_names: Sequence[str]) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` for a classifier config, from the dataset's label names."""
+    names = [str(n) for n in label_names]
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def name_labels(model: Any, label_names: Sequence[str]) -> None:
+    """Name a classifier's outputs after its dataset's labels (``config.id2label``), so every variant and the
+    serving API answer ``fresh``/``rotten`` instead of ``LABEL_1``/``LABEL_0``. Names other than the generic
+    ``LABEL_i`` (from an earlier fine-tune) are kept; a head of another size is a ``ConfigError``."""
+    config = model.config
+    current = [str(config.id2label.get(i, i)) for i in range(config.num_labels)] if config.id2label else []
+    if len(current) != len(label_names):
+        raise ConfigError(
+            f"the model has {len(current)} output labels but the dataset has {len(label_names)} "
+            f"({', '.join(map(str, label_names[:6]))}); fine-tune it on this dataset first"
+        )
+    if all(name == f"LABEL_{i}" for i, name in enumerate(current)):
+        maps = label_maps(label_names)
+        config.id2label, config.label2id = maps["id2label"], maps["label2id"]
+
+
 def load_model(
-    name_or_path: str, kind: ModelKind | None = None, num_labels: int = 2, dtype: Any = None
+    name_or_path: str,
+    kind: ModelKind | None = None,
+    num_labels: int = 2,
+    dtype: Any = None,
+    labels: Sequence[str] | None = None,
 ) -> LoadedModel:
-    """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file."""
+    """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file.
+    ``labels`` names a fresh classifier head's outputs (and sets ``num_labels``)."""
     import torch
     from transformers import (
         AutoConfig,
@@ -148,9 +236,8 @@ def load_model(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels, dtype=dtype
-        )
+        head = label_maps(labels) if labels is not None else {"num_labels": num_labels}
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype, **head)
     if path.is_file():
         state = _read_state_dict(path)
         _missing, unexpected = model.load_state_dict(state, strict=False)

@@ -28,16 +28,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tightfit.assets import BUILTIN_MODELS, resolve_model_path
 from tightfit.compress.build import default_variant_set
 from tightfit.compress.registry import validate_chain
-from tightfit.data import BUILTIN_DATASETS
-from tightfit.errors import ConfigError, describe_validation_error
+from tightfit.data import BUILTIN_DATASETS, load_dataset
+from tightfit.errors import ConfigError, TightfitError, describe_validation_error
 from tightfit.spec import PERSON, HardwareTarget, VariantSpec
-from tightfit.train.config import CONFIG_ENV, FinetuneConfig
+from tightfit.train.config import CONFIG_ENV, MAX_TOKENS, FinetuneConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 PROFILES = ("quick", "full")
 UNKNOWN_KEY_HINT = "check the spelling; tightfit/configs/default.yaml lists every key"
+SMALL_LIMIT = 64
+"""A built-in dataset is loaded at config time only under this ``data.limit`` (it could starve a split)."""
 
 
 class DataConfig(BaseModel):
@@ -48,7 +51,7 @@ class DataConfig(BaseModel):
     limit: int | None = Field(default=None, description="rows per split (head of each shuffled split); None = all")
     validation: float = 0.1
     test: float = 0.2
-    max_length: int = 64
+    max_length: int = Field(default=64, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -80,7 +83,7 @@ class MeasureSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int = 64
+    seq_len: int = Field(default=64, ge=8, le=MAX_TOKENS)
     quick: bool = False
     memory_subprocess: bool = True
 
@@ -129,7 +132,7 @@ class PipelineConfig(BaseModel):
     model: str = "minilm"
     kind: Literal["classifier", "causal_lm"] = "classifier"
     dataset: str = "rotten_tomatoes"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     profile: str = "full"
     data: DataConfig = Field(default_factory=DataConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -220,8 +223,19 @@ def config_from_dict(raw: dict[str, Any], *, profile: str | None = None, source:
     except ConfigError as exc:  # raised by a unit parser or the registry inside a validator
         raise ConfigError(f"{source}: {exc}") from None
     _check_variants(config, source)
-    _check_dataset(config.dataset, source)
+    _check_model(config.model, source)
+    _check_dataset(config, source)
     return config
+
+
+def _check_model(model: str, source: str) -> None:
+    """A model path is checked before anything starts (config, tokenizer, weights readable)."""
+    if model in BUILTIN_MODELS:
+        return
+    try:
+        resolve_model_path(model)
+    except TightfitError as exc:
+        raise type(exc)(f"{source}: model: {exc}") from None
 
 
 def _check_variants(config: PipelineConfig, source: str) -> None:
@@ -233,41 +247,24 @@ def _check_variants(config: PipelineConfig, source: str) -> None:
             raise ConfigError(f"{source}: variants[{index}] ({item.variant}, chain {item.chain!r}): {exc}") from None
 
 
-def _check_dataset(dataset: str, source: str) -> None:
-    """Built-in names pass; a file must exist and have ``text`` and ``label`` columns (header only is read)."""
-
+def _check_dataset(config: PipelineConfig, source: str) -> None:
+    """The dataset the run will split, checked before anything starts (``tightfit.data`` does the checking):
+    a user file is read whole (encoding, columns, empty texts, labels, rows per split); a built-in dataset
+    is only loaded when a small ``data.limit`` could starve a split."""
+    dataset, data = config.dataset, config.data
     if dataset in BUILTIN_DATASETS:
-        return
-    path = Path(dataset).expanduser()
-    if not path.suffix:
+        if data.limit is None or data.limit >= SMALL_LIMIT:
+            return
+    elif not Path(dataset).expanduser().suffix:
         raise ConfigError(
             f"{source}: dataset {dataset!r} is neither a built-in ({', '.join(BUILTIN_DATASETS)}) nor a .csv/.jsonl path"
         )
-    if not path.exists():
-        raise ConfigError(f"{source}: dataset file {path} does not exist")
-    columns = _dataset_columns(path)
-    missing = [c for c in ("text", "label") if c not in columns]
-    if missing:
-        raise ConfigError(
-            f"{source}: dataset {path} lacks column(s) {missing}; it has {columns}. "
-            "Rename the columns to 'text' and 'label'."
-        )
-
-
-def _dataset_columns(path: Path) -> list[str]:
-    import pandas as pd
-
-    if ".csv" in path.suffixes:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    if ".jsonl" in path.suffixes or ".json" in path.suffixes:
-        with path.open() as handle:
-            first = handle.readline()
-        try:
-            row = json.loads(first) if first.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"dataset {path}: first line is not JSON ({exc.msg})") from None
-        return list(row) if isinstance(row, dict) else []
-    raise ConfigError(f"dataset {path}: use a .csv or .jsonl file with 'text' and 'label' columns")
+    elif not Path(dataset).expanduser().is_file():
+        raise ConfigError(f"{source}: dataset file {Path(dataset).expanduser()} does not exist")
+    try:
+        load_dataset(dataset, seed=config.seed, validation=data.validation, test=data.test, limit=data.limit)
+    except TightfitError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:

@@ -47,3 +47,24 @@ def cache_dir(*parts: str) -> Path:
     root = Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "tightfit")).joinpath(*parts)
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+LOCAL_RAY_ENV: Final = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's own switch between a cluster node (services on the machine's address) and a local-only Ray (every
+service on the loopback address); Ray reads it when it picks the node address."""
+
+
+def start_local_ray(num_cpus: int | None = None, *, dashboard_port: int | None = None, **options: object) -> None:
+    """Start a Ray for this machine only: GCS, raylet, workers, the object manager and the agents all listen
+    on 127.0.0.1 (Ray 2.60 binds its servers to the node address, which a local-only Ray sets to loopback).
+    No dashboard or Jobs API unless ``dashboard_port`` is given (then on 127.0.0.1 too: Ray's state API
+    reads through it). Join a cluster with ``ray.init(address=...)`` instead."""
+    import ray
+    from ray._private import ray_constants  # read by ray._private.services.get_node_ip_address at init
+
+    os.environ[LOCAL_RAY_ENV] = "0"  # for processes Ray starts from here
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+    dashboard: dict[str, object] = {"include_dashboard": False}
+    if dashboard_port is not None:
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+    ray.init(num_cpus=num_cpus, **dashboard, **options)  # type: ignore[arg-type]

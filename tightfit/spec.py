@@ -81,10 +81,15 @@ class VariantSpec(BaseModel):
 
     @classmethod
     def parse(cls, text: str, name: str | None = None) -> VariantSpec:
-        """Parse ``step|step|...``; ``fp32``/``baseline``/empty means no steps."""
+        """Parse ``step|step|...``; ``fp32``/``baseline``/``none`` means no steps; an empty spec is an error."""
         text = text.strip()
+        if not text:
+            raise ConfigError(
+                "the spec is empty; write 'fp32' for an unchanged copy or a chain such as "
+                "'int8_dynamic' or 'prune_structured:heads=0.5|distill' (`tightfit methods` lists the steps)"
+            )
         steps: tuple[StepSpec, ...] = ()
-        if text and text not in {"fp32", "baseline", "none"}:
+        if text not in {"fp32", "baseline", "none"}:
             steps = tuple(StepSpec.parse(part) for part in text.split("|"))
         default_name = "-".join(s.method for s in steps) or "fp32"
         try:

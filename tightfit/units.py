@@ -59,6 +59,8 @@ def parse_bytes(value: str | int | float, *, field: str = "size", require_unit: 
     if isinstance(value, bool):
         raise ConfigError(_where(field) + f"expected a size; {_EXAMPLE}; got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ConfigError(_where(field) + f"{value!r} is not a finite size; {_EXAMPLE}")
         if value < 0:
             raise ConfigError(_where(field) + f"size must not be negative, got {value!r}")
         if require_unit:
@@ -125,9 +127,11 @@ def parse_millis(value: str | int | float, *, field: str = "latency", require_un
     if isinstance(value, bool):
         raise ConfigError(_where(field) + f"expected a duration like '250ms', got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ConfigError(_where(field) + f"{value!r} is not a finite duration; write it like '250ms' or '1.5s'")
         if require_unit:
             raise ConfigError(_where(field) + f"{value!r} has no unit; write '{value}ms' or '{value}s'")
-        if not math.isfinite(value) or value <= 0:
+        if value <= 0:
             raise ConfigError(_where(field) + f"duration must be a positive number, got {value!r}")
         return float(value)
     match = _TIME_RE.match(str(value))

@@ -14,12 +14,12 @@ console = Console()
 DATA_METHODS = ("distill", "prune_structured", "prune_vocab", "onnx_int8_static")
 
 
-def _load_data(dataset: str | None, limit: int | None, seed: int) -> Any:
+def _load_data(dataset: str | None, limit: int | None, seed: int, require: tuple[str, ...] | None = None) -> Any:
     if not dataset:
         return None
-    from tightfit.data import load_dataset
+    from tightfit.data import SPLIT_NAMES, load_dataset
 
-    return load_dataset(dataset, seed=seed, limit=limit)
+    return load_dataset(dataset, seed=seed, limit=limit, require=require or SPLIT_NAMES)
 
 
 def _format(value: Any) -> str:
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             if not baseline.is_file():
                 raise ConfigError(f"--baseline {baseline} is not a footprint JSON file (write one with --json)")
             base = Footprint.from_dict(json.loads(baseline.read_text()))
-        data = _load_data(dataset, None, 0)
+        data = _load_data(dataset, None, 0, require=("test",))  # profiling reads the test split only
         with console.status(f"measuring {variant_dir} ..."):
             fp = measure_variant(variant_dir, data, seq_len=seq_len, baseline=base, memory_subprocess=memory,
                                  quick=quick, device=device, threads=threads)

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure load RSS where records lack it."),
         address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)."),
         host: str = typer.Option("127.0.0.1", "--host", help="HTTP host to listen on."),
-        port: int = typer.Option(8000, "--port", help="HTTP port."),
+        port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
         as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the Serve config as JSON."),
         rayservice_manifest: Path | None = typer.Option(

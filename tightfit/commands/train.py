@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,7 +45,10 @@ def register(app: typer.Typer) -> None:
         address: Annotated[
             str | None, typer.Option(help="Ray Jobs API address (http://head:8265): submit there")
         ] = None,
-        ray_token: Annotated[str | None, typer.Option(help="Ray auth token (default $RAY_AUTH_TOKEN)")] = None,
+        ray_token_file: Annotated[
+            Path | None, typer.Option(help="file holding the Ray auth token (default $RAY_AUTH_TOKEN, "
+                                       "$RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
+        ] = None,
         kuberay_namespace: Annotated[
             str | None, typer.Option(help="create a KubeRay RayJob in this namespace instead")
         ] = None,
@@ -71,7 +75,7 @@ def register(app: typer.Typer) -> None:
         if address:
             from tightfit.train.launch import submit_finetune
 
-            outcome = submit_finetune(config, address, token=ray_token)
+            outcome = submit_finetune(config, address, token_file=ray_token_file)
             typer.echo(outcome.logs[-4000:])
             typer.echo(f"job {outcome.job_id}: {outcome.status}")
             if outcome.status != "SUCCEEDED":

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tightfit.assets import load_model
+from tightfit.assets import load_model, name_labels
 from tightfit.compress._torch import quiet_transformers
 from tightfit.compress.registry import ApplyContext, get_method, validate_chain
 from tightfit.compress.variant import load_variant, save_variant
@@ -99,6 +99,8 @@ def build_variant(
     device = pick_device(device)
     model, tokenizer, kind, base_model, parent = load_base(base)
     validate_chain(spec, kind, device)
+    if data is not None and kind == "classifier":
+        name_labels(model, data.label_names)  # the variant serves the dataset's label names
     teacher_model = None
     if any(s.method == "distill" for s in spec.steps):
         teacher_model = load_base(teacher)[0] if teacher is not None else copy.deepcopy(model)

@@ -153,15 +153,37 @@ def save_variant(
     parent: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the variant directory atomically (a ``.partial`` sibling renamed into place); returns its path."""
-    from tightfit.compress.vocab import read_vocab_rows
-
+    """Write the variant directory atomically (a ``.partial`` sibling renamed into place); returns its path.
+    A failed write (a full disk, a file-size limit) removes the partial directory and is a ``VariantError``."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise VariantError(f"{out} exists and is not a variant directory; choose an empty or new --out")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+        _write_variant(model, tokenizer, tmp, spec, base_model=base_model, kind=kind, parent=parent, extra=extra)
+    except Exception as exc:  # a full disk, a file-size limit, a vanished directory: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (isinstance(exc, OSError | RuntimeError) or type(exc).__name__ == "SafetensorError"):
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise VariantError(
+            f"writing variant {out} failed ({reason}); nothing was left at {out}: free disk space and rerun"
+        ) from None
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the only step that makes `out` a variant: a reader never sees a half-written one
+    return out
+
+
+def _write_variant(
+    model: Any, tokenizer: Any, tmp: Path, spec: VariantSpec, *, base_model: str, kind: str, parent: str | None,
+    extra: dict[str, Any] | None,
+) -> None:
+    """Every file of the variant into ``tmp``, the manifest (with the checksums) last."""
+    from tightfit.compress.vocab import read_vocab_rows
+
     extra = dict(extra or {})
     onnx_info = None
     if hasattr(model, "onnx_path"):  # an OnnxExport from an ONNX Runtime step (compress.ort)
@@ -203,10 +225,6 @@ def save_variant(
         p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
 
 
 def _write_torch_weights(model: Any, tmp: Path) -> dict[str, Any]:

@@ -80,10 +80,18 @@ def _pod_and_cluster(values: Mapping[str, Any], release: str) -> tuple[dict[str,
     ray = values["ray"]
     image = values["image"]
     env = {str(k): str(v) for k, v in (ray.get("env") or {}).items()}
-    if values["mlflow"]["enabled"]:
+    secret_env: dict[str, tuple[str, str]] = {}
+    mlflow = values["mlflow"]
+    if mlflow["enabled"]:
         env["MLFLOW_TRACKING_URI"] = mlflow_uri(values, release)
+        auth = mlflow.get("auth") or {}
+        if auth.get("enabled"):
+            secret_env["MLFLOW_TRACKING_USERNAME"] = (auth["existingSecret"], auth["usernameKey"])
+            secret_env["MLFLOW_TRACKING_PASSWORD"] = (auth["existingSecret"], auth["passwordKey"])
+    digest = image.get("digest") or ""
     pod = {
-        "image": f"{image['repository']}:{image['tag']}",
+        "image": f"{image['repository']}:{image['tag']}" + (f"@{digest}" if digest else ""),
+        "secret_env": secret_env,
         "image_pull_policy": image["pullPolicy"],
         "service_account": service_account_name(values, release),
         "run_as_user": values["securityContext"]["runAsUser"],

@@ -68,6 +68,7 @@ class PodOptions:
     service_account: str | None = None
     run_as_user: int = RUN_AS_USER
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # NAME -> (Secret, key)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     image_pull_secrets: list[str] = field(default_factory=list)
@@ -113,11 +114,16 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def _env(pod: PodOptions) -> list[dict[str, str]]:
+def _env(pod: PodOptions) -> list[dict[str, Any]]:
     # HOME under the writable /tmp: Ray and torch write caches below HOME.
     base = {"HOME": "/tmp", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
     base.update(pod.env)
-    return [{"name": key, "value": str(value)} for key, value in sorted(base.items())]
+    plain: list[dict[str, Any]] = [{"name": key, "value": str(value)} for key, value in sorted(base.items())]
+    from_secrets = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": item}}}
+        for key, (secret, item) in sorted(pod.secret_env.items())
+    ]
+    return plain + from_secrets
 
 
 def _pod_template(

@@ -36,6 +36,7 @@ class ArchInfo:
     kv_heads: int = 12
     head_dim: int = 32
     num_labels: int = 2
+    max_positions: int | None = None  # the longest sequence the model reads (position embeddings)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], kind: str | None = None) -> ArchInfo:
@@ -54,6 +55,7 @@ class ArchInfo:
             kv_heads=int(config.get("num_key_value_heads", heads)),
             head_dim=int(config.get("head_dim") or hidden // heads),
             num_labels=len(config.get("id2label") or {0: 0, 1: 1}),
+            max_positions=config.get("max_position_embeddings", config.get("n_positions")),
         )
 
     @classmethod

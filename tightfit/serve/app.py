@@ -1,5 +1,8 @@
 """The tightfit Ray Serve application: the best variant that fits a memory budget, behind one JSON API.
 
+Two deployments: ``TightfitIngress`` (``tightfit.serve.ingress``: the HTTP routes, the body-size cap, a
+lost replica answered 503) in front of ``TightfitServer`` (this module: the model replicas).
+
 Routes (JSON in, JSON out):
 - ``POST /v1/classify``  ``{"text": "..."}`` or ``{"texts": [...]}`` (+ optional ``"variant"``)
 - ``POST /v1/generate``  ``{"text": "...", "max_new_tokens": 16}`` (+ optional ``"variant"``)
@@ -12,8 +15,8 @@ plan's CPUs per replica as intra-op threads; a replica whose pool holds only ONN
 Every setting comes from a `ServePlan` (``tightfit.serve.plan``): `@serve.batch` size, the token cap,
 `max_ongoing_requests`/`max_queued_requests` (overload answers 503 with Retry-After),
 `ray_actor_options.memory`, the variant pool (Serve's ``@serve.multiplexed``, evicted by bytes; send the
-``serve_multiplexed_model_id`` header to pick a variant and be routed to a replica that holds it) and the
-RSS-aware autoscaling policy.
+``serve_multiplexed_model_id`` header to pick a variant and be routed to a replica that holds it), the
+request byte limit and the RSS-aware autoscaling policy.
 Ray imports it through the thin entrypoint ``tightfit.ray_jobs.serve:app_builder`` (``tightfit serve``,
 ``serve run``, or a RayService whose ``serveConfigV2`` is `ServePlan.to_serve_config()`).
 """
@@ -25,12 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
 
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.serve.ingress import TightfitIngress
 from tightfit.serve.replica import (
     LoadedVariant,
     MultiplexedPool,
@@ -44,17 +46,11 @@ from tightfit.serve.replica import (
 )
 from tightfit.serve.schema import DEPLOYMENT_NAME, ServePlan
 
-api = FastAPI(title="tightfit", description="Memory-aware model serving")
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
 
 
-def _error(exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
-
-
 @serve.deployment(name=DEPLOYMENT_NAME)
-@serve.ingress(api)
 class TightfitServer:
     """One replica: a byte-bounded pool of variants, one batch queue, one model thread."""
 
@@ -113,16 +109,10 @@ class TightfitServer:
             limits[v.name] = max(1, min(v.max_batch_size, fit))
         return limits
 
-    # ---- routes -------------------------------------------------------------------------------
-    @api.get("/healthz")
+    # ---- what the ingress calls ---------------------------------------------------------------
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "variant": self.plan.primary.name, "pid": os.getpid()}
 
-    @api.get("/v1/plan")
-    async def show_plan(self) -> dict[str, Any]:
-        return self.plan.to_dict()
-
-    @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
         rss = current_rss_bytes()
         self.m_rss.set(rss)
@@ -143,18 +133,10 @@ class TightfitServer:
             "runtime_modules": {m: m in sys.modules for m in ("torch", "transformers", "onnxruntime")},
         }
 
-    @api.post("/v1/classify")
-    async def classify_route(self, request: Request) -> JSONResponse:
-        return await self._handle(request, "classify")
-
-    @api.post("/v1/generate")
-    async def generate_route(self, request: Request) -> JSONResponse:
-        return await self._handle(request, "generate")
-
-    async def _handle(self, request: Request, route: str) -> JSONResponse:
+    async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """One request body (already capped by the ingress) -> (HTTP status, JSON body)."""
         self.requests += 1
         try:
-            raw = await request.body()
             parsed = validate_request(raw, self.plan, KIND_OF_ROUTE[route], serve.get_multiplexed_model_id() or None)
             items = [(parsed.variant.name, text, parsed.max_new_tokens) for text in parsed.texts]
             results = await asyncio.gather(*(self.run_batch(item) for item in items))
@@ -165,12 +147,12 @@ class TightfitServer:
             self.rejections += 1
             self.m_rejections.inc(tags={"reason": str(exc.status)})
             self.m_requests.inc(tags={"route": route, "status": str(exc.status)})
-            return _error(exc)
+            return exc.status, {"error": exc.message, "status": exc.status}
         self.m_requests.inc(tags={"route": route, "status": "200"})
         body: dict[str, Any] = {"variant": parsed.variant.name, "results": results}
         if len(results) == 1:
             body.update(results[0])
-        return JSONResponse(body)
+        return 200, body
 
     # ---- batching -----------------------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -239,6 +221,9 @@ class TightfitServer:
 
 
 def build_app(plan: ServePlan) -> Any:
-    """The bound Serve application for a plan (deployment options straight from the plan)."""
-    deployment: Any = TightfitServer
-    return deployment.options(**plan.deployment_options()).bind(plan.to_dict())
+    """The bound Serve application for a plan: the ingress in front of the model deployment, each with its
+    options straight from the plan."""
+    model: Any = TightfitServer
+    ingress: Any = TightfitIngress
+    bound_model = model.options(**plan.deployment_options()).bind(plan.to_dict())
+    return ingress.options(**plan.ingress_options()).bind(plan.to_dict(), bound_model)

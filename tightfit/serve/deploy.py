@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tightfit import settings
 from tightfit.errors import BackendError, ConfigError
 from tightfit.footprint import Footprint, load_footprints
 from tightfit.kube.manifests import rayservice_manifest
@@ -96,10 +97,10 @@ def start_serving(
             if address:
                 ray.init(address=address)
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False)
+                settings.start_local_ray(num_cpus=num_cpus)
         except ConnectionError as exc:
             raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options=plan.http_options(host=host, port=port))
     serve.run(build_app(plan), name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"
 

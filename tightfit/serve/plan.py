@@ -36,7 +36,16 @@ from tightfit.spec import HardwareTarget
 from tightfit.units import format_bytes
 
 BATCH_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-MAX_REQUEST_BYTES = 64 * 1024
+OPTION_LIMITS = {
+    "max_batch": 4096, "pool_size": 64, "num_replicas": 10_000, "max_replicas": 10_000, "max_new_tokens": 32_768,
+    "max_tokens": 32_768, "cpus_per_replica": 1024,
+}
+"""The most a person can mean for each serving option; beyond is a typo, refused in one line."""
+BYTES_PER_TOKEN = 32
+"""Request bytes one token may take: UTF-8 (up to 4 bytes a character) inside JSON, where a non-ASCII
+character may be escaped as ``\\uXXXX`` (6 bytes, 12 for a surrogate pair), several characters a token."""
+REQUEST_OVERHEAD_BYTES = 4096
+"""JSON keys, quotes, a variant name and the generation settings around the texts."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,13 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"headroom is a fraction in [0, 0.5), got {self.headroom}")
-        for key in ("max_batch", "pool_size", "num_replicas", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.cpus_per_replica <= 0:
+        for key, most in OPTION_LIMITS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not math.isfinite(value) or not 0 < value <= most:
+                raise ConfigError(f"{key} must be in 1..{most:,}, got {value}")
+        if self.cpus_per_replica <= 0 or not math.isfinite(self.cpus_per_replica):
             raise ConfigError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
 
     def tokens_for(self, kind: str) -> int:
@@ -106,6 +118,10 @@ def fit_variant(
     """The largest batch on the ladder whose predicted peak fits ``usable`` bytes, whose activations stay
     under ``activation_cap`` (pool members) and whose latency meets the SLO; or the reason none does."""
     tokens = options.tokens_for(cand.arch.kind)
+    positions = cand.arch.max_positions
+    longest = tokens + (options.max_new_tokens if cand.arch.kind == "causal_lm" else 0)
+    if positions and longest > positions:
+        return Fit(None, f"the token cap {longest} is over the {positions} positions the model reads; lower --max-tokens")
     best: PlannedVariant | None = None
     for batch in [b for b in BATCH_LADDER if b <= options.max_batch]:
         pred = _predict(cand, model, options, batch)
@@ -285,6 +301,9 @@ def _size_settings(
     batch = primary.max_batch_size
     max_queued = max(4, 2 * batch)
     batch_ms = primary.latency_ms_batch or 50.0
+    max_ongoing = max(2, 2 * batch)
+    # The slowest answer a client can wait for: the requests ahead of it (ongoing + queued) in batches.
+    slowest_s = (max_ongoing + max_queued) / batch * max(batch_ms, 50.0) / 1000
     return ServePlan(
         budget_bytes=int(budget_bytes),
         usable_bytes=usable,
@@ -293,16 +312,24 @@ def _size_settings(
         pool_bytes=int(pool_bytes),
         predicted_peak_bytes=int(runtime + held + act_set),
         runtime_bytes=int(runtime),
-        max_ongoing_requests=max(2, 2 * batch),
+        max_ongoing_requests=max_ongoing,
         max_queued_requests=max_queued,
         retry_after_s=float(max(1, math.ceil((max_queued / batch + 1) * batch_ms / 1000))),
         batch_wait_timeout_s=round(min(0.05, max(0.005, batch_ms / 4000)) if batch > 1 else 0.0, 4),
         num_replicas=options.num_replicas,
         max_replicas=max(options.num_replicas, options.max_replicas or options.num_replicas),
         cpus_per_replica=options.cpus_per_replica,
-        max_request_bytes=MAX_REQUEST_BYTES,
+        max_request_bytes=max_request_bytes(pool),
+        request_timeout_s=float(max(60, math.ceil(10 * slowest_s))),
         latency_slo_ms=options.latency_slo_ms,
         min_accuracy=options.min_accuracy,
         memory_model={k: v for k, v in model.to_dict().items() if k != "calibration_points"},
         rejected=rejected,
     )
+
+
+def max_request_bytes(pool: Sequence[PlannedVariant]) -> int:
+    """The largest request body any pool member can need: its texts per request x token cap x bytes per
+    token, plus the JSON around them. The app refuses a larger body (413) before reading it."""
+    tokens = max(v.max_batch_size * v.max_tokens for v in pool)
+    return int(tokens * BYTES_PER_TOKEN + REQUEST_OVERHEAD_BYTES)

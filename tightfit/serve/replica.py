@@ -3,6 +3,7 @@
 - `MultiplexedPool`: the variants a replica holds, through Ray Serve's ``@serve.multiplexed`` (model-id
   routing), evicted least-recently-used by predicted bytes (not only by count), so the pool never holds
   more weights than the plan's pool budget.
+- `read_body`: the request body under the plan's byte limit (413 from Content-Length, or while streaming).
 - `validate_request`: the JSON request schema, with a 4xx status and a message for each bad kind.
 - `classify` / `generate`: one batched forward (or greedy generation) for a loaded variant, through its
   runner: torch, or ONNX Runtime (a replica serving only ONNX variants never imports torch).
@@ -162,6 +163,26 @@ class MultiplexedPool:
                 trim_heap()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._loader, planned)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, never more than ``limit`` bytes held: a declared ``Content-Length`` over the limit
+    is refused before a byte is read, and a chunked (or lying) body is read as a stream with a running cap.
+    Both answer 413, so a 200 MB upload cannot grow the replica past its memory budget."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise RequestError(400, f"Content-Length {declared[:32]!r} is not a number") from None
+        if length > limit:
+            raise RequestError(413, f"payload is {length} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"payload is over the limit of {limit} bytes; send fewer or shorter texts")
+    return bytes(body)
 
 
 @dataclass

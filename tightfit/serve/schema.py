@@ -13,6 +13,9 @@ from tightfit.units import format_bytes
 
 APP_NAME = "tightfit"
 DEPLOYMENT_NAME = "TightfitServer"
+INGRESS_NAME = "TightfitIngress"
+INGRESS_RUNTIME_BYTES = 192 * 2**20
+"""What the ingress process holds besides request bodies: a Ray worker with FastAPI and Serve, no torch."""
 IMPORT_PATH = "tightfit.ray_jobs.serve:app_builder"
 AUTOSCALING_POLICY = "tightfit.serve.autoscale:memory_aware_policy"
 
@@ -57,7 +60,8 @@ class ServePlan:
     num_replicas: int
     max_replicas: int
     cpus_per_replica: float
-    max_request_bytes: int
+    max_request_bytes: int  # largest request body (413 beyond, refused from Content-Length before reading)
+    request_timeout_s: float = 60.0  # the Serve proxy's end-to-end limit per request (a slow upload included)
     latency_slo_ms: float | None = None
     min_accuracy: float | None = None
     memory_model: dict[str, Any] = field(default_factory=dict)
@@ -123,17 +127,37 @@ class ServePlan:
             options["autoscaling_config"] = autoscaling
         return options
 
+    def http_options(self, *, host: str, port: int) -> dict[str, Any]:
+        """Serve's proxy options: where it listens and how long one request (its upload included) may take.
+        Ray Serve 2.60's proxy has no body-size option (and takes no middlewares); the app caps bodies."""
+        return {"host": host, "port": port, "request_timeout_s": self.request_timeout_s}
+
+    def ingress_options(self) -> dict[str, Any]:
+        """Options of the ingress deployment: room for every request the model replicas may hold (ongoing +
+        queued, at the most replicas), and memory for that many request bodies besides its runtime."""
+        held = (self.max_ongoing_requests + self.max_queued_requests) * max(self.num_replicas, self.max_replicas)
+        return {
+            "num_replicas": 1,
+            "max_ongoing_requests": held + 8,
+            "max_queued_requests": held,
+            "ray_actor_options": {"num_cpus": 0, "memory": INGRESS_RUNTIME_BYTES + held * self.max_request_bytes},
+            "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
+        }
+
     def to_serve_config(self, *, host: str = "0.0.0.0", port: int = 8000, route_prefix: str = "/") -> dict[str, Any]:
         """The Serve config v2 dict (`serve deploy` / RayService `serveConfigV2`) for this plan."""
         return {
-            "http_options": {"host": host, "port": port},
+            "http_options": self.http_options(host=host, port=port),
             "applications": [
                 {
                     "name": APP_NAME,
                     "route_prefix": route_prefix,
                     "import_path": IMPORT_PATH,
                     "args": {"plan": self.to_dict()},
-                    "deployments": [{"name": DEPLOYMENT_NAME, **self.deployment_options()}],
+                    "deployments": [
+                        {"name": INGRESS_NAME, **self.ingress_options()},
+                        {"name": DEPLOYMENT_NAME, **self.deployment_options()},
+                    ],
                 }
             ],
         }
@@ -154,6 +178,8 @@ class ServePlan:
             f"token cap {p.max_tokens}" + (f", max_new_tokens {p.max_new_tokens}" if p.kind == "causal_lm" else ""),
             f"backpressure   max_ongoing_requests {self.max_ongoing_requests}, max_queued_requests "
             f"{self.max_queued_requests}, 503 with Retry-After {self.retry_after_s:g}s",
+            f"requests       bodies up to {format_bytes(self.max_request_bytes)} (413 beyond), "
+            f"{self.request_timeout_s:g}s end to end",
             f"replicas       {self.num_replicas}"
             + (f" (autoscaling up to {self.max_replicas} on load and RSS)" if self.max_replicas > self.num_replicas else "")
             + f", {self.cpus_per_replica:g} CPU each, ray_actor_options.memory {format_bytes(self.predicted_peak_bytes)}",

@@ -26,7 +26,8 @@ PROMPT_CAP = 2048  # generation prompts are not truncated in practice
 
 
 class VariantPyfunc(PythonModel):
-    """``predict(texts)`` -> class labels (classifiers) or generated text (causal LMs)."""
+    """``predict(texts)`` -> label names (classifiers: the model config's ``id2label``, the dataset's names
+    such as ``fresh``/``rotten``) or generated text (causal LMs)."""
 
     def load_context(self, context: Any) -> None:
         path = context.artifacts[names.PYFUNC_VARIANT_ARTIFACT]
@@ -63,7 +64,9 @@ class VariantPyfunc(PythonModel):
 
         # The same fixed-shape tokenization and batching as evaluation, so labels match the measured accuracy.
         logits = runner.classify_logits(texts, max_length=max_length, batch_size=batch_size)
-        return np.asarray(logits.argmax(axis=-1), dtype=np.int64)
+        labels = runner.labels  # the dataset's label names (id2label), the same ones the serving API answers
+        return np.array([labels[i] if i < len(labels) else str(i) for i in logits.argmax(axis=-1).tolist()],
+                        dtype=object)
 
 
 def _requirements() -> list[str]:

@@ -29,6 +29,9 @@ from tightfit.units import parse_bytes
 
 Fraction = float
 CONFIG_ENV = "TIGHTFIT_FINETUNE_CONFIG"
+MAX_TOKENS = 32_768
+"""No text model tightfit runs reads longer sequences; a larger token count is a typo."""
+MAX_BATCH = 1_048_576
 """The environment variable a Ray job reads its ``FinetuneConfig`` JSON from."""
 
 
@@ -40,10 +43,10 @@ class FinetuneConfig(BaseModel):
     model: str = "minilm"
     dataset: str = "rotten_tomatoes"
     teacher_dir: str | None = None
-    workers: PositiveInt = 2
-    cpus_per_worker: PositiveInt = 1
+    workers: PositiveInt = Field(default=2, le=4096)
+    cpus_per_worker: PositiveInt = Field(default=1, le=1024)
     use_gpu: bool = False
-    epochs: PositiveInt = Field(default=2, description="the most epochs over the whole train split")
+    epochs: PositiveInt = Field(default=2, le=10_000, description="the most epochs over the whole train split")
     patience: NonNegativeInt = Field(
         default=1, description="stop after this many epochs in a row without a better `monitor`; 0 = every epoch",
     )
@@ -54,16 +57,16 @@ class FinetuneConfig(BaseModel):
     )
     min_delta: float = Field(default=0.0, ge=0, description="the least change of `monitor` that counts as better")
     global_batch: PositiveInt = Field(
-        default=32, validation_alias=AliasChoices("global_batch", "batch_size"),
+        default=32, le=MAX_BATCH, validation_alias=AliasChoices("global_batch", "batch_size"),
         description="samples per optimizer step over all workers (pipeline files call it batch_size)",
     )
-    micro_batch: PositiveInt | None = None
+    micro_batch: PositiveInt | None = Field(default=None, le=MAX_BATCH)
     memory_budget: str | None = Field(default=None, description="per-worker budget with a unit, e.g. '4GiB'")
-    max_length: int = Field(default=64, ge=8)
+    max_length: int = Field(default=64, ge=8, le=MAX_TOKENS)
     lr: float = Field(default=5e-5, gt=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: Fraction = Field(default=0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     limit: PositiveInt | None = None
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -73,12 +76,11 @@ class FinetuneConfig(BaseModel):
     out_dir: str | None = None
     storage_path: str | None = None
     run_name: str | None = None
-    max_failures: NonNegativeInt = 1
-    fail_at_epoch: PositiveInt | None = None
+    max_failures: NonNegativeInt = Field(default=1, le=100)
     target_accuracy: Fraction | None = Field(default=None, gt=0, le=1)
     tracking_uri: str | None = None
     experiment: str = names.DEFAULT_EXPERIMENT
-    num_cpus: PositiveInt | None = None
+    num_cpus: PositiveInt | None = Field(default=None, le=100_000)
     address: str | None = Field(default=None, description="Ray Jobs API address; None = a local Ray")
     evaluate_test: bool = True
     log_model: bool = True
@@ -97,8 +99,6 @@ class FinetuneConfig(BaseModel):
                 "strategy fsdp needs GPU workers (Ray Train's prepare_model wraps FSDP only on GPUs); "
                 "use --strategy ddp on CPU, or add --gpu"
             )
-        if self.fail_at_epoch is not None and self.fail_at_epoch > self.epochs:
-            raise ValueError(f"fail_at_epoch must be within 1..{self.epochs}, got {self.fail_at_epoch}")
         return self
 
     @property

@@ -2,8 +2,9 @@
 
 Both run the same entrypoint (``python -m tightfit.ray_jobs.finetune``) with the config as JSON in the
 ``TIGHTFIT_FINETUNE_CONFIG`` environment variable, so all three launch paths share one code path.
-Ray 2.60 clusters started with ``ray start --head`` require a token: it is read from ``token=``,
-``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` and sent as a Bearer header.
+Ray 2.60 clusters started with ``ray start --head`` require a token: it is read from ``token=`` (code), a
+token file (``--ray-token-file``), ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` and
+sent as a Bearer header; never from a command-line value.
 """
 
 from __future__ import annotations
@@ -42,10 +43,26 @@ def entrypoint_command(python: str | None = None) -> str:
     return f"{python or sys.executable} -m {ENTRYPOINT_MODULE}"
 
 
-def resolve_auth_token(token: str | None = None) -> str | None:
-    """The Ray auth token from the argument, the environment, or the default token file (None if none)."""
+def read_token_file(path: str | Path) -> str:
+    """A Ray auth token from a file (never from a command-line argument, which other users can read in
+    ``ps``); a missing, unreadable or empty file is one ``ConfigError`` line."""
+    file = Path(path).expanduser()
+    try:
+        token = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the Ray token file {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token or len(token.split()) != 1:
+        raise ConfigError(f"the Ray token file {file} must hold one token on one line")
+    return token
+
+
+def resolve_auth_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The Ray auth token: given by code, a token file, ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token`` (None if none)."""
     if token:
         return token
+    if token_file is not None:
+        return read_token_file(token_file)
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
     for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(Path.home() / ".ray" / "auth_token")):
@@ -69,6 +86,7 @@ def submit_finetune(
     address: str,
     *,
     token: str | None = None,
+    token_file: str | Path | None = None,
     python: str | None = None,
     working_dir: str | None = None,
     wait: bool = True,
@@ -78,7 +96,7 @@ def submit_finetune(
     """Submit the fine-tuning entrypoint to a running Ray cluster through the Jobs API (``http://head:8265``)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    auth = resolve_auth_token(token)
+    auth = resolve_auth_token(token, token_file)
     headers = {"Authorization": f"Bearer {auth}"} if auth else None
     try:
         client = JobSubmissionClient(address, headers=headers)
@@ -86,7 +104,7 @@ def submit_finetune(
             entrypoint=entrypoint_command(python), runtime_env=job_runtime_env(config, working_dir)
         )
     except (ConnectionError, RuntimeError) as exc:
-        hint = "" if auth else " (Ray 2.60 heads require a token: set RAY_AUTH_TOKEN or pass --ray-token)"
+        hint = "" if auth else " (Ray 2.60 heads require a token: set RAY_AUTH_TOKEN or pass --ray-token-file)"
         raise BackendError(f"cannot submit to the Ray Jobs API at {address}: {exc}{hint}") from None
     if not wait:
         return JobOutcome(job_id, str(client.get_job_status(job_id)), "")

@@ -25,10 +25,6 @@ TRAIN_STATE_FILE = "train_state.pt"
 MODEL_SUBDIR = "model"
 
 
-class InjectedFault(RuntimeError):
-    """Raised once by the fault-injection option, to prove that a run resumes from its last checkpoint."""
-
-
 def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
@@ -69,17 +65,12 @@ def _autocast(precision: str, device: Any) -> Any:
     return nullcontext()
 
 
-def _maybe_inject_fault(cfg: dict[str, Any], epoch: int, rank: int) -> None:
-    """Raise once on rank 0 at the configured (1-based) epoch; a marker file keeps it to once."""
-    fail_at = cfg.get("fail_at_epoch")
-    if fail_at is None or rank != 0 or epoch + 1 != int(fail_at):
-        return
-    marker = Path(cfg["fail_marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"fault injected at epoch {epoch + 1}\n")
-    raise InjectedFault(f"injected fault at epoch {epoch + 1} on rank 0 (marker {marker})")
+def _head(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The classifier head's size and label names (the dataset's), so the saved model serves them."""
+    from tightfit.assets import label_maps
+
+    names = cfg.get("label_names") or [str(i) for i in range(int(cfg["num_labels"]))]
+    return label_maps(names)
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -100,7 +91,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     micro_batch, accumulation = int(cfg["micro_batch"]), int(cfg["accumulation_steps"])
 
     torch.manual_seed(int(cfg["seed"]))  # the same fresh head on every rank
-    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], **_head(cfg))
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     teacher = None
@@ -148,7 +139,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     for epoch in range(start_epoch, int(cfg["epochs"])):
         if stopper.should_stop:  # resumed after the stopping epoch's checkpoint: nothing left to train
             break
-        _maybe_inject_fault(cfg, epoch, rank)
         torch.manual_seed(int(cfg["seed"]) * 1000 + epoch * 10 + rank)  # dropout masks per (epoch, rank)
         model.train()
         epoch_start = time.perf_counter()
@@ -260,7 +250,7 @@ def _write_checkpoint(
     if cfg["strategy"] == "fsdp":
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        config = AutoConfig.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
+        config = AutoConfig.from_pretrained(cfg["model_dir"], **_head(cfg))
         plain = AutoModelForSequenceClassification.from_config(config)
         plain.load_state_dict(delivered)
         plain.save_pretrained(model_dir)

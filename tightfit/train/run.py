@@ -25,7 +25,6 @@ from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_tr
 from tightfit.train.config import FinetuneConfig
 from tightfit.train.loop import MODEL_SUBDIR, train_loop_per_worker
 from tightfit.train.support import (
-    FAULT_MARKER,
     evaluate_classifier,
     make_mlflow_callback,
     ray_dataset,
@@ -152,7 +151,7 @@ def ensure_ray(config: FinetuneConfig) -> bool:
         ray.init()  # inside a Ray job: the cluster the job runs on
         return False
     cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    settings.start_local_ray(num_cpus=cpus, log_to_driver=False)
     return True
 
 
@@ -168,13 +167,13 @@ def build_trainer(
     DataContext.get_current().execution_options.preserve_order = True
     loop_config = {
         "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
+        "label_names": list(data.label_names),
         "cpus_per_worker": config.cpus_per_worker, "epochs": config.epochs, "lr": config.lr,
         "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
         "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
         "rows_per_worker": math.ceil(len(data.train) / config.workers), "precision": plan.precision,
         "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
-        "temperature": config.temperature, "alpha": config.alpha, "fail_at_epoch": config.fail_at_epoch,
-        "fail_marker": str(paths.out_dir / FAULT_MARKER), "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "temperature": config.temperature, "alpha": config.alpha, "predicted_peak_bytes": plan.predicted_peak_bytes,
         "patience": config.patience, "monitor": config.monitor, "min_delta": config.min_delta,
     }
     return TorchTrainer(

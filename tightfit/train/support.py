@@ -10,8 +10,6 @@ from typing import Any
 
 from tightfit import names
 
-FAULT_MARKER = "fault-injected.marker"
-
 
 def unique_run_name(prefix: str = "finetune") -> str:
     """A run name no earlier run has: Ray silently resumes (and no-ops) a finished run of the same name."""

@@ -53,8 +53,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* "<repository>:<tag>", pinned as "<repository>:<tag>@<digest>" when image.digest is set. */}}
 {{- define "tightfit.image" -}}
-{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}{{ with .Values.image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{/* The PVC holds the SQLite file and/or the artifacts when either of them lives on a volume. */}}
@@ -100,8 +101,14 @@ One Ray pod template (tightfit.kube.manifests._pod_template). Call with
 {{- range $k, $v := $root.Values.ray.env }}
 {{- $_ := set $env $k (toString $v) }}
 {{- end }}
+{{- $secretEnv := dict }}
 {{- if $root.Values.mlflow.enabled }}
 {{- $_ := set $env "MLFLOW_TRACKING_URI" (include "tightfit.mlflowUri" $root) }}
+{{- $auth := $root.Values.mlflow.auth }}
+{{- if $auth.enabled }}
+{{- $_ := set $secretEnv "MLFLOW_TRACKING_USERNAME" (list $auth.existingSecret $auth.usernameKey) }}
+{{- $_ := set $secretEnv "MLFLOW_TRACKING_PASSWORD" (list $auth.existingSecret $auth.passwordKey) }}
+{{- end }}
 {{- end }}
 metadata:
   labels:
@@ -135,6 +142,13 @@ spec:
         {{- range $k, $v := $env }}
         - name: {{ $k }}
           value: {{ $v | quote }}
+        {{- end }}
+        {{- range $k, $ref := $secretEnv }}
+        - name: {{ $k }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ index $ref 0 }}
+              key: {{ index $ref 1 }}
         {{- end }}
       {{- if .head }}
       ports:
