@@ -97,7 +97,7 @@ def smollm2_path(dist: str = SMOLLM2_DIST) -> Path:
     return target
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")  # .onnx: a variant on the lean runtime
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
 
@@ -146,7 +146,7 @@ def check_model_dir(directory: Path) -> None:
                           "save the tokenizer beside the model (tokenizer.save_pretrained)")
     weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not weights:
-        raise ConfigError(f"{directory} holds no weights (model.safetensors, pytorch_model.bin or weights.pt)")
+        raise ConfigError(f"{directory} holds no weights (model.safetensors, pytorch_model.bin, weights.pt or model.onnx)")
     for file in weights:
         check_weights_file(file)
 
