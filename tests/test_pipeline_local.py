@@ -113,8 +113,8 @@ def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) 
     variants = [
         {"variant": "fp32", "chain": "fp32"},
         {"variant": "int8-dynamic", "chain": "int8_dynamic"},
-        # A valid spec that cannot be built here: int4 weight-only needs a GPU.
-        {"variant": "int4-gpu-only", "chain": "int4_weight_only"},
+        # A valid spec that cannot be built here: fp16 needs a GPU.
+        {"variant": "fp16-gpu-only", "chain": "fp16"},
     ]
     config = _quick(
         target={"memory": "1GiB", "disk": "64MiB"},  # an untrained head: no accuracy floor
@@ -123,19 +123,19 @@ def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) 
     runs_dir = tmp_path / "runs"
     first = run_local(config, pipeline="compress_sweep", run_dir=runs_dir)
 
-    assert "int4-gpu-only" in first.failed
-    assert re.search(r"GPU|cuda", first.failed["int4-gpu-only"]), first.failed
+    assert "fp16-gpu-only" in first.failed
+    assert re.search(r"GPU|cuda", first.failed["fp16-gpu-only"]), first.failed
     by_name = {r.variant: r for r in first.records}
-    assert not by_name["int4-gpu-only"].ok and by_name["fp32"].ok and by_name["int8-dynamic"].ok
+    assert not by_name["fp16-gpu-only"].ok and by_name["fp32"].ok and by_name["int8-dynamic"].ok
     assert first.chosen in {"fp32", "int8-dynamic"}
     assert first.evicted_cache_entries >= 1
     # The other variants finished and are logged; the failed one is a FAILED run with its error.
     _, runs = _mlflow_runs(first.tracking_uri, config.tracking.experiment)
     status = {r.data.tags.get(names.TAG_VARIANT): r for r in runs if r.data.tags.get(names.TAG_VARIANT)}
     assert status["fp32"].info.status == "FINISHED" and status["int8-dynamic"].info.status == "FINISHED"
-    assert status["int4-gpu-only"].info.status == "FAILED"
-    assert "GPU" in status["int4-gpu-only"].data.tags[names.TAG_ERROR] or "cuda" in status[
-        "int4-gpu-only"
+    assert status["fp16-gpu-only"].info.status == "FAILED"
+    assert "GPU" in status["fp16-gpu-only"].data.tags[names.TAG_ERROR] or "cuda" in status[
+        "fp16-gpu-only"
     ].data.tags[names.TAG_ERROR]
 
     # Rerun: everything that succeeded comes from cache; only the failed variant (and the fan-in) reruns.
@@ -144,7 +144,7 @@ def test_failed_variant_reaches_select_and_rerun_redoes_only_it(tmp_path: Path) 
     # Loop tasks are named compress-2/profile-2 (the baseline's are compress/profile).
     assert executed.count("compress-2") == 1, executed
     assert set(executed) <= {"compress-2", "profile-2", "select"}, executed
-    assert second.failed.keys() == {"int4-gpu-only"}
+    assert second.failed.keys() == {"fp16-gpu-only"}
     assert [r.variant for r in second.records if r.ok] == [r.variant for r in first.records if r.ok]
 
 

@@ -38,6 +38,14 @@ PERPLEXITY: Final = "perplexity"
 COMPRESSION_RATIO: Final = "compression_ratio"
 SPEEDUP_B32: Final = "speedup_b32"
 ACCURACY_DROP: Final = "accuracy_drop"
+# --- decoder LMs (issue 13) ---
+WEIGHT_BYTES: Final = "weight_bytes"
+TASK_ACCURACY: Final = "task_accuracy"
+TTFT_MS: Final = "ttft_ms"
+DECODE_TOK_S_B1: Final = "decode_tok_s_b1"
+DECODE_TOK_S_B8: Final = "decode_tok_s_b8"
+KV_CACHE_BYTES_PER_TOKEN: Final = "kv_cache_bytes_per_token"
+INT4_WEIGHT_FRACTION: Final = "int4_weight_fraction"
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
 # accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-DATA_METHODS = ("distill", "prune_structured")
+DATA_METHODS = ("distill", "prune_structured", "int4_awq", "mixed_int4")  # they read a split
 
 
 def _load_data(dataset: str | None, limit: int | None, seed: int) -> Any:

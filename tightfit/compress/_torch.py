@@ -10,8 +10,14 @@ def torchao_quantization() -> Any:
     """``torchao.quantization`` with its import-time noise about absent GPU kernels silenced."""
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # The CPU int4 tensor and tightfit's int8 tied-head tensor register themselves as safe globals for
+    # torch.load(weights_only=True) when their modules load.
+    import torchao.prototype.quantization.int4  # noqa: F401
     import torchao.quantization as quantization
 
+    from tightfit.compress.lowbit.int8 import register_safe_globals
+
+    register_safe_globals()
     return quantization
 
 

@@ -35,7 +35,7 @@ STAGE_NAMES = {
     STAGE_RUNTIME: "runtime",
 }
 
-FAMILY_MODULES = ("cast", "quantize", "prune", "distill", "runtime")
+FAMILY_MODULES = ("cast", "quantize", "lowbit", "prune", "distill", "runtime")
 
 
 @dataclass
@@ -146,7 +146,7 @@ def get_method(name: str) -> MethodInfo:
     return methods[name]
 
 
-LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
+LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only", "int4_awq", "mixed_int4")
 CASTS = ("bf16", "fp16")
 
 

@@ -121,19 +121,6 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 95)), float(np.percentile(arr, 99))
 
 
-def decode_tokens_per_s(model: Any, tokenizer: Any, texts: list[str], batch: int, new_tokens: int) -> float:
-    """Greedy generation speed of a causal LM (new tokens per second over the batch)."""
-    import torch
-
-    enc = fixed_inputs(tokenizer, texts, batch, 16, next(model.parameters()).device)
-    with torch.inference_mode():
-        started = time.perf_counter()
-        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=tokenizer.pad_token_id)
-        elapsed = time.perf_counter() - started
-    return batch * new_tokens / elapsed
-
-
 def _disk(path: Path, manifest: dict[str, Any]) -> tuple[int, int | None, int]:
     weights = path / manifest["weights"]["file"]
     dir_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
@@ -185,17 +172,23 @@ def measure_variant(
         setattr(fp, f"latency_ms_b{batch}_p99", p99)
     if fp.latency_ms_b32_p50:
         fp.throughput_sps = 32 * 1000.0 / fp.latency_ms_b32_p50
-    if variant.kind == "causal_lm":
-        new_tokens = 4 if quick else 16
-        for batch in (1, 8):
-            fp.extra[f"tokens_per_s_b{batch}"] = decode_tokens_per_s(model, tokenizer, texts, batch, new_tokens)
-    if data is not None:
+    if variant.kind == "causal_lm":  # generation speed, KV cache, perplexity + task accuracy, formats
+        from tightfit.measure.lm import describe_formats, measure_lm
+
+        measure_lm(fp, model, tokenizer, data, quick=quick, forward=forward)
+        describe_formats(fp, model, manifest)
+    elif data is not None:
         frame = data.test.head(eval_rows or (200 if quick else len(data.test)))
         quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, forward=forward)
         fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
         fp.extra["eval_rows"] = len(frame)
     if memory_subprocess:
-        mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
+        if variant.kind == "causal_lm" and dev.type == "cpu":  # serving an LM is generating: KV cache included
+            from tightfit.measure.lm import measure_lm_memory
+
+            mem = measure_lm_memory(path)
+        else:
+            mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev.type)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes = mem.get("gpu_peak_bytes")
         for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes"):
