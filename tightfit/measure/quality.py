@@ -187,8 +187,9 @@ class ZeroShotTask:
 
 
 ZERO_SHOT_TASKS = {
-    "rotten_tomatoes": ZeroShotTask("Movie review: {text}\nIs this review positive or negative? Answer:",
-                                    (" negative", " positive")),
+    # chosen on 160 validation rows with SmolLM2 in bf16 (0.80, against 0.59 for a chat-template question and
+    # 0.53 for "Is this review positive or negative? Answer:"); the test split is never used to pick it
+    "rotten_tomatoes": ZeroShotTask("Review: {text}\nSentiment:", (" negative", " positive")),
     "sms_spam": ZeroShotTask("Message: {text}\nIs this message spam? Answer (yes or no):", (" no", " yes")),
 }
 
