@@ -156,16 +156,40 @@ def stream_perplexity(
     starts = list(range(0, len(ids) - context + 1, stride))
     total, count = 0.0, 0
     with torch.inference_mode():
-        for first in range(0, len(starts), batch_size):
-            group = starts[first : first + batch_size]
-            x = torch.stack([ids[s : s + context] for s in group]).to(device)
-            logits = run(input_ids=x).logits.float()
-            losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
-            for row, start in enumerate(group):
-                scored = losses[row] if start == 0 else losses[row, -stride:]
-                total += float(scored.sum())
-                count += int(scored.numel())
+        first = ids[:context][None].to(device)  # the first window scores every token it holds
+        logits = run(input_ids=first).logits.float()
+        total += float(F.cross_entropy(logits[0, :-1], first[0, 1:], reduction="sum"))
+        count += context - 1
+        later = starts[1:]
+        for begin in range(0, len(later), batch_size):
+            x = torch.stack([ids[s : s + context] for s in later[begin : begin + batch_size]]).to(device)
+            # only the last ``stride + 1`` positions' logits are needed (the head is a third of the compute)
+            logits = _last_logits(run, x, stride + 1)
+            total += float(F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, -stride:], reduction="sum"))
+            count += int(x[:, -stride:].numel())
     return math.exp(total / count)
+
+
+def _last_logits(run: Callable[..., Any], x: Any, keep: int, **kwargs: Any) -> Any:
+    """Float logits of the last ``keep`` positions (``logits_to_keep`` where the model takes it)."""
+    try:
+        out = run(input_ids=x, logits_to_keep=keep, **kwargs).logits
+    except TypeError:  # a model without logits_to_keep computes them all
+        out = run(input_ids=x, **kwargs).logits
+    return out[:, -keep:].float()
+
+
+def _next_token_log_probs(model: Any, rows: list[list[int]], pad: int, device: Any) -> Any:
+    """Log-probabilities of the token after each row: rows left-padded (positions counted from each row's
+    first real token, so padding changes nothing) and only the last position's logits computed."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    x = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = _last_logits(model, x, 1, attention_mask=mask, position_ids=positions)
+    return torch.log_softmax(logits[:, -1], dim=-1).cpu()
 
 
 def _log_probs(model: Any, rows: list[list[int]], pad: int, device: Any) -> Any:
@@ -222,17 +246,15 @@ def zero_shot_accuracy(
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             prompts = tokenizer([task.prompt.format(text=t) for t in chunk], add_special_tokens=False)["input_ids"]
-            scores = torch.empty(len(chunk), len(answers))
-            # single-token answers: one pass over the prompts reads every answer's log-probability
-            passes = [[]] if all(len(a) == 1 for a in answers) else [[j] for j in range(len(answers))]
-            for extra in passes:
-                rows = [p + (answers[extra[0]] if extra else []) for p in prompts]
-                logp = _log_probs(model, rows, pad, device)
-                for i, row in enumerate(rows):
-                    for j in extra or range(len(answers)):
-                        answer = answers[j]
-                        end = len(row) if extra else len(row) + 1  # the answer follows the row's last token
-                        positions = torch.arange(end - len(answer) - 1, end - 1, device=device)
+            if all(len(a) == 1 for a in answers):  # one pass: the next-token distribution after each prompt
+                scores = _next_token_log_probs(model, prompts, pad, device)[:, [a[0] for a in answers]]
+            else:
+                scores = torch.empty(len(chunk), len(answers))
+                for j, answer in enumerate(answers):  # every answer token scored after prompt + earlier ones
+                    rows = [p + answer for p in prompts]
+                    logp = _log_probs(model, rows, pad, device)
+                    for i, row in enumerate(rows):
+                        positions = torch.arange(len(row) - len(answer) - 1, len(row) - 1, device=device)
                         scores[i, j] = logp[i, positions, torch.tensor(answer, device=device)].sum()
             correct += sum(int(p == y) for p, y in zip(scores.argmax(dim=1).tolist(), labels[start:], strict=False))
     return correct / len(texts)
