@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from tightfit.compress import apply_chain, load_variant, save_variant
-from tightfit.compress.lowbit.formats import LAYER_FORMATS, LAYER_REASONS, body_linears
+from tightfit.compress.lowbit.formats import LAYER_FORMATS, LAYER_REASONS, PACKED_MODULES
 from tightfit.measure.lm import kv_cache_bytes_per_token, weight_bytes
-from tightfit.measure.profile import tensor_bytes
 from tightfit.measure.quality import stream_perplexity, token_stream
 from tightfit.spec import VariantSpec
 
@@ -59,18 +58,26 @@ def _greedy(model, tokenizer, new_tokens: int = 12):
         return model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
 
+def _linears(model) -> dict[str, torch.nn.Module]:
+    """Every decoder-block Linear, packed or not (the output head excluded)."""
+    kinds = (torch.nn.Linear, *PACKED_MODULES)
+    return {n: m for n, m in model.named_modules()
+            if n.startswith("model.layers.") and (isinstance(m, torch.nn.Linear) or type(m).__name__ in kinds)}
+
+
 def _linear_bytes(model) -> int:
-    return sum(tensor_bytes(m.weight) for m in body_linears(model).values())
+    return sum(weight_bytes(m) for m in _linears(model).values())
 
 
 def test_int4_on_cpu_packs_every_linear_decodes_and_round_trips(smollm2, smollm2_int4_dir, held_out, fp32_ppl):
     variant = load_variant(smollm2_int4_dir)
     model, manifest = variant.model, variant.manifest
     formats = manifest["extra"][LAYER_FORMATS]
-    body = body_linears(model)
+    body = _linears(model)
     assert len(body) == 30 * 7 and all(formats[name] == "int4:g32" for name in body)
-    assert all(type(m.weight.data).__name__ == "Int4OpaqueTensor" for m in body.values())
+    assert all(type(m).__name__ == "Int4Linear" for m in body.values())
     assert formats["lm_head"] == "bf16"  # the tied head stays bf16 (int8 with int8_embeddings)
+    assert manifest["weights"]["format"] == "safetensors"  # plain buffers: no pickle, no torchao to load
     assert _linear_bytes(model) <= 0.3 * _linear_bytes(smollm2.model)
     assert weight_bytes(model) <= 0.3 * weight_bytes(smollm2.model)  # embeddings and head included
     # decodes to text, and the reloaded variant gives exactly the greedy tokens of a fresh quantization
@@ -96,8 +103,8 @@ def test_a_shape_the_int4_kernel_refuses_keeps_int8_and_the_manifest_says_so(smo
     assert formats["model.layers.0.self_attn.q_proj"] == "int8"
     assert reasons["model.layers.0.self_attn.q_proj"] == "in_features 576 is not a multiple of group_size 128"
     assert sum(f == "int8" for f in formats.values()) == 30 * 6
-    q_proj = loaded.model.model.layers[0].self_attn.q_proj.weight
-    assert type(q_proj.data).__name__ == "Int8RowTensor" and tensor_bytes(q_proj) < 0.3 * 576 * 576 * 4
+    q_proj = loaded.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "Int8Linear" and q_proj.qdata.dtype == torch.int8
     assert torch.equal(_greedy(loaded.model, loaded.tokenizer), _greedy(model, smollm2.tokenizer))
 
 
@@ -130,14 +137,14 @@ def test_int8_tied_embedding_and_head_share_one_table_and_hold_quality(smollm2, 
     model, head_notes = apply_chain(copy.deepcopy(base), VariantSpec.parse("int8_embeddings"), kind="causal_lm")
     notes = {**base_notes, LAYER_FORMATS: {**base_notes[LAYER_FORMATS], **head_notes[LAYER_FORMATS]}}
     assert notes[LAYER_FORMATS]["lm_head"] == "int8" and notes[LAYER_FORMATS]["model.embed_tokens"] == "int8 (tied)"
-    assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert type(model.lm_head.weight.data).__name__ == "Int8RowTensor"
+    assert type(model.model.embed_tokens).__name__ == "Int8Embedding"
+    assert model.lm_head.qdata is model.model.embed_tokens.qdata  # one int8 table serves both
     saved = weight_bytes(base) - weight_bytes(model)
     assert saved >= 0.45 * 49152 * 576 * 2  # half of the bf16 table's bytes
     assert _ppl(model, held_out) <= 1.01 * _ppl(base, held_out)
     out = save_variant(model, smollm2.tokenizer, tmp_path / "head", spec, base_model="smollm2", kind="causal_lm",
                        extra=notes)
     loaded = load_variant(out)
-    head, table = loaded.model.lm_head.weight, loaded.model.model.embed_tokens.weight
-    assert head.qdata.untyped_storage().data_ptr() == table.qdata.untyped_storage().data_ptr()  # still one table
+    head, table = loaded.model.lm_head.qdata, loaded.model.model.embed_tokens.qdata
+    assert head.data_ptr() == table.data_ptr()  # still one table after the round trip
     assert torch.equal(_greedy(loaded.model, loaded.tokenizer), _greedy(model, smollm2.tokenizer))

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tightfit.compress._torch import torchao_quantization
-from tightfit.compress.lowbit.formats import apply_formats, check_group_size, record_formats, to_compute_dtype
-from tightfit.compress.lowbit.int8 import int8_tied_head
+from tightfit.compress.lowbit.formats import (
+    LAYER_FORMATS,
+    LAYER_REASONS,
+    apply_formats,
+    check_group_size,
+    int8_tied_head,
+    record_formats,
+    to_compute_dtype,
+)
 from tightfit.compress.registry import STAGE_PRECISION, ApplyContext, register_method
 from tightfit.errors import ConfigError
 
@@ -93,8 +100,6 @@ def int8_embeddings(model: Any, config: NoParams, ctx: ApplyContext) -> Any:
     import torch
 
     if ctx.kind == "causal_lm":
-        from tightfit.compress.lowbit.formats import LAYER_FORMATS, LAYER_REASONS
-
         formats = int8_tied_head(model)
         record_formats(model, ctx, {**ctx.extra.get(LAYER_FORMATS, {}), **formats}, ctx.extra.get(LAYER_REASONS, {}))
         return model

@@ -7,11 +7,12 @@ Tests, benchmarks and the ``distill`` method use these when Ray is not wanted; t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tightfit.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas only for annotations: a serving process never imports it through here
+    import pandas as pd
 
 LossFn = Callable[[Any, Any, Any], Any]  # (model, batch, labels) -> loss
 

@@ -277,7 +277,13 @@ def rebuild_model(path: Path, manifest: dict[str, Any], device: str = "cpu") -> 
         from accelerate import init_empty_weights
 
         with init_empty_weights(include_buffers=False):
-            return auto.from_config(config, dtype=torch.float32)
+            skeleton = auto.from_config(config, dtype=torch.float32)
+        formats = manifest.get("extra", {}).get("layer_formats")
+        if formats and manifest["weights"]["format"] == "safetensors":  # packed CPU modules, plain buffers
+            from tightfit.compress.lowbit import skeleton_from_formats
+
+            skeleton_from_formats(skeleton, formats)
+        return skeleton
     model = auto.from_config(config, dtype=torch.float32)
     if manifest.get("layer_shapes"):
         apply_layer_shapes(model, manifest["layer_shapes"])

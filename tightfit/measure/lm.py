@@ -146,11 +146,47 @@ def measure_lm(
     return fp
 
 
-def describe_formats(fp: Footprint, model: Any, manifest: dict[str, Any]) -> Footprint:
-    """The int4 share of the weights (a metric) and, for low-bit variants, a compact per-layer format
-    summary plus how it was calibrated (``extra``, logged to MLflow with the record)."""
-    from tightfit.compress.lowbit import int4_weight_fraction, summarize_formats
+def logical_params(model: Any) -> int:
+    """Parameters as the profiler counts them (every state-dict entry), with a packed module's weight
+    counted by its logical shape (its packed buffers hide it)."""
+    from tightfit.compress.lowbit import logical_size
+    from tightfit.compress.lowbit.formats import PACKED_MODULES
 
+    packed = {name: m for name, m in model.named_modules() if type(m).__name__ in PACKED_MODULES}
+    total = 0
+    for key, tensor in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in packed:
+            total += int(logical_size(packed[owner]) or 0) if leaf == "qdata" else 0
+        elif tensor.dtype.is_floating_point:
+            total += int(tensor.numel())
+    return total
+
+
+def bytes_per_token(model: Any) -> int:
+    """Weight bytes one decode step reads: every weight, except an input embedding table not shared with
+    the head, of which one row is read."""
+    total = weight_bytes(model)
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    attr = "qdata" if hasattr(embedding, "qdata") else "weight"  # an Int8Embedding's rows, or the float table
+    table = getattr(embedding, attr, None)
+    if table is None or (head is not None and getattr(head, attr, None) is table):
+        return total  # a tied head reads the whole table every step
+    size = sum(int(t.numel()) * int(t.element_size()) for t in _leaves(table))
+    return total - (size - size // max(1, int(table.shape[0])))
+
+
+def describe_formats(fp: Footprint, model: Any, manifest: dict[str, Any]) -> Footprint:
+    """LM figures the generic profiler cannot see: logical parameters of packed modules, bytes read per
+    decode step (a tied head reads the whole table), the int4 share of the weights, and for low-bit
+    variants a compact per-layer format summary plus how they were calibrated (``extra``, to MLflow)."""
+    from tightfit.compress.lowbit import int4_weight_fraction, summarize_formats
+    from tightfit.compress.lowbit.formats import PACKED_MODULES
+
+    if any(type(m).__name__ in PACKED_MODULES for m in model.modules()):  # packed buffers hide the weights
+        fp.params_total = fp.params_nonzero = logical_params(model)
+    fp.weight_bytes_per_forward = bytes_per_token(model)
     fp.int4_weight_fraction = int4_weight_fraction(model)
     extra = manifest.get("extra") or {}
     if extra.get("layer_formats"):

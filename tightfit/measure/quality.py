@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tightfit.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas only for annotations: a serving process never imports it through here
+    import pandas as pd
 
 
 def _batched(texts: list[str], batch_size: int) -> list[tuple[list[str], int]]:
@@ -141,8 +142,9 @@ def stream_perplexity(
     """Perplexity of a token stream with a sliding window (HF's strided recipe, fixed shapes).
 
     Window ``k`` covers ``[k*stride, k*stride + context)``; the first window scores all its tokens, every
-    later one only its last ``stride`` tokens, so each token is scored once, with up to ``context - 1``
-    tokens of left context. A tail shorter than one stride is left out (every window has the same shape).
+    later one only its last ``stride`` tokens (``context - 1`` when ``stride == context``: disjoint windows),
+    so each token is scored at most once, with up to ``context - 1`` tokens of left context. A tail shorter
+    than one stride is left out (every window has the same shape).
     """
     import torch
     import torch.nn.functional as F
@@ -161,12 +163,13 @@ def stream_perplexity(
         total += float(F.cross_entropy(logits[0, :-1], first[0, 1:], reduction="sum"))
         count += context - 1
         later = starts[1:]
+        scored = min(stride, context - 1)  # a window's first token has no context inside it
         for begin in range(0, len(later), batch_size):
             x = torch.stack([ids[s : s + context] for s in later[begin : begin + batch_size]]).to(device)
-            # only the last ``stride + 1`` positions' logits are needed (the head is a third of the compute)
-            logits = _last_logits(run, x, stride + 1)
-            total += float(F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, -stride:], reduction="sum"))
-            count += int(x[:, -stride:].numel())
+            # only the last ``scored + 1`` positions' logits are needed (the head is a third of the compute)
+            logits = _last_logits(run, x, scored + 1)
+            total += float(F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, -scored:], reduction="sum"))
+            count += int(x[:, -scored:].numel())
     return math.exp(total / count)
 
 

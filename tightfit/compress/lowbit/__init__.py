@@ -2,7 +2,8 @@
 int4 (AWQ on the train split), mixed int4/int8 by measured sensitivity, and the int8 tied embedding/head.
 
 ``formats`` packs and records; ``calibrate`` and ``mixed`` register the ``int4_awq`` and ``mixed_int4``
-methods (``int4_weight_only`` lives in ``tightfit.compress.quantize``); ``int8`` holds ``Int8RowTensor``.
+methods (``int4_weight_only`` lives in ``tightfit.compress.quantize``); ``modules`` holds the packed CPU
+modules (imported lazily: it needs torch).
 """
 
 from tightfit.compress.lowbit.calibrate import AwqConfig, int4_awq
@@ -11,9 +12,11 @@ from tightfit.compress.lowbit.formats import (
     LAYER_REASONS,
     apply_formats,
     int4_weight_fraction,
+    int8_tied_head,
+    logical_size,
+    skeleton_from_formats,
     summarize_formats,
 )
-from tightfit.compress.lowbit.int8 import int8_tied_head, register_safe_globals
 from tightfit.compress.lowbit.mixed import MixedConfig, mixed_int4
 
 __all__ = [
@@ -25,7 +28,8 @@ __all__ = [
     "int4_awq",
     "int4_weight_fraction",
     "int8_tied_head",
+    "logical_size",
     "mixed_int4",
-    "register_safe_globals",
+    "skeleton_from_formats",
     "summarize_formats",
 ]
