@@ -72,7 +72,7 @@ def finetuned_minilm_dir():
 
 
 # --- decoder LMs (issue 13): SmolLM2 once per session, and its int4 variant built once and cached ------------
-SMOLLM2_INT4_VERSION = "v1-g32"
+SMOLLM2_INT4_VERSION = "v2-g32-modules"
 
 
 @pytest.fixture(scope="session")

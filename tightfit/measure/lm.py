@@ -204,10 +204,9 @@ def _serve_once(variant_dir: str, batch: int, new_tokens: int, threads: int) -> 
     torch.set_num_threads(threads)
     import transformers  # noqa: F401  (library imports counted apart from the model)
 
-    from tightfit.compress._torch import torchao_quantization
     from tightfit.compress.variant import load_variant
 
-    torchao_quantization()
+    # what a replica imports and no more: torchao only loads for variants whose weights are its tensors
     after_imports, now_imports = peak_rss_bytes(), current_rss_bytes()
     variant = load_variant(variant_dir, device="cpu")
     after_load, now_load = peak_rss_bytes(), current_rss_bytes()

@@ -29,6 +29,10 @@ GEMM_ROWS = 16
 class Int4Linear(nn.Module):
     """``y = x @ W^T (+ b)`` with W in torchao's CPU int4 (tinygemm) layout, grouped along the input."""
 
+    qdata: torch.Tensor
+    scale_and_zero: torch.Tensor
+    act_scale: torch.Tensor | None
+
     def __init__(self, in_features: int, out_features: int, group_size: int, *, bias: bool = False,
                  act_scale: bool = False, device: Any = None, dtype: Any = torch.bfloat16) -> None:
         super().__init__()
@@ -40,7 +44,7 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
 
     @classmethod
-    def from_packed(cls, linear: nn.Module) -> Int4Linear:
+    def from_packed(cls, linear: Any) -> Int4Linear:
         """Take over a Linear whose weight torchao packed as ``Int4OpaqueTensor`` (AWQ scale included)."""
         w = linear.weight.data
         out = cls(linear.in_features, linear.out_features, int(w.block_size[-1]), bias=linear.bias is not None,
@@ -74,6 +78,9 @@ def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """``y = x @ W^T (+ b)`` with W as int8 rows and one scale per output row."""
 
+    qdata: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool = False, device: Any = None,
                  dtype: Any = torch.bfloat16) -> None:
         super().__init__()
@@ -83,7 +90,7 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Module) -> Int8Linear:
+    def from_float(cls, linear: Any) -> Int8Linear:
         out = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         out.qdata, out.scale = _int8_rows(linear.weight)
         if linear.bias is not None:
@@ -106,6 +113,9 @@ class Int8Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """An embedding table as int8 rows + a scale per row; a lookup dequantizes only the rows it gathers."""
 
+    qdata: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, num_embeddings: int, embedding_dim: int, *, padding_idx: int | None = None,
                  device: Any = None, dtype: Any = torch.bfloat16) -> None:
         super().__init__()
@@ -114,7 +124,7 @@ class Int8Embedding(nn.Module):
         self.register_buffer("scale", torch.empty(num_embeddings, dtype=dtype, device=device))
 
     @classmethod
-    def from_float(cls, embedding: nn.Module) -> Int8Embedding:
+    def from_float(cls, embedding: Any) -> Int8Embedding:
         out = cls(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx, device="meta")
         out.qdata, out.scale = _int8_rows(embedding.weight)
         return out
@@ -133,7 +143,7 @@ def tied_head(embedding: Int8Embedding) -> Int8Linear:
     return head
 
 
-def skeleton_module(fmt: str, like: nn.Module) -> nn.Module | None:
+def skeleton_module(fmt: str, like: Any) -> nn.Module | None:
     """An empty (meta) module for a recorded format (``int4:g32``, ``int4:g32:awq``, ``int8``,
     ``int8 (tied)``) shaped like ``like``; None for a float format (the module stays as it is)."""
     if fmt.startswith("int4:g"):
