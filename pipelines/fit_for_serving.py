@@ -1,8 +1,8 @@
 """Pipeline ``fit_for_serving`` (the default, what ``tightfit run`` runs).
 
-prepare_data -> finetune (Ray Train) -> profile(baseline) -> ParallelFor(variants: compress -> profile)
--> select under the HardwareTarget -> register (MLflow alias) -> deploy, behind two nested ``dsl.If``:
-deployment is on, and a variant fits.
+prepare_data -> finetune (Ray Train; or import_model when ``baseline: pretrained``) -> profile(baseline)
+-> ParallelFor(variants: compress -> profile) -> select under the HardwareTarget -> register (MLflow alias)
+-> deploy, behind two nested ``dsl.If``: deployment is on, and a variant fits.
 """
 
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 from kfp import dsl
 from tightfit.components.deploy import deploy
 from tightfit.components.finetune import finetune
+from tightfit.components.import_model import import_model
 from tightfit.components.register import register
 from tightfit.pipelines.resources import apply_resources, task_resources
 from tightfit.pipelines.sweep import add_prelude, add_sweep
@@ -75,29 +76,33 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             validation=validation,
             test=test,
         )
-        tuned = finetune(
-            data=data.outputs["data"],
-            base_model=model,
-            kind=kind,
-            seed=seed,
-            epochs=epochs,
-            patience=patience,
-            monitor=monitor,
-            batch_size=batch_size,
-            lr=lr,
-            workers=workers,
-            cpus_per_worker=cpus_per_worker,
-            max_length=max_length,
-            memory_budget=memory_budget,
-            address=ray_address,
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-        )
-        apply_resources(tuned, res["finetune"], config, mlflow=True)
+        if config.baseline == "pretrained":  # decoder LMs: the model is swept as it is, no fine-tune
+            base = import_model(model_name=model, kind=kind)
+            apply_resources(base, res["import_model"], config)
+        else:
+            base = finetune(
+                data=data.outputs["data"],
+                base_model=model,
+                kind=kind,
+                seed=seed,
+                epochs=epochs,
+                patience=patience,
+                monitor=monitor,
+                batch_size=batch_size,
+                lr=lr,
+                workers=workers,
+                cpus_per_worker=cpus_per_worker,
+                max_length=max_length,
+                memory_budget=memory_budget,
+                address=ray_address,
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+            )
+            apply_resources(base, res["finetune"], config, mlflow=True)
         chosen = add_sweep(
             config=config,
             resources=res,
-            baseline=tuned.outputs["model"],
+            baseline=base.outputs["model"],
             data=data.outputs["data"],
             variants=variants,
             seq_len=seq_len,

@@ -88,3 +88,39 @@ def tiny_bert_dir(tmp_path_factory):
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
+
+
+# --- decoder LMs (issue 13): SmolLM2 once per session, and its int4 variant built once and cached ------------
+SMOLLM2_INT4_VERSION = "v2-g32-modules"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The packaged SmolLM2-135M-Instruct (fp32, eval mode) with its tokenizer."""
+    from tightfit.assets import load_model
+
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4_dir(smollm2):
+    """SmolLM2 as an ``int4_weight_only:group_size=32`` variant dir, built once and cached (file-locked)
+    under $TIGHTFIT_CACHE/test-models like the MiniLM fixture; the LM and serving tests share it."""
+    import copy
+    import fcntl
+
+    from tightfit.assets import cache_dir
+    from tightfit.compress.variant import MANIFEST
+
+    target = cache_dir() / "test-models" / f"smollm2-int4-{SMOLLM2_INT4_VERSION}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / MANIFEST).exists():
+            from tightfit.compress import apply_chain, save_variant
+            from tightfit.spec import VariantSpec
+
+            spec = VariantSpec.parse("int4_weight_only:group_size=32", name="int4-g32")
+            model, notes = apply_chain(copy.deepcopy(smollm2.model), spec, kind="causal_lm")
+            save_variant(model, smollm2.tokenizer, target, spec, base_model="smollm2", kind="causal_lm", extra=notes)
+    return target

@@ -20,15 +20,15 @@ def test_methods_lists_every_method_with_parameters_and_devices():
     for needle in ("int8_dynamic", "int4_weight_only", "prune_structured", "heads=0.5", "sparsity=0.5",
                    "drop_layers", "distill", "temperature=2.0", "compile"):
         assert needle in proc.stdout
-    int4_row = next(line for line in proc.stdout.splitlines() if "int4_weight_only" in line)
-    assert "cuda" in int4_row and "cpu" not in int4_row
+    fp16_row = next(line for line in proc.stdout.splitlines() if " fp16 " in line)
+    assert "cuda" in fp16_row and "cpu" not in fp16_row
 
 
 def test_compress_rejects_a_bad_spec_with_one_clear_line(tmp_path):
     proc = _tightfit("compress", "--spec", "int8_dynamic|prune_structured", "--out", str(tmp_path / "v"))
     assert proc.returncode == 2
     assert "cannot come after 'int8_dynamic'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _tightfit("compress", "--spec", "int4_weight_only", "--out", str(tmp_path / "v"), "--device", "cpu")
+    proc = _tightfit("compress", "--spec", "fp16", "--out", str(tmp_path / "v"), "--device", "cpu")
     assert proc.returncode == 2 and "needs a GPU" in proc.stderr
 
 

@@ -19,7 +19,11 @@ from tightfit.spec import VariantSpec
         ("int9_magic", "classifier", r"unknown compression method 'int9_magic'; known methods: .*int8_dynamic"),
         ("prune_unstructured:sparsity=1.5", "classifier", r"sparsity must be in \(0, 1\), got 1.5"),
         ("prune_unstructured:sparsity=0", "classifier", r"sparsity must be in \(0, 1\)"),
-        ("int4_weight_only:group_size=100", "classifier", r"group_size must be one of 32, 64, 128, 256"),
+        ("int4_weight_only:group_size=100", "classifier", r"group_size must be one of 32, 64, 128, got 100"),
+        ("int4_awq:calib_chunks=0", "causal_lm", r"calib_chunks must be in \[1, 1024\]"),
+        ("int4_awq", "classifier", r"does not support classifier models \(it supports causal_lm\)"),
+        ("mixed_int4:keep=1", "causal_lm", r"keep is the fraction of Linear weights kept int8"),
+        ("int4_weight_only|int8_dynamic", "causal_lm", r"pick one Linear quantizer"),
         ("prune_structured:heads=1.0", "classifier", r"heads is the fraction to remove and must be in \[0, 1\)"),
         ("drop_layers:keep_every=1", "classifier", r"keep_every must be >= 2"),
         ("distill:alpha=2", "classifier", r"alpha weighs KD against CE"),
@@ -39,13 +43,15 @@ def test_bad_specs_get_clear_messages(chain, kind, message):
 
 
 def test_gpu_only_method_on_cpu_is_unsupported():
-    with pytest.raises(UnsupportedError, match="int4_weight_only needs a GPU"):
-        validate_chain(VariantSpec.parse("int4_weight_only"), "classifier", device="cpu")
+    with pytest.raises(UnsupportedError, match="fp16 needs a GPU"):
+        validate_chain(VariantSpec.parse("fp16"), "classifier", device="cpu")
+    validate_chain(VariantSpec.parse("int4_weight_only:group_size=32"), "causal_lm", device="cpu")  # CPU too
 
 
 def test_every_method_declares_family_devices_kinds_and_defaults():
     methods = all_methods()
-    expected = {"bf16", "fp16", "int8_dynamic", "int8_weight_only", "int8_embeddings", "int4_weight_only",
+    expected = {"bf16", "fp16", "int8_dynamic", "int8_weight_only", "int8_embeddings", "int4_weight_only", "int4_awq",
+                "mixed_int4",
                 "prune_unstructured", "prune_structured", "drop_layers", "distill", "compile"}
     assert expected <= set(methods)
     for info in methods.values():

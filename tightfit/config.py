@@ -131,6 +131,10 @@ class PipelineConfig(BaseModel):
 
     model: str = "minilm"
     kind: Literal["classifier", "causal_lm"] = "classifier"
+    baseline: Literal["finetuned", "pretrained"] = Field(
+        default="finetuned",
+        description="finetuned: fine-tune the model on Ray Train first; pretrained: sweep it as it is (LMs)",
+    )
     dataset: str = "rotten_tomatoes"
     seed: int = Field(default=0, ge=0, lt=2**32)
     profile: str = "full"
@@ -287,9 +291,18 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in ``tightfit/configs`` (``default``, ``smollm2``, ...)."""
+    return sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, *, profile: str | None = None) -> PipelineConfig:
-    """Read and validate a pipeline config (default: ``tightfit/configs/default.yaml``) with ``profile`` applied."""
+    """Read and validate a pipeline config (default: ``tightfit/configs/default.yaml``) with ``profile`` applied.
+
+    ``path`` may also name a packaged config (``smollm2`` -> ``tightfit/configs/smollm2.yaml``)."""
     file = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is not None and not file.exists() and str(path) in packaged_configs():
+        file = DEFAULT_CONFIG.parent / f"{path}.yaml"
     return config_from_dict(read_mapping(file), profile=profile, source=str(file))
 
 

@@ -65,6 +65,14 @@ class Footprint:
     measure_cpu_share: float | None = None  # CPU time / wall time of the timing thread (< 1: it waited for a core)
     noise: str | None = None  # the noisy latency figures, comma-joined (latency_ms_b1,...); "" = none; None = not timed
     # --- end of the measurement spread block ---
+    # --- decoder LMs (issue 13): generation speed and memory, task quality, low-bit share -------------
+    weight_bytes: int | None = None  # every weight and buffer, packed bytes + scales, shared storage once
+    task_accuracy: float | None = None  # zero-shot accuracy on the split's labels (answer log-likelihood)
+    ttft_ms: float | None = None  # time to first token: prefill of a 64-token prompt + one token, batch 1
+    decode_tok_s_b1: float | None = None  # new tokens/s after the first, batch 1
+    decode_tok_s_b8: float | None = None  # new tokens/s after the first, over a batch of 8
+    kv_cache_bytes_per_token: int | None = None  # KV cache growth per token of one sequence (measured)
+    int4_weight_fraction: float | None = None  # share of Linear + embedding weight elements stored as int4
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

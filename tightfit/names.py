@@ -46,6 +46,14 @@ MEASURE_THREADS: Final = "measure_threads"
 LOAD_AVG_1M: Final = "load_avg_1m"
 MEASURE_CPU_SHARE: Final = "measure_cpu_share"
 # --- end of the measurement spread block ---
+# --- decoder LMs (issue 13) ---
+WEIGHT_BYTES: Final = "weight_bytes"
+TASK_ACCURACY: Final = "task_accuracy"
+TTFT_MS: Final = "ttft_ms"
+DECODE_TOK_S_B1: Final = "decode_tok_s_b1"
+DECODE_TOK_S_B8: Final = "decode_tok_s_b8"
+KV_CACHE_BYTES_PER_TOKEN: Final = "kv_cache_bytes_per_token"
+INT4_WEIGHT_FRACTION: Final = "int4_weight_fraction"
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
 # accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.

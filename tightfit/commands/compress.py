@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-DATA_METHODS = ("distill", "prune_structured", "prune_vocab", "onnx_int8_static")
+DATA_METHODS = ("distill", "prune_structured", "prune_vocab", "onnx_int8_static", "int4_awq", "mixed_int4")  # they read a split
 
 
 def _load_data(dataset: str | None, limit: int | None, seed: int, require: tuple[str, ...] | None = None) -> Any:

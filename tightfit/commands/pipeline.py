@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
     @app.command("run", help="Run the default pipeline (fit_for_serving) locally with kfp.local, Ray and MLflow.")
     def run_command(
         quick: bool = typer.Option(False, "--quick", help="the quick profile: small data, few variants (<= 5 min)"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (default: tightfit/configs/default.yaml)"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config, or a packaged one by name: "
+                                           "default, smollm2 (default: tightfit/configs/default.yaml)"),
         pipeline: str = typer.Option("fit_for_serving", "--pipeline", help="fit_for_serving or compress_sweep"),
         run_dir: Path | None = typer.Option(None, "--run-dir", help="where runs, cache and MLflow live (./tightfit-runs)"),
         tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: SQLite in the run dir)"),

@@ -3,8 +3,9 @@
     build_variant("minilm", VariantSpec.parse("prune_structured:heads=0.5,ffn=0.5|distill|int8_dynamic"),
                   "out/student", data=load_dataset("rotten_tomatoes"))
 
-One file per method family (``cast``, ``quantize``, ``prune``, ``distill``, ``runtime``), one table of
-methods (``registry``), the chain runner (``build``) and the variant directory format (``variant``).
+One file per method family (``cast``, ``quantize``, ``prune``, ``distill``, ``runtime``; ``lowbit/`` is the
+4-bit family as a package), one table of methods (``registry``), the chain runner (``build``) and the
+variant directory format (``variant``).
 """
 
 from tightfit.compress.build import apply_chain, build_variant, default_variant_set, load_base

@@ -10,6 +10,8 @@ def torchao_quantization() -> Any:
     """``torchao.quantization`` with its import-time noise about absent GPU kernels silenced."""
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # The CPU int4 tensor registers itself as a safe global for torch.load(weights_only=True) on import.
+    import torchao.prototype.quantization.int4  # noqa: F401
     import torchao.quantization as quantization
 
     return quantization

@@ -126,10 +126,11 @@ def default_variant_set(kind: str = "classifier", device: str | None = None) -> 
 
     on_gpu = pick_device(device).startswith("cuda")
     p = VariantSpec.parse
-    if kind == "causal_lm":
-        specs = [p("fp32"), p("bf16"), p("int8_dynamic", "int8-dynamic"), p("int8_weight_only", "int8-weight-only"),
-                 p("prune_unstructured:sparsity=0.5", "unstructured-50")]
-        return specs + ([p("int4_weight_only", "int4-weight-only")] if on_gpu else [])
+    if kind == "causal_lm":  # the 4-bit methods run on CPU and GPU; AWQ and mixed read the pipeline's data
+        return [p("fp32"), p("bf16"), p("int8_dynamic", "int8-dynamic"),
+                p("int4_weight_only:group_size=32", "int4-g32"), p("int4_weight_only:group_size=64", "int4-g64"),
+                p("int4_awq:group_size=64", "int4-awq-g64"), p("mixed_int4:keep=0.1,group_size=32", "int4-mixed"),
+                p("int4_awq:group_size=32|int8_embeddings", "int4-awq-g32-int8-head")]
     specs = [
         p("fp32"),
         p("bf16"),

@@ -8,6 +8,18 @@ from typing import Any
 from tightfit.compress.registry import STAGE_PRECISION, ApplyContext, register_method
 
 
+def cast_weights(model: Any, dtype: Any, device: Any = None) -> Any:
+    """``model.to(device, dtype)`` for the weights, keeping float buffers that are not saved (rotary
+    ``inv_freq``) as they are: a variant rebuilt from its file computes those afresh in fp32, so the
+    model in memory and the one loaded back run the very same numbers."""
+    kept = [(m, name, buf) for m in model.modules() for name, buf in m._buffers.items()
+            if buf is not None and name in m._non_persistent_buffers_set and buf.is_floating_point()]
+    model = model.to(device=device, dtype=dtype)
+    for module, name, buf in kept:
+        module._buffers[name] = buf.to(device) if device is not None else buf
+    return model
+
+
 @dataclass(frozen=True)
 class CastConfig:
     """Casts take no parameters."""
@@ -23,7 +35,7 @@ class CastConfig:
 def cast_bf16(model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
     import torch
 
-    return model.to(torch.bfloat16)
+    return cast_weights(model, torch.bfloat16)
 
 
 @register_method(
@@ -37,4 +49,4 @@ def cast_bf16(model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
 def cast_fp16(model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
     import torch
 
-    return model.to(torch.float16)
+    return cast_weights(model, torch.float16)

@@ -1,7 +1,9 @@
 """Quantization with torchao's ``quantize_`` configs: int8 dynamic, int8 weight-only, int8 embeddings, int4.
 
 The quantized weights are tensor subclasses; a variant stores them with ``torch.save(state_dict)`` and
-rebuilds by applying the same method to a fresh module before ``load_state_dict(assign=True)``.
+rebuilds by applying the same method to a fresh module before ``load_state_dict(assign=True)`` (4-bit
+variants record per-layer formats and load by assignment alone; see ``lowbit.formats``). Calibrated and
+mixed-precision 4-bit methods live in ``lowbit/``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from tightfit.compress._torch import torchao_quantization
+from tightfit.compress.lowbit.formats import (
+    LAYER_FORMATS,
+    LAYER_REASONS,
+    apply_formats,
+    check_group_size,
+    int8_tied_head,
+    record_formats,
+    to_compute_dtype,
+)
 from tightfit.compress.registry import STAGE_PRECISION, ApplyContext, register_method
-from tightfit.errors import ConfigError, UnsupportedError
-
-INT4_GROUP_SIZES = (32, 64, 128, 256)
+from tightfit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,15 +32,12 @@ class NoParams:
 
 @dataclass(frozen=True)
 class Int4Config:
-    """``group_size``: weights per scale (one of 32, 64, 128, 256)."""
+    """``group_size``: weights per scale and zero point (32, 64 or 128; smaller holds quality better)."""
 
-    group_size: int = 128
+    group_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.group_size not in INT4_GROUP_SIZES:
-            raise ConfigError(
-                f"group_size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {self.group_size}"
-            )
+        check_group_size(self.group_size)
 
 
 def _is_linear(module: Any, fqn: str) -> bool:
@@ -87,12 +93,16 @@ def int8_weight_only(model: Any, config: NoParams, ctx: ApplyContext) -> Any:
     family="quantize",
     config=NoParams,
     stage=STAGE_PRECISION,
-    kinds=("classifier",),
-    description="int8 per-row embedding tables (MiniLM's word embeddings are half its bytes)",
+    description="int8 per-row embedding tables (MiniLM's word embeddings are half its bytes); for a causal "
+    "LM one int8 table serves the input embedding and the output head tied to it",
 )
 def int8_embeddings(model: Any, config: NoParams, ctx: ApplyContext) -> Any:
     import torch
 
+    if ctx.kind == "causal_lm":
+        formats = int8_tied_head(model)
+        record_formats(model, ctx, {**ctx.extra.get(LAYER_FORMATS, {}), **formats}, ctx.extra.get(LAYER_REASONS, {}))
+        return model
     q = torchao_quantization()
     from torchao.quantization.granularity import PerAxis
 
@@ -109,18 +119,8 @@ def int8_embeddings(model: Any, config: NoParams, ctx: ApplyContext) -> Any:
     family="quantize",
     config=Int4Config,
     stage=STAGE_PRECISION,
-    devices=("cuda",),
-    description="int4 grouped weights in every nn.Linear; GPU only (torchao has no int4 CPU kernel here)",
+    description="int4 grouped weights (round to nearest) in every body nn.Linear, bf16 compute (torchao "
+    "tinygemm on CPU and GPU); a shape the kernel refuses keeps int8, recorded per layer",
 )
 def int4_weight_only(model: Any, config: Int4Config, ctx: ApplyContext) -> Any:
-    import torch
-
-    if not str(ctx.device).startswith("cuda") or not torch.cuda.is_available():
-        raise UnsupportedError(
-            "int4_weight_only needs a GPU: torchao has no int4 CPU kernel in this stack; "
-            "use int8_weight_only or int8_dynamic on CPU"
-        )
-    q = torchao_quantization()
-    model = model.to(device=ctx.device, dtype=torch.bfloat16)
-    q.quantize_(model, q.Int4WeightOnlyConfig(group_size=config.group_size), filter_fn=_is_linear)
-    return model
+    return apply_formats(to_compute_dtype(model, ctx), ctx, config.group_size)

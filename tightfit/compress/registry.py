@@ -37,7 +37,7 @@ STAGE_NAMES = {
     STAGE_RUNTIME: "runtime",
 }
 
-FAMILY_MODULES = ("cast", "quantize", "prune", "distill", "runtime", "ort")
+FAMILY_MODULES = ("cast", "quantize", "lowbit", "prune", "distill", "runtime", "ort")
 
 
 @dataclass
@@ -148,7 +148,7 @@ def get_method(name: str) -> MethodInfo:
     return methods[name]
 
 
-LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only")
+LINEAR_QUANTIZERS = ("int8_dynamic", "int8_weight_only", "int4_weight_only", "int4_awq", "mixed_int4")
 CASTS = ("bf16", "fp16")
 ONNX_FAMILY = "onnx"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tightfit.errors import ConfigError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas only for annotations: a serving process never imports it through here
     import pandas as pd
 
 LossFn = Callable[[Any, Any, Any], Any]  # (model, batch, labels) -> loss

@@ -281,6 +281,20 @@ def rebuild_model(path: Path, manifest: dict[str, Any], device: str = "cpu") -> 
     quiet_transformers()
     config = AutoConfig.from_pretrained(str(path))
     auto = AutoModelForCausalLM if manifest["kind"] == "causal_lm" else AutoModelForSequenceClassification
+    if manifest["kind"] == "causal_lm" or manifest.get("extra", {}).get("layer_formats"):
+        # Every weight of a causal LM variant is in its file, packed low-bit ones with their format: an empty
+        # skeleton (parameters on the meta device, buffers real) takes them by assignment, so no float copy
+        # of the model is materialised beside the loaded weights (a replica's RSS is runtime + weights).
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            skeleton = auto.from_config(config, dtype=torch.float32)
+        formats = manifest.get("extra", {}).get("layer_formats")
+        if formats and manifest["weights"]["format"] == "safetensors":  # packed CPU modules, plain buffers
+            from tightfit.compress.lowbit import skeleton_from_formats
+
+            skeleton_from_formats(skeleton, formats)
+        return skeleton
     model = auto.from_config(config, dtype=torch.float32)
     if manifest.get("layer_shapes"):
         apply_layer_shapes(model, manifest["layer_shapes"])

@@ -160,19 +160,6 @@ def record_timing(fp: Footprint, result: TimingResult) -> None:
     fp.extra.update({"measure_attempts": result.attempts, "measure_cpus": result.cpus})
 
 
-def decode_tokens_per_s(model: Any, tokenizer: Any, texts: list[str], batch: int, new_tokens: int) -> float:
-    """Greedy generation speed of a causal LM (new tokens per second over the batch)."""
-    import torch
-
-    enc = fixed_inputs(tokenizer, texts, batch, 16, next(model.parameters()).device)
-    with torch.inference_mode():
-        started = time.perf_counter()
-        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=tokenizer.pad_token_id)
-        elapsed = time.perf_counter() - started
-    return batch * new_tokens / elapsed
-
-
 def _disk(path: Path, manifest: dict[str, Any]) -> tuple[int, int | None, int]:
     weights = path / manifest["weights"]["file"]
     dir_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
@@ -223,26 +210,36 @@ def measure_variant(
                      "torch_threads": torch.get_num_threads(), "runtime_threads": runner.threads})
     forward = runner.forward
     texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
+    # LMs are timed at batch 1 here; their generation speed, KV cache and quality come from measure.lm.
+    batches = LATENCY_BATCHES if variant.kind != "causal_lm" else (1,)
     inputs = {batch: runner.encode([texts[i % len(texts)] for i in range(batch)], max_length=seq_len)
-              for batch in LATENCY_BATCHES}
+              for batch in batches}
     # Interleaved rounds on pinned threads, with the spread and a noise flag (tightfit.measure.timing).
     record_timing(fp, time_forward(forward, inputs, timing or (QUICK_PLAN if quick else FULL_PLAN), threads=threads))
     if fp.latency_ms_b32_p50:
         fp.throughput_sps = 32 * 1000.0 / fp.latency_ms_b32_p50
-    if variant.kind == "causal_lm":
+    if variant.kind == "causal_lm" and model is not None:  # generation speed, KV cache, perplexity, task, formats
+        from tightfit.measure.lm import describe_formats, measure_lm
+
+        measure_lm(fp, model, tokenizer, data, quick=quick, forward=forward_for(model, compiled))
+        describe_formats(fp, model, manifest)
+    elif variant.kind == "causal_lm":  # an ONNX decoder: generation speed through its runner
         new_tokens = 4 if quick else 16
         for batch in (1, 8):
-            fp.extra[f"tokens_per_s_b{batch}"] = (
-                decode_tokens_per_s(model, tokenizer, texts, batch, new_tokens) if model is not None
-                else runner_tokens_per_s(runner, texts, batch, new_tokens))
-    if data is not None:
+            fp.extra[f"tokens_per_s_b{batch}"] = runner_tokens_per_s(runner, texts, batch, new_tokens)
+    if data is not None and not (variant.kind == "causal_lm" and model is not None):
         frame = data.test.head(eval_rows or (200 if quick else len(data.test)))
         quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, runner=runner)
         fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
         fp.extra["eval_rows"] = len(frame)
     if memory_subprocess:
-        mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev,
-                             threads=runner.threads)
+        if variant.kind == "causal_lm" and dev == "cpu" and model is not None:  # serving an LM is generating
+            from tightfit.measure.lm import measure_lm_memory
+
+            mem = measure_lm_memory(path)  # the KV cache included
+        else:
+            mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev,
+                                 threads=runner.threads)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes, fp.cold_start_s = mem.get("gpu_peak_bytes"), mem.get("cold_start_s")
         for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes",

@@ -75,9 +75,10 @@ class ArchInfo:
 
 
 def activation_dtype_bytes(chain: str) -> int:
-    """Bytes per activation element: bf16/fp16 variants compute in 2 bytes, the rest in fp32."""
+    """Bytes per activation element (and KV-cache entry): bf16/fp16 and 4-bit variants (which compute in
+    bf16) use 2 bytes, the rest fp32."""
     lowered = chain.lower()
-    return 2 if ("bf16" in lowered or "fp16" in lowered) else 4
+    return 2 if ("bf16" in lowered or "fp16" in lowered or "int4" in lowered) else 4
 
 
 def activation_elements(arch: ArchInfo, batch: int, seq_len: int) -> float:

@@ -1,0 +1,252 @@
+"""Decoder LM benchmark: SmolLM2-135M fp32 against bf16, int8 and every 4-bit variant, side by side in one run.
+
+    python benchmarks/lm.py [--quick] [--rounds 3] [--ppl-tokens 16384] [--task-rows 0] [--threads 2]
+
+Builds (and caches under $TIGHTFIT_CACHE/bench-lm, so a rerun resumes) each variant from the packaged
+SmolLM2, then measures all of them on the same held-out text, the Rotten Tomatoes test split:
+
+- quality, once per variant (deterministic): perplexity of the split as one token stream (128-token
+  windows, stride 64) and zero-shot sentiment accuracy (answer log-likelihood after a prompt);
+- weight bytes (packed data + scales, the tied embedding/head once);
+- speed, interleaved round by round (every variant once per round; medians and min/max): time to first
+  token (64-token prompt, batch 1) and decode tokens/s at batch 1 and 8;
+- peak serving RSS: a fresh process per variant and round loads it and generates 32 tokens at batch 8.
+
+The baseline is the fp32 model as a user would run it (a variant dir holding the packaged weights,
+loaded into an empty skeleton, fp32 eager). Calibration reads the train split, the mixed-precision probe
+the validation split; nothing is tuned on the test text. Writes benchmarks/results/lm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import median, write_results
+
+FULL = {
+    "fp32": "fp32",
+    "bf16": "bf16",
+    "int8": "int8_dynamic",
+    "int4-g32": "int4_weight_only:group_size=32",
+    "int4-g64": "int4_weight_only:group_size=64",
+    "int4-awq-g64": "int4_awq:group_size=64,calib_chunks=16",
+    "int4-awq-g32": "int4_awq:group_size=32,calib_chunks=16",
+    "int4-mixed-g32": "mixed_int4:keep=0.1,group_size=32",
+    "int4-g32-int8-head": "int4_weight_only:group_size=32|int8_embeddings",
+    "int4-awq-g32-int8-head": "int4_awq:group_size=32,calib_chunks=16|int8_embeddings",
+    "int4-mixed-g32-int8-head": "mixed_int4:keep=0.1,group_size=32|int8_embeddings",
+}
+QUICK = {
+    "fp32": "fp32",
+    "int4-g32": "int4_weight_only:group_size=32",
+    "int4-g64": "int4_weight_only:group_size=64",
+    "int4-awq-g64": "int4_awq:group_size=64,calib_chunks=4,search=10",
+}
+GOALS = {"weight_ratio": 0.30, "perplexity_ratio": 1.05, "task_accuracy_drop_points": 1.0, "decode_speedup_b1": 2.0,
+         "rss_ratio": 0.5, "calibration_recovery": 0.5}
+
+
+def _load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def build(root: Path, name: str, chain: str, data: Any) -> tuple[Path, float]:
+    """The variant dir (reused when it holds this chain), and the seconds building it took (0 if cached)."""
+    from tightfit.compress import build_variant
+    from tightfit.compress.variant import MANIFEST, read_manifest
+    from tightfit.spec import VariantSpec
+
+    target = root / name
+    if (target / MANIFEST).exists() and read_manifest(target)["chain"] == chain:
+        return target, 0.0
+    started = time.perf_counter()
+    build_variant("smollm2", VariantSpec.parse(chain, name=name), target, data=data, device="cpu", progress=False)
+    return target, round(time.perf_counter() - started, 1)
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's figures: the best 4-bit variant against fp32, and what calibration recovers."""
+    base = rows["fp32"]
+
+    def ratios(row: dict[str, Any]) -> dict[str, float]:
+        return {
+            "weight_ratio": row["weight_bytes"] / base["weight_bytes"],
+            "perplexity_ratio": row["perplexity"] / base["perplexity"],
+            "task_accuracy_drop_points": 100.0 * (base["task_accuracy"] - row["task_accuracy"]),
+            "decode_speedup_b1": row["decode_tok_s_b1"] / base["decode_tok_s_b1"],
+            "rss_ratio": row["peak_rss_bytes"] / base["peak_rss_bytes"],
+        }
+
+    def meets(r: dict[str, float]) -> dict[str, bool]:
+        return {
+            "weight_ratio": r["weight_ratio"] <= GOALS["weight_ratio"],
+            "perplexity_ratio": r["perplexity_ratio"] <= GOALS["perplexity_ratio"],
+            "task_accuracy_drop_points": r["task_accuracy_drop_points"] <= GOALS["task_accuracy_drop_points"],
+            "decode_speedup_b1": r["decode_speedup_b1"] >= GOALS["decode_speedup_b1"],
+            "rss_ratio": r["rss_ratio"] <= GOALS["rss_ratio"],
+        }
+
+    four_bit = {name: ratios(row) for name, row in rows.items() if "int4" in row["chain"]}
+    for name, r in four_bit.items():
+        rows[name].update({k: round(v, 4) for k, v in r.items()})
+        rows[name]["goals_met"] = meets(r)
+    # best: the most goals met, then the lowest perplexity
+    best = min(four_bit, key=lambda n: (-sum(meets(four_bit[n]).values()), four_bit[n]["perplexity_ratio"]))
+    recovery: dict[str, Any] = {}
+    for group in (32, 64, 128):
+        rtn = next((rows[n] for n in rows if rows[n]["chain"] == f"int4_weight_only:group_size={group}"), None)
+        awq = [rows[n] for n in rows if rows[n]["chain"].startswith(f"int4_awq:group_size={group}")
+               and "|" not in rows[n]["chain"]]
+        if rtn is None or not awq:
+            continue
+        loss = rtn["perplexity"] - base["perplexity"]
+        recovery[f"g{group}"] = {
+            "rtn_loss": round(loss / base["perplexity"], 4),
+            "recovered": round((rtn["perplexity"] - awq[0]["perplexity"]) / loss, 4) if loss > 0 else None,
+            "awq_variant": awq[0]["name"],
+        }
+    lossy = [g for g, r in recovery.items() if r["rtn_loss"] > 0.10 and r["recovered"] is not None]
+    return {
+        "best_4bit": best,
+        "weight_ratio": round(four_bit[best]["weight_ratio"], 4),
+        "perplexity_ratio": round(four_bit[best]["perplexity_ratio"], 4),
+        "decode_speedup_b1": round(four_bit[best]["decode_speedup_b1"], 3),
+        "rss_ratio": round(four_bit[best]["rss_ratio"], 4),
+        "task_accuracy_drop_points": round(four_bit[best]["task_accuracy_drop_points"], 2),
+        "calibration_recovery": recovery[lossy[0]]["recovered"] if lossy else None,
+        "calibration_recovery_group": lossy[0] if lossy else None,
+        "calibration_by_group": recovery,
+        "goals": GOALS,
+        "best_4bit_goals_met": meets(four_bit[best]),
+        "all_goals_met_by": [n for n in four_bit if all(meets(four_bit[n]).values())],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4 variants, 2,048 perplexity tokens, 200 task rows, "
+                        "1 round: proves the script end to end, not a measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing + RSS rounds")
+    parser.add_argument("--ppl-tokens", type=int, default=16384, help="test-split tokens scored for perplexity")
+    parser.add_argument("--task-rows", type=int, default=0, help="test rows for the zero-shot task (0 = all)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode timing")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (measurement and the RSS process)")
+    parser.add_argument("--only", default="", help="comma-separated variant names (fp32 is always kept)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.ppl_tokens, args.task_rows, args.new_tokens = 1, 2048, 200, 8
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ["TIGHTFIT_THREADS"] = str(args.threads)
+    from tightfit.assets import cache_dir
+    from tightfit.compress._torch import quiet_transformers
+    from tightfit.compress.variant import load_variant
+    from tightfit.data import load_dataset
+    from tightfit.measure.lm import generation_speed, measure_lm_memory, weight_bytes
+    from tightfit.measure.quality import stream_perplexity, token_stream, zero_shot_accuracy, zero_shot_task
+
+    quiet_transformers()
+    load_before = _load_avg()
+    variants = dict(QUICK if args.quick else FULL)
+    if args.only:
+        keep = set(args.only.split(",")) | {"fp32"}
+        variants = {k: v for k, v in variants.items() if k in keep}
+    data = load_dataset("rotten_tomatoes", seed=0)
+    root = cache_dir() / "bench-lm"
+    texts = data.test["text"].astype(str).tolist()
+    ids: Any = None  # the test split as tokens, cut once with the first variant's (shared) tokenizer
+    frame = data.test if args.task_rows <= 0 else data.test.head(args.task_rows)
+    task = zero_shot_task("rotten_tomatoes", list(data.label_names))
+    rows: dict[str, dict[str, Any]] = {}
+    loaded: dict[str, Any] = {}
+    for name, chain in variants.items():
+        path, seconds = build(root, name, chain, data)
+        variant = load_variant(path, device="cpu")
+        if ids is None:
+            ids = token_stream(variant.tokenizer, texts, args.ppl_tokens)
+        started = time.perf_counter()
+        ppl = stream_perplexity(variant.model, ids)
+        accuracy = zero_shot_accuracy(variant.model, variant.tokenizer, frame["text"].astype(str).tolist(),
+                                      frame["label"].astype(int).tolist(), task)
+        rows[name] = {"name": name, "chain": chain, "weight_bytes": weight_bytes(variant.model), "perplexity": ppl,
+                      "task_accuracy": accuracy, "build_s": seconds,
+                      "quality_s": round(time.perf_counter() - started, 1), "ttft": [], "b1": [], "b8": [], "rss": [],
+                      "layer_formats": variant.manifest.get("extra", {}).get("layer_formats") and
+                      _count_formats(variant.manifest["extra"]["layer_formats"])}
+        loaded[name] = (variant, path)
+        print(f"{name}: ppl {ppl:.2f}, task {accuracy:.4f}, {rows[name]['weight_bytes'] / 2**20:.1f} MiB "
+              f"(built in {seconds} s)", flush=True)
+
+    for round_no in range(args.rounds):  # interleave: every variant once per round
+        for name, (variant, path) in loaded.items():
+            ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=args.new_tokens,
+                                        repeats=3)
+            _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=args.new_tokens,
+                                     repeats=1)
+            mem = measure_lm_memory(path)
+            rows[name]["ttft"].append(ttft)
+            rows[name]["b1"].append(b1)
+            rows[name]["b8"].append(b8)
+            rows[name]["rss"].append(mem["rss_serve_bytes"])
+            rows[name]["rss_load_bytes"] = mem["rss_load_bytes"]
+            rows[name]["rss_imports_bytes"] = mem["rss_imports_bytes"]
+        print(f"round {round_no + 1}/{args.rounds} done (load {_load_avg()})", flush=True)
+
+    for row in rows.values():
+        ttft, b1, b8, rss = row.pop("ttft"), row.pop("b1"), row.pop("b8"), row.pop("rss")
+        row.update({"ttft_ms": round(median(ttft), 2), "decode_tok_s_b1": round(median(b1), 2),
+                    "decode_tok_s_b8": round(median(b8), 2), "peak_rss_bytes": int(median(rss)),
+                    "spread": {"ttft_ms": _spread(ttft), "decode_tok_s_b1": _spread(b1), "decode_tok_s_b8": _spread(b8),
+                               "peak_rss_bytes": _spread(rss)},
+                    "perplexity": round(row["perplexity"], 3), "task_accuracy": round(row["task_accuracy"], 4)})
+    summary = summarize(rows)
+    write_results("lm", {
+        **summary,
+        "protocol": {"quick": args.quick, "rounds": args.rounds, "ppl_tokens": int(len(ids) if ids is not None else 0),
+                     "ppl_context": 128, "ppl_stride": 64, "task_rows": len(frame), "task_prompt": task.prompt,
+                     "task_answers": list(task.answers), "new_tokens": args.new_tokens, "prompt_tokens": 64,
+                     "rss_process": "fresh process: load + generate 32 tokens at batch 8", "threads": args.threads,
+                     "dataset": "rotten_tomatoes (test split; calibration: train, mixed probe: validation)"},
+        "load_avg_before": load_before, "load_avg_after": _load_avg(),
+        "other_work_running": _busy(),
+        "variants": rows,
+    })
+    print(f"{'variant':28} {'MiB':>7} {'ppl':>8} {'task':>7} {'ttft ms':>8} {'tok/s b1':>9} {'tok/s b8':>9} {'RSS MiB':>8}")
+    for r in rows.values():
+        print(f"{r['name']:28} {r['weight_bytes'] / 2**20:7.1f} {r['perplexity']:8.2f} {r['task_accuracy']:7.4f} "
+              f"{r['ttft_ms']:8.1f} {r['decode_tok_s_b1']:9.1f} {r['decode_tok_s_b8']:9.1f} {r['peak_rss_bytes'] / 2**20:8.0f}")
+    print({k: v for k, v in summary.items() if k not in ("calibration_by_group", "goals")})
+
+
+def _count_formats(formats: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for fmt in formats.values():
+        out[fmt] = out.get(fmt, 0) + 1
+    return out
+
+
+def _busy() -> str:
+    """Other heavy processes on the machine while this ran (top CPU users), for the record."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True, timeout=10)
+        return "; ".join(line.strip() for line in out.stdout.splitlines()[1:6])
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

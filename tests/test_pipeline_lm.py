@@ -1,0 +1,61 @@
+"""The packaged SmolLM2 config end to end with kfp.local: no fine-tune, a 4-bit variant chosen under a memory
+budget that the fp32 model cannot meet, registered, and a Serve plan that counts the KV cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tightfit import names
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_quick_profile_chooses_a_4bit_variant_under_a_budget_fp32_cannot_meet(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from tightfit.pipelines.local import run_local
+
+    from tightfit.config import load_config
+
+    config = load_config("smollm2", profile="quick")  # found by name among the packaged configs
+    assert config.baseline == "pretrained" and config.kind == "causal_lm"
+    summary = run_local(config, pipeline="fit_for_serving", run_dir=tmp_path / "runs")
+
+    log = re.sub(r"\x1b\[[0-9;]*m", "", summary.log_file.read_text())
+    assert "Executing task 'import-model'" in log and "'finetune'" not in log  # swept as it is
+    records = {r.variant: r for r in summary.records}
+    assert all(r.ok for r in records.values()), {k: r.error for k, r in records.items()}
+    fp32, chosen = records["fp32"], records.get(summary.chosen or "")
+    budget = config.target.memory_bytes
+    assert budget is not None and fp32.peak_rss_serve_bytes is not None and fp32.peak_rss_serve_bytes > budget
+    assert any(why.startswith("memory") for why in summary.selection["reasons"]["fp32"])
+    assert chosen is not None and "int4" in chosen.chain, summary.selection
+    assert chosen.peak_rss_serve_bytes is not None and chosen.peak_rss_serve_bytes <= budget
+    # LM figures measured on every variant: quality, generation speed, KV cache, 4-bit share
+    for record in records.values():
+        for metric in (names.PERPLEXITY, names.TASK_ACCURACY, names.TTFT_MS, names.DECODE_TOK_S_B1,
+                       names.DECODE_TOK_S_B8, names.KV_CACHE_BYTES_PER_TOKEN, names.WEIGHT_BYTES):
+            assert getattr(record, metric) is not None, (record.variant, metric)
+    assert chosen.int4_weight_fraction is not None and chosen.int4_weight_fraction > 0.7
+    assert chosen.extra["layer_formats"] == {"int4:g32": 210, "bf16": ["lm_head"]}
+    assert chosen.perplexity is not None and fp32.perplexity is not None
+    assert chosen.perplexity <= 1.15 * fp32.perplexity
+
+    # registered, with the per-variant figures in MLflow
+    client = MlflowClient(summary.tracking_uri)
+    version = client.get_model_version_by_alias(config.tracking.registered_model, config.tracking.alias)
+    run = client.get_run(version.run_id)
+    assert run.data.tags[names.TAG_VARIANT] == summary.chosen
+    assert run.data.metrics[names.DECODE_TOK_S_B1] > 0 and run.data.metrics[names.INT4_WEIGHT_FRACTION] > 0.7
+    assert "layer_formats" in json.loads(run.data.tags[names.TAG_FOOTPRINT_EXTRA])
+
+    # the Serve plan of the chosen variant counts its KV cache (bf16) within the budget
+    assert summary.deploy_plan is not None
+    plan = json.loads(summary.deploy_plan.read_text())
+    assert plan["deployed"], plan
+    primary = plan["primary"]
+    assert primary["kind"] == "causal_lm" and primary["kv_cache_bytes"] > 0
+    assert plan["predicted_peak_bytes"] <= budget

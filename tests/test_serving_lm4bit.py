@@ -1,0 +1,51 @@
+"""A 4-bit SmolLM2 served over HTTP (Ray Serve, 127.0.0.1): a budget the fp32 model cannot be planned into,
+the KV cache counted in bf16, and the served continuation equal to the same greedy generation in-process."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from serving_support import free_port, serve_until_healthy
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 768 * 2**20
+PROMPTS = ["The capital of France is", "Once upon a time, a small robot"]
+
+
+def test_int4_variant_generates_over_http_within_a_budget_fp32_cannot_fit(smollm2_int4_dir):
+    import ray
+    from ray import serve
+
+    from tightfit.errors import BudgetError
+    from tightfit.memory.replica import footprint_for_source
+    from tightfit.memory.serving import ArchInfo, kv_cache_bytes
+    from tightfit.serve.calibrate import with_load_rss
+    from tightfit.serve.plan import ServeOptions, plan_serving
+    from tightfit.serve.replica import generate, load_for_serving
+
+    options = ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8)
+    fp32 = with_load_rss([footprint_for_source("smollm2")])[0]
+    with pytest.raises(BudgetError):
+        plan_serving([fp32], BUDGET, options)
+    record = with_load_rss([footprint_for_source(str(smollm2_int4_dir), kind="causal_lm", name="int4-g32")])[0]
+    plan = plan_serving([record], BUDGET, options)
+    primary = plan.primary
+    arch = ArchInfo.from_dir(smollm2_int4_dir, kind="causal_lm")
+    # the KV cache of the planned batch: 48 prompt + 16 new tokens per sequence, bf16 (the int4 model computes in bf16)
+    assert primary.kv_cache_bytes == kv_cache_bytes(arch, primary.max_batch_size, 48 + 16, 2) > 0
+    assert plan.predicted_peak_bytes <= BUDGET
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        url = serve_until_healthy(plan, port, timeout_s=180)
+        response = requests.post(f"{url}/v1/generate", json={"texts": PROMPTS, "max_new_tokens": 8}, timeout=300)
+        assert response.status_code == 200, response.text
+        served = [r["text"] for r in response.json()["results"]]
+        assert served == [r["text"] for r in generate(load_for_serving(primary), PROMPTS, 8)]
+        assert "Paris" in served[0]
+        stats = requests.get(f"{url}/v1/stats", timeout=10).json()
+        assert stats["peak_rss_bytes"] <= BUDGET
+    finally:
+        serve.shutdown()
+        ray.shutdown()
