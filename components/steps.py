@@ -54,6 +54,7 @@ def load_splits(path: str | Path) -> Any:
     """Read the splits ``save_splits`` wrote back into a ``tightfit.data.DatasetSplits``."""
     import pandas as pd
 
+    from tightfit.data import DatasetSplits
 
     root = Path(path)
     meta = json.loads((root / SPLITS_META).read_text())

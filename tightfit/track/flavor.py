@@ -100,7 +100,7 @@ def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
         warnings.simplefilter("ignore", UserWarning)  # "no input example" / type-hint notes: the signature is explicit
         mlflow.pyfunc.save_model(
             path=str(out),
-            python_model=str(Path(__file__).with_name("tracking_pyfunc_code.py")),  # model from code: no pickle
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # model from code: no pickle
             artifacts={names.PYFUNC_VARIANT_ARTIFACT: str(Path(variant_dir).resolve())},
             signature=signature,
             pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
