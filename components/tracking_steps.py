@@ -61,20 +61,27 @@ def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: s
     return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
 
 
-def log_selection(
-    selection: Selection, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
-) -> None:
-    """Draw the Pareto plot for the report, then log table + plot + selection on the parent run."""
+def draw_plot(selection: Selection, records: list[Footprint], plot_path: Path) -> None:
+    """Draw the Pareto plot for the report (quality vs disk and vs the target's latency figure)."""
+    from tightfit.select.choose import latency_objective
     from tightfit.select.plot import pareto_plot
 
     chosen = selection.chosen.variant if selection.chosen is not None else None
     if any(r.ok for r in records):
-        pareto_plot(records, plot_path, chosen=chosen)
+        pareto_plot(records, plot_path, chosen=chosen, latency_metric=latency_objective(selection.target)[0])
+
+
+def log_selection(
+    selection: Selection, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path,
+    report_path: Path | None = None,
+) -> None:
+    """Log table + plot + report + selection on the parent run."""
     parent = parent_handle(pipeline_run)
     if parent:
         from tightfit.track.runs import log_parent_summary
 
-        log_parent_summary(parent, records, selection, plot=plot_path, tracker=_tracker(uri, experiment))
+        log_parent_summary(parent, records, selection, plot=plot_path, report=report_path,
+                           tracker=_tracker(uri, experiment))
 
 
 def register_step(

@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from browser_support import ARTIFACTS, chrome, skip_without_chromium
 from test_tracking_support import log_summary, real_sweep
 
 from tightfit import names, track
@@ -21,27 +22,10 @@ from tightfit.track.server import LocalMlflowServer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--window-size=1600,2400",
-)
 SHOWN_METRICS = (names.ACCURACY, names.DISK_BYTES, names.PEAK_RSS_SERVE_BYTES, names.LATENCY_MS_B1_P95)
-ARTIFACTS = Path(__file__).resolve().parents[1] / ".build" / "test-artifacts"
 EXPERIMENT = "ui-sweep"
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
-        "headless UI test needs Debian chromium + chromium-driver at /usr/bin "
-        "(apt-get install -y chromium chromium-driver; scripts/setup.sh does it)",
-        allow_module_level=True,
-    )
+skip_without_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +47,8 @@ def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Pa
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with chrome() as driver:
+        yield driver
 
 
 def _wait_for_texts(driver, texts: list[str], timeout: float = 60.0) -> str:

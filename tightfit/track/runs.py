@@ -196,12 +196,14 @@ def log_parent_summary(
     selection: Selection,
     *,
     plot: str | Path | None = None,
+    report: str | Path | None = None,
     tracker: Tracker | None = None,
     end: bool = True,
 ) -> None:
     """Log what selection decided on the parent run: the footprint table, the Pareto plot (``plot``, drawn
-    by ``tightfit.select.pareto_plot``), the selection as JSON; tag each variant run with its front and
-    chosen flags; close the parent. Nothing here chooses or measures: tracking only records."""
+    by ``tightfit.select.pareto_plot``), the HTML report (``report``, ``tightfit.select.write_report``), the
+    selection as JSON; tag each variant run with its front and chosen flags; close the parent. Nothing here
+    chooses or measures: tracking only records."""
     import json
     import tempfile
 
@@ -211,6 +213,8 @@ def log_parent_summary(
     artifacts = []
     if plot is not None and Path(plot).exists():
         artifacts.append([str(t.outbox.stash_file(parent, plot, names.ARTIFACT_PARETO_PLOT)), ""])
+    if report is not None and Path(report).exists():
+        artifacts.append([str(t.outbox.stash_file(parent, report, names.ARTIFACT_REPORT)), ""])
     with tempfile.TemporaryDirectory(prefix="tightfit-summary-") as tmp:
         sel_path = Path(tmp) / names.ARTIFACT_SELECTION
         sel_path.write_text(json.dumps(selection.to_dict(), indent=2, default=str))
