@@ -49,16 +49,34 @@ def start_parent_run(
     return handle, stats
 
 
-def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str) -> str:
-    """Log one variant as a nested run of the pipeline run's parent (``tightfit.track.runs.log_variant``);
-    nothing without a pipeline run id."""
+def log_variant_run(
+    record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str, data_dir: str = ""
+) -> str:
+    """Log one variant as a nested run of the pipeline run's parent and as a LoggedModel linked to the
+    evaluated test split (``tightfit.track.runs.log_variant``); nothing without a pipeline run id."""
     parent = parent_handle(pipeline_run)
     if not parent:
         return ""
     from tightfit.track.runs import log_variant
 
+    dataset, digest = _dataset_version(data_dir)
     directory = variant_dir if record.ok else None
-    return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
+    return log_variant(record, parent=parent, variant_dir=directory, base_model=record.extra.get("base_model"),
+                       dataset=dataset, dataset_digest=digest, tracker=_tracker(uri, experiment))
+
+
+def _dataset_version(data_dir: str) -> tuple[str | None, str | None]:
+    """The data artifact's dataset name and the digest of its test split (what quality was measured on)."""
+    import json
+
+    meta, test = Path(data_dir or ".") / "splits.json", Path(data_dir or ".") / "test.parquet"
+    if not data_dir or not meta.exists() or not test.exists():
+        return None, None
+    import pandas as pd
+
+    from tightfit.track.models import frame_digest
+
+    return str(json.loads(meta.read_text())["name"]), frame_digest(pd.read_parquet(test))
 
 
 def draw_plot(selection: Selection, records: list[Footprint], plot_path: Path) -> None:

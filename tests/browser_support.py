@@ -19,7 +19,6 @@ CHROME_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
-    "--hide-scrollbars",
 )
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / ".build" / "test-artifacts"

@@ -228,9 +228,17 @@ ARTIFACT_FOOTPRINT_TABLE: Final = "footprints.json"
 """``mlflow.log_table`` file on the parent run: one row per variant, columns = footprint fields."""
 ARTIFACT_PARETO_PLOT: Final = "pareto.png"
 ARTIFACT_SELECTION: Final = "selection.json"
-# --- issue 15 (what a person sees): the selection report on the parent run --------------------------
+# --- issue 15 (what a person sees): the selection report, MLflow 3 LoggedModels -----------------------
 ARTIFACT_REPORT: Final = "report.html"
 """The HTML selection report (``tightfit.select.write_report``), the same page the pipeline writes."""
+TAG_MODEL_ID: Final = "tightfit.model_id"
+"""On a variant run: the id of its MLflow LoggedModel (``models:/<id>``)."""
+LOGGED_MODEL_TYPE: Final = "tightfit-variant"
+"""The ``model_type`` of every variant's LoggedModel."""
+MLFLOW_EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING: Final = "custom_model_development"
+"""Set on tightfit's experiments so the MLflow 3 UI opens them in its model-training view (runs, Models tab
+with metric columns) rather than the GenAI one."""
 ARTIFACT_MODEL: Final = "model"
 """The pyfunc model's artifact path on a variant run (the variant dir lives inside it)."""
 PYFUNC_VARIANT_ARTIFACT: Final = "variant_dir"

@@ -123,14 +123,17 @@ def log_variant(
     variant_dir: str | Path | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
+    dataset_digest: str | None = None,
     tags: Mapping[str, str] | None = None,
     tracker: Tracker | None = None,
 ) -> str:
-    """Log one variant as a nested run of ``parent``: its spec as params, its footprint as metrics.
+    """Log one variant as a nested run of ``parent`` (its spec as params, its footprint as metrics) and as
+    an MLflow LoggedModel of the same name, linked to the run and to ``dataset`` (``tightfit.track.models``).
 
     ``variant_dir`` (a saved variant) is logged as a pyfunc model that loads back through
-    ``tightfit.load_variant``. A failed record becomes a FAILED run carrying its error. Returns the
-    record id (``variant_record_id(parent, footprint.variant)``).
+    ``tightfit.load_variant``. ``dataset_digest`` names the evaluated split's version (see
+    ``models.frame_digest``). A failed record becomes a FAILED run and a FAILED LoggedModel carrying its
+    error. Returns the record id (``variant_record_id(parent, footprint.variant)``).
     """
     import json
 
@@ -169,6 +172,16 @@ def log_variant(
     payload: dict[str, Any] = {"metrics": _metric_rows(footprint.metrics())}
     if variant_dir is not None and footprint.ok:
         payload["model"] = {"variant_dir": str(Path(variant_dir).resolve()), "artifact_path": names.ARTIFACT_MODEL}
+    logged: dict[str, Any] = {
+        "name": footprint.variant,
+        "params": spec.to_params(),
+        "tags": {**provenance_tags(base_model, dataset), names.TAG_ROLE: names.ROLE_VARIANT, **run_tags},
+        "status": "READY" if footprint.ok else "FAILED",
+    }
+    if dataset:
+        rows = footprint.extra.get("eval_rows")
+        logged["dataset"] = {"name": dataset, "digest": dataset_digest or "unversioned", "rows": rows}
+    payload["logged_model"] = logged
     t.push(OP_LOG, rid, **payload)
     t.push(OP_END, rid, status="FINISHED" if footprint.ok else "FAILED")
     return rid
