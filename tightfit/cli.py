@@ -12,17 +12,25 @@ import typer
 from rich.console import Console
 
 from tightfit.commands import compress, pipeline, serve, track, train
+from tightfit.commands.start import welcome_text
 from tightfit.errors import TightfitError
 
 app = typer.Typer(
     name="tightfit",
     help="Fit models to the hardware you have: compress, fine-tune on Ray, serve within a memory budget, "
     "track every variant in MLflow.",
-    no_args_is_help=True,
+    no_args_is_help=False,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 err_console = Console(stderr=True)
+
+
+@app.callback(invoke_without_command=True)
+def first_screen(ctx: typer.Context) -> None:
+    """With no command: the three commands a newcomer needs and where results land."""
+    if ctx.invoked_subcommand is None:
+        Console().print(welcome_text(), highlight=False, soft_wrap=True)
 
 for _area in (pipeline, compress, train, serve, track):
     _area.register(app)

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from tightfit.commands.start import print_next_steps
 from tightfit.errors import BackendError, ConfigError
 
 PIPELINE_NAMES = ("fit_for_serving", "compress_sweep")
@@ -116,6 +117,7 @@ def register(app: typer.Typer) -> None:
             cfg, pipeline=pipeline, run_dir=run_dir, tracking_uri=tracking_uri, console=console, show_logs=verbose
         )
         print_summary(summary, console)
+        print_next_steps(summary, console, cfg.tracking.experiment)
 
     @app.command("compile", help="Compile a pipeline to KFP IR YAML (fit_for_serving, compress_sweep).")
     def compile_command(
