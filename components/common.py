@@ -1,4 +1,5 @@
-"""What every KFP component body shares: the step stopwatch, quiet logs, Metrics artifacts, JSON parameters.
+"""What every KFP component body shares: the step stopwatch, quiet logs, Metrics artifacts, JSON parameters,
+and how a failed step fails its task.
 
 Imported first by each component body (``steps``, ``tracking_steps``, ``serve_steps``), so ``BODY_START``
 marks when the body began.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +82,71 @@ def as_object(value: Any) -> Any:
     if isinstance(value, str):
         return json.loads(value) if value else None
     return value
+
+
+# ----------------------------------------------------------------------------------------- failures
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error: a ``TightfitError``'s own message (it names the problem and the fix); for any
+    other error its type, message and where it was raised."""
+    from tightfit.errors import TightfitError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TightfitError):
+        return f"{type(exc).__name__}: {text}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {text}{where}"
+
+
+_FAILURE_RE = re.compile(
+    r"^tightfit: (?:variant '(?P<variant>[^']+)' failed at (?P<variant_step>[\w-]+)|(?P<step>[\w-]+) failed): "
+    r"(?P<cause>.+)$"
+)
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """The one line a failed component prints to stderr: the step, the variant (loop steps) and the cause.
+
+    The same line is what KFP shows in the task's log and what ``tightfit run`` reports (it reads the line
+    back with ``parse``), so the format lives here only.
+    """
+
+    step: str
+    cause: str
+    variant: str = ""
+
+    def line(self) -> str:
+        where = f"variant {self.variant!r} failed at {self.step}" if self.variant else f"{self.step} failed"
+        return f"tightfit: {where}: {self.cause}"
+
+    @classmethod
+    def parse(cls, line: str) -> TaskFailure | None:
+        """The failure a ``line()`` describes, or None for any other line."""
+        match = _FAILURE_RE.match(line.strip())
+        if match is None:
+            return None
+        if match["variant"]:
+            return cls(step=match["variant_step"], cause=match["cause"], variant=match["variant"])
+        return cls(step=match["step"], cause=match["cause"])
+
+
+@contextmanager
+def fail_task(step: str, variant: str = "") -> Iterator[None]:
+    """Run a component body so that an error fails its KFP task with one clear line.
+
+    The line (``TaskFailure``) goes to stderr, then the process exits 1: KFP marks the task failed, so it
+    is never cached and never handed downstream as a result. An error that is not a ``TightfitError`` (a
+    bug, not a user's problem) keeps its traceback above the line.
+    """
+    from tightfit.errors import TightfitError
+
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, TightfitError):
+            traceback.print_exc()
+        print(TaskFailure(step, error_line(exc), variant).line(), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

@@ -1,7 +1,7 @@
 """KFP component ``compress``: one variant spec -> one variant directory (a Model artifact).
 
-A spec that cannot be built leaves a failed record in the artifact instead of failing the task, so it
-still reaches ``select`` (a failed loop branch would skip the fan-in) and the run reports it.
+A spec that cannot be built fails the task with one line naming the variant and the cause, so KFP
+neither caches it nor hands it downstream (``tightfit run`` reports it and selects among the others).
 """
 
 from kfp import dsl
@@ -15,22 +15,14 @@ def compress(
     data: Input[Dataset],
     variant_name: str,
     chain: str,
-    kind: str,
     variant: Output[Model],
     stats: Output[Metrics],
-) -> str:
-    """Apply ``chain`` (e.g. ``prune_structured:heads=0.5|distill|int8_dynamic``) to the baseline.
-
-    Returns ``ok`` or ``failed: <reason>``.
-    """
-    from tightfit.components.steps import compress_step, log_stats, quiet
+):
+    """Apply ``chain`` (e.g. ``prune_structured:heads=0.5|distill|int8_dynamic``) to the baseline."""
+    from tightfit.components.steps import compress_step, fail_task, log_stats, quiet
 
     quiet()
-    failure, figures = compress_step(baseline.path, data.path, variant_name, chain, kind, variant.path)
-    status = "ok" if failure is None else "failed"
-    variant.metadata.update({"variant": variant_name, "chain": chain, "status": status})
+    with fail_task("compress", variant_name):
+        figures = compress_step(baseline.path, data.path, variant_name, chain, variant.path)
+    variant.metadata.update({"variant": variant_name, "chain": chain})
     log_stats(stats, figures)
-    if failure is not None:
-        print(f"tightfit: variant {variant_name!r} ({chain}) failed to compress: {failure.error}")
-        return f"failed: {failure.error}"
-    return "ok"

@@ -22,11 +22,12 @@ def deploy(
     upstream task's output parameter (the selection travels as the ``selected`` artifact).
     """
     from tightfit.components.serve_steps import deploy_step
-    from tightfit.components.steps import log_stats, model_uri, quiet, read_text
+    from tightfit.components.steps import fail_task, log_stats, model_uri, quiet, read_text
 
     quiet()
-    summary, figures = deploy_step(
-        chosen.path, read_text(selected.path), model_uri(registered_model, alias), target, namespace, manifest.path
-    )
+    with fail_task("deploy"):
+        summary, figures = deploy_step(
+            chosen.path, read_text(selected.path), model_uri(registered_model, alias), target, namespace, manifest.path
+        )
     log_stats(stats, figures)
     return summary

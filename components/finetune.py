@@ -27,25 +27,26 @@ def finetune(
     """Fine-tune ``base_model`` on the prepared splits; writes the HF-format model into ``model``.
 
     """
-    from tightfit.components.steps import finetune_step, log_stats, quiet
+    from tightfit.components.steps import fail_task, finetune_step, log_stats, quiet
 
     quiet()
-    figures = finetune_step(
-        data.path,
-        model.path,
-        base_model=base_model,
-        kind=kind,
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        workers=workers,
-        cpus_per_worker=cpus_per_worker,
-        max_length=max_length,
-        memory_budget=memory_budget,
-        address=address,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-    )
+    with fail_task("finetune"):
+        figures = finetune_step(
+            data.path,
+            model.path,
+            base_model=base_model,
+            kind=kind,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            max_length=max_length,
+            memory_budget=memory_budget,
+            address=address,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+        )
     model.metadata.update({"base_model": base_model, "kind": kind})
     log_stats(stats, figures)

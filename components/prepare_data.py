@@ -16,9 +16,10 @@ def prepare_data(
     stats: Output[Metrics],
 ):
     """Split ``dataset`` (built-in name or .csv/.jsonl path) by ``seed``; ``limit`` rows per split (0 = all)."""
-    from tightfit.components.steps import log_stats, prepare_data_step, quiet
+    from tightfit.components.steps import fail_task, log_stats, prepare_data_step, quiet
 
     quiet()
-    figures = prepare_data_step(dataset, seed, limit, validation, test, data.path)
+    with fail_task("prepare_data"):
+        figures = prepare_data_step(dataset, seed, limit, validation, test, data.path)
     data.metadata.update({"dataset": dataset, "seed": seed})
     log_stats(stats, figures)

@@ -17,10 +17,11 @@ def register(
     stats: Output[Metrics],
 ) -> str:
     """Returns ``models:/NAME@ALIAS`` of the registered version."""
-    from tightfit.components.steps import log_stats, quiet
+    from tightfit.components.steps import fail_task, log_stats, quiet
     from tightfit.components.tracking_steps import register_step
 
     quiet()
-    uri, figures = register_step(selection, tracking_uri, experiment, pipeline_run, registered_model, alias)
+    with fail_task("register"):
+        uri, figures = register_step(selection, tracking_uri, experiment, pipeline_run, registered_model, alias)
     log_stats(stats, figures)
     return uri

@@ -19,16 +19,23 @@ def select(
     report: Output[HTML],
     selected: Output[Artifact],
     stats: Output[Metrics],
+    failed_variants: str = "",
 ) -> NamedTuple("Selected", [("chosen_variant", str), ("found", bool), ("selection", str)]):  # type: ignore[valid-type]
-    """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy)."""
+    """``target`` is a HardwareTarget as JSON. ``found`` is False when no variant fits (nothing to deploy).
+
+    ``failed_variants`` (JSON ``{variant: {"chain": ..., "error": ...}}``) names variants an earlier run of
+    this pipeline could not build or measure: they join the report and MLflow as failed records.
+    """
     from collections import namedtuple
 
-    from tightfit.components.steps import log_stats, quiet, select_step
+    from tightfit.components.steps import fail_task, log_stats, quiet, select_step
 
     quiet()
-    name, selection_json, figures = select_step(
-        footprints, [v.path for v in variants], target, tracking_uri, experiment, pipeline_run, chosen.path, report.path
-    )
+    with fail_task("select"):
+        name, selection_json, figures = select_step(
+            footprints, [v.path for v in variants], target, tracking_uri, experiment, pipeline_run, chosen.path,
+            report.path, failed_variants,
+        )
     chosen.metadata.update({"variant": name or ""})
     log_stats(stats, figures)
     with open(selected.path, "w") as handle:  # the selection as an artifact: tasks inside dsl.If read it

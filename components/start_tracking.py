@@ -17,10 +17,13 @@ def start_tracking(
     stats: Output[Metrics],
 ) -> str:
     """Returns the parent run's handle (stable for ``pipeline_run``: every task derives the same one)."""
-    from tightfit.components.steps import log_stats, quiet
+    from tightfit.components.steps import fail_task, log_stats, quiet
     from tightfit.components.tracking_steps import start_parent_run
 
     quiet()
-    run_id, figures = start_parent_run(tracking_uri, experiment, run_name, base_model, dataset, target, pipeline_run)
+    with fail_task("start_tracking"):
+        run_id, figures = start_parent_run(
+            tracking_uri, experiment, run_name, base_model, dataset, target, pipeline_run
+        )
     log_stats(stats, figures)
     return run_id

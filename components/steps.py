@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tightfit.components.common import (
     as_object,
+    fail_task,
     log_stats,
     model_uri,
     quiet,
@@ -29,9 +29,8 @@ if TYPE_CHECKING:
     from tightfit.data import DatasetSplits
 
 # Component bodies import these from here (their source is compiled into the pipeline IR).
-__all__ = ["as_object", "log_stats", "model_uri", "quiet", "read_text", "stopwatch", "tracking_uri"]
+__all__ = ["as_object", "fail_task", "log_stats", "model_uri", "quiet", "read_text", "stopwatch", "tracking_uri"]
 
-FAILED_RECORD = "FAILED.json"
 SPLITS_META = "splits.json"
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -50,7 +49,7 @@ def save_splits(splits: DatasetSplits, out_dir: str | Path, **extra: Any) -> dic
     return meta
 
 
-def load_splits(path: str | Path) -> Any:
+def load_splits(path: str | Path) -> DatasetSplits:
     """Read the splits ``save_splits`` wrote back into a ``tightfit.data.DatasetSplits``."""
     import pandas as pd
 
@@ -79,32 +78,11 @@ def prepare_data_step(
 # ----------------------------------------------------------------------------------------- variants
 
 
-def failed_record(out_dir: str | Path) -> Footprint | None:
-    """The failed record a compress step left in its variant artifact, or None when it succeeded."""
-    path = Path(out_dir) / FAILED_RECORD
-    if not path.exists():
-        return None
-    return Footprint.from_dict(json.loads(path.read_text()))
+def compress_step(baseline_dir: str, data_dir: str, variant: str, chain: str, out_dir: str) -> dict[str, Any]:
+    """Build one variant with ``tightfit.compress.build_variant``; returns the step's stats.
 
-
-def _error_message(exc: BaseException) -> str:
-    from tightfit.errors import TightfitError
-
-    if isinstance(exc, TightfitError):
-        return f"{type(exc).__name__}: {exc}"
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
-
-
-def compress_step(
-    baseline_dir: str, data_dir: str, variant: str, chain: str, kind: str, out_dir: str
-) -> tuple[Footprint | None, dict[str, Any]]:
-    """Build one variant with ``tightfit.compress.build_variant``.
-
-    A spec that cannot be built does not fail the task: it leaves a failed ``Footprint`` record in the
-    artifact, so the record still reaches ``select`` (KFP skips a fan-in after a failed branch) and the
-    run reports it. Returns (failed record or None, stats).
+    A chain that cannot be built raises (``TightfitError`` with the reason): the component fails its task,
+    so KFP neither caches it nor hands a half-built variant downstream.
     """
     from tightfit.compress import build_variant
     from tightfit.spec import VariantSpec
@@ -113,19 +91,10 @@ def compress_step(
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    failure: Footprint | None = None
     with stopwatch(stats):
-        try:
-            spec = VariantSpec.parse(chain, name=variant)
-            build_variant(baseline_dir, spec, out, data=load_splits(data_dir), teacher=baseline_dir, progress=False)
-        except Exception as exc:  # any failure becomes a failed record the run reports
-            message = _error_message(exc)
-            failure = Footprint(variant=variant, chain=chain, kind=kind, status="failed", error=message)
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            (out / FAILED_RECORD).write_text(json.dumps(failure.to_dict()))
-    return failure, stats
+        spec = VariantSpec.parse(chain, name=variant)
+        build_variant(baseline_dir, spec, out, data=load_splits(data_dir), teacher=baseline_dir, progress=False)
+    return stats
 
 
 def profile_step(
@@ -133,22 +102,24 @@ def profile_step(
     data_dir: str,
     variant: str,
     chain: str,
-    kind: str,
     baseline_json: str,
     seq_len: int,
     quick: bool,
     memory_subprocess: bool,
 ) -> tuple[Footprint, dict[str, Any]]:
-    """Measure one variant (``tightfit.measure.profile.measure_variant``), or pass its failed record through."""
+    """Measure one variant (``tightfit.measure.profile.measure_variant``); returns (footprint, stats).
+
+    A measurement that cannot finish raises: a footprint is only what was measured, so a failed
+    measurement fails the task instead of becoming a record that KFP would cache.
+    """
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        record = failed_record(variant_dir)
-        if record is None and chain == "fp32" and baseline_json:
+        if chain == "fp32" and baseline_json:
             # The fp32 variant holds the baseline's weights: its footprint is the baseline's measurement.
             record = Footprint.from_dict(as_object(baseline_json))
             record.variant, record.chain = variant, chain
             record.with_baseline(Footprint.from_dict(as_object(baseline_json)))
-        if record is None:
+        else:
             from tightfit.measure.profile import measure_variant
 
             baseline = Footprint.from_dict(as_object(baseline_json)) if baseline_json else None
@@ -259,10 +230,13 @@ def select_step(
     pipeline_run: str,
     chosen_dir: str,
     report_path: str,
+    failed_json: str = "",
 ) -> tuple[str | None, str, dict[str, Any]]:
     """Choose with ``tightfit.select.choose.select_variant``; copy the chosen variant out; write the HTML report.
 
-    Returns (chosen variant name or None, the selection as JSON, stats).
+    ``failed_json`` names variants that failed in an earlier run (``{variant: {"chain", "error"}}``): they are
+    reported and logged as failed records, never chosen. Returns (chosen variant or None, the selection as
+    JSON, stats).
     """
     from tightfit.select.choose import select_variant
     from tightfit.select.report import write_report
@@ -270,7 +244,7 @@ def select_step(
 
     stats: dict[str, Any] = {}
     with stopwatch(stats):
-        records = records_from_json(footprints)
+        records = records_from_json(footprints) + failed_records(failed_json)
         target = HardwareTarget.model_validate(as_object(target_json) or {})
         selection = select_variant(records, target)
         dirs = _dirs_by_variant(variant_dirs)
@@ -294,14 +268,22 @@ def select_step(
     return (chosen.variant if chosen else None), json.dumps(report, default=str), stats
 
 
+def failed_records(failed_json: str) -> list[Footprint]:
+    """Failed footprint records from ``{variant: {"chain": ..., "error": ...}}`` (empty for '')."""
+    from tightfit import names
+
+    failed = as_object(failed_json) or {}
+    return [
+        Footprint(variant=name, chain=str(info.get("chain", "fp32")), status=names.STATUS_FAILED,
+                  error=str(info.get("error", "failed")))
+        for name, info in failed.items()
+    ]
+
+
 def _dirs_by_variant(variant_dirs: list[str]) -> dict[str, str]:
-    """Map variant name -> directory, read from each artifact's manifest or failed record."""
+    """Map variant name -> directory, read from each artifact's manifest."""
     out: dict[str, str] = {}
     for path in variant_dirs:
-        failed = failed_record(path)
-        if failed is not None:
-            out[failed.variant] = path
-            continue
         manifest = Path(path) / "manifest.json"
         if manifest.exists():
             data = json.loads(manifest.read_text())

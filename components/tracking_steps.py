@@ -96,10 +96,13 @@ def log_selection(
     """Log table + plot + report + selection on the parent run."""
     parent = parent_handle(pipeline_run)
     if parent:
-        from tightfit.track.runs import log_parent_summary
+        from tightfit.track.runs import log_parent_summary, log_variant
 
-        log_parent_summary(parent, records, selection, plot=plot_path, report=report_path,
-                           tracker=_tracker(uri, experiment))
+        tracker = _tracker(uri, experiment)
+        for record in records:
+            if not record.ok:  # a variant that failed to build has no run yet: a FAILED run carries its cause
+                log_variant(record, parent=parent, tracker=tracker)
+        log_parent_summary(parent, records, selection, plot=plot_path, report=report_path, tracker=tracker)
 
 
 def register_step(

@@ -35,6 +35,7 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
         memory_subprocess: bool = config.measure.memory_subprocess,
         tracking_uri: str = "",
         pipeline_run: str = "",
+        failed_variants: str = "",
         experiment: str = config.tracking.experiment,
         run_name: str = "compress-sweep",
     ) -> str:
@@ -61,7 +62,6 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             baseline=base.outputs["model"],
             data=data.outputs["data"],
             variants=variants,
-            kind=kind,
             seq_len=seq_len,
             quick=quick,
             memory_subprocess=memory_subprocess,
@@ -69,6 +69,7 @@ def build_compress_sweep(config: PipelineConfig) -> Any:
             tracking_uri=tracking_uri,
             experiment=experiment,
             pipeline_run=pipeline_run,
+            failed_variants=failed_variants,
             after=parent,
         )
         return chosen.outputs["selection"]

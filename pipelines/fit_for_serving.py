@@ -1,8 +1,8 @@
 """Pipeline ``fit_for_serving`` (the default, what ``tightfit run`` runs).
 
 prepare_data -> finetune (Ray Train) -> profile(baseline) -> ParallelFor(variants: compress -> profile)
--> select under the HardwareTarget -> register (MLflow alias) -> deploy, behind ``dsl.If`` on a flag a
-component computes (a variant fits and deployment is on).
+-> select under the HardwareTarget -> register (MLflow alias) -> deploy, behind two nested ``dsl.If``:
+deployment is on, and a variant fits.
 """
 
 from typing import Any
@@ -11,7 +11,6 @@ from kfp import dsl
 from tightfit.components.deploy import deploy
 from tightfit.components.finetune import finetune
 from tightfit.components.register import register
-from tightfit.components.should_deploy import should_deploy
 from tightfit.pipelines.resources import apply_resources, task_resources
 from tightfit.pipelines.sweep import add_prelude, add_sweep
 
@@ -51,6 +50,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
         memory_subprocess: bool = config.measure.memory_subprocess,
         tracking_uri: str = "",
         pipeline_run: str = "",
+        failed_variants: str = "",
         experiment: str = config.tracking.experiment,
         run_name: str = "fit-for-serving",
         registered_model: str = config.tracking.registered_model,
@@ -96,7 +96,6 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             baseline=tuned.outputs["model"],
             data=data.outputs["data"],
             variants=variants,
-            kind=kind,
             seq_len=seq_len,
             quick=quick,
             memory_subprocess=memory_subprocess,
@@ -104,11 +103,15 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             tracking_uri=tracking_uri,
             experiment=experiment,
             pipeline_run=pipeline_run,
+            failed_variants=failed_variants,
             after=parent,
         )
-        # register runs always (a no-op when nothing fits); deploy sits behind dsl.If on a flag a
-        # component computes. Tasks inside dsl.If take only artifacts and pipeline parameters (kfp.local
-        # mis-resolves an upstream output parameter there).
+        # register runs always (a no-op when nothing fits); deploy runs when deployment is on and a variant
+        # fits: two nested conditions (``with A, B`` nests B in A), the pipeline parameter outside. Keep them
+        # nested: kfp.local resolves a condition on one field of select's NamedTuple output only where that
+        # field enters a condition's sub-DAG as an input (a lone top-level dsl.If on it is never true
+        # locally). Tasks inside dsl.If take only artifacts and pipeline parameters (kfp.local mis-resolves
+        # an upstream task's output parameter there). KFP builds a condition from ``==``, hence the noqa.
         registered = register(
             chosen=chosen.outputs["chosen"],
             selection=chosen.outputs["selection"],
@@ -119,9 +122,7 @@ def build_fit_for_serving(config: PipelineConfig) -> Any:
             alias=alias,
         )
         apply_resources(registered, res["register"], config, mlflow=True)
-        flag = should_deploy(found=chosen.outputs["found"], enabled=deploy_enabled)
-        apply_resources(flag, res["should_deploy"], config)
-        with dsl.If(flag.output == True):  # noqa: E712 - KFP builds a condition from ==
+        with dsl.If(deploy_enabled == True), dsl.If(chosen.outputs["found"] == True):  # noqa: E712
             served = deploy(
                 chosen=chosen.outputs["chosen"],
                 selected=chosen.outputs["selected"],

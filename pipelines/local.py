@@ -2,7 +2,9 @@
 
 Everything lives under one run directory (default ``./tightfit-runs``): the pipeline root and its task
 cache, the MLflow SQLite store and artifacts, and the log of every task. Caching is on, so an unchanged
-rerun is served from cache; a variant that failed is taken out of the cache so a rerun retries it.
+rerun is served from cache. A failed step fails its KFP task (never cached); when only some variants
+failed, kfp.local has skipped the fan-in, so a second run over the variants that succeeded, served from
+the cache, selects among them, and a later rerun redoes only the failed variants.
 Ray runs locally inside the finetune task. Task logs go to a file; the console shows a status line.
 """
 
@@ -10,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import re
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tightfit.components.common import TaskFailure
+from tightfit.pipelines.kfp_watch import KfpRun, run_once
 
 from tightfit import settings
 from tightfit.config import PipelineConfig
@@ -41,8 +46,9 @@ class RunSummary:
     log_file: Path
     report_path: str | None = None
     pareto_path: str | None = None
-    evicted_cache_entries: int = 0
     deploy_plan: Path | None = None
+    kfp_runs: list[KfpRun] = field(default_factory=list)
+    """What KFP reported for each kfp.local run: one, or two when variants failed (all, then the rest)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -50,8 +56,16 @@ class RunSummary:
         return self.selection.get("chosen")
 
     @property
+    def failures(self) -> dict[str, TaskFailure]:
+        """The variants whose compress or profile task failed, with the step and the cause."""
+        return self.kfp_runs[0].variant_failures() if self.kfp_runs else {}
+
+    @property
     def failed(self) -> dict[str, str]:
-        return dict(self.selection.get("failed") or {})
+        """Variant -> the one-line cause of its failure."""
+        out = dict(self.selection.get("failed") or {})
+        out.update({name: failure.cause for name, failure in self.failures.items()})
+        return out
 
     def mlflow_ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
@@ -91,51 +105,6 @@ def pipeline_arguments(name: str, config: PipelineConfig, tracking_uri: str) -> 
     return args
 
 
-class _TaskLog(io.TextIOBase):
-    """A stdout stand-in: every line goes to the log file; task starts/ends update the status line."""
-
-    def __init__(self, handle: Any, status: Any) -> None:
-        self._handle = handle
-        self._status = status
-        self._running: dict[str, float] = {}
-        self._done = 0
-        self._start = time.monotonic()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if self._handle.closed:  # a logging handler kfp created during an earlier run
-            return sys.__stdout__.write(text) if sys.__stdout__ else len(text)
-        self._handle.write(text)
-        for line in text.splitlines():
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            started = re.search(r"Executing task '([^']+)'", plain)
-            finished = re.search(r"Task '([^']+)' finished with status (\w+)", plain)
-            if started:
-                self._running[started.group(1)] = time.monotonic()
-            elif finished:
-                self._running.pop(finished.group(1), None)
-                self._done += 1
-            elif "cache hit" in plain:
-                self._done += 1
-            else:
-                continue
-            self._refresh()
-        return len(text)
-
-    def _refresh(self) -> None:
-        if self._status is None:
-            return
-        running = ", ".join(self._running) or "-"
-        elapsed = time.monotonic() - self._start
-        self._status.update(f"[bold]{elapsed:5.0f}s[/] tasks done {self._done}; running: {running}")
-
-    def flush(self) -> None:
-        if not self._handle.closed:
-            self._handle.flush()
-
-
 def run_local(
     config: PipelineConfig,
     *,
@@ -145,7 +114,12 @@ def run_local(
     console: Any = None,
     show_logs: bool = False,
 ) -> RunSummary:
-    """Run ``pipeline`` with kfp.local (SubprocessRunner, use_venv=False, caching on) under ``run_dir``."""
+    """Run ``pipeline`` with kfp.local (SubprocessRunner, use_venv=False, caching on) under ``run_dir``.
+
+    When some variants fail, the run fails (kfp.local skips ``select``); a second run over the variants that
+    succeeded (same arguments otherwise, so every finished task is a cache hit) selects among them. Any other
+    failed step is a ``BackendError`` with the step's one-line cause.
+    """
     from kfp import local
 
     root = Path(run_dir).expanduser().resolve() if run_dir else settings.home_dir()
@@ -154,7 +128,6 @@ def run_local(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     workspace = root / "workspace"
-    workspace.mkdir(exist_ok=True)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root / "pipeline"),
@@ -168,20 +141,25 @@ def run_local(
     logs.mkdir(exist_ok=True)
     log_file = logs / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
-    # Tasks inherit the environment: the tracking outbox and Ray/finetune files land in this run dir.
-    previous_home = os.environ.get(settings.ENV_HOME)
-    os.environ[settings.ENV_HOME] = str(root)
-    try:
-        output = _run_logged(pipeline_func, arguments, log_file, console, show_logs)
-    finally:
-        if previous_home is None:
-            os.environ.pop(settings.ENV_HOME, None)
-        else:
-            os.environ[settings.ENV_HOME] = previous_home
+    with log_file.open("w") as handle, _task_environment(root), _status(console, show_logs) as status:
+        echo = sys.stdout if show_logs else None
+
+        def run(args: dict[str, Any]) -> KfpRun:
+            workspace.mkdir(exist_ok=True)  # kfp.local removes it after each run
+            return run_once(pipeline_func, args, handle, status=status, echo=echo)
+
+        runs = [run(arguments)]
+        survivors = _survivors(runs[0], arguments["variants"], log_file)
+        if survivors is not None:
+            failed = _failed_variants(runs[0], arguments["variants"])
+            runs.append(run({**arguments, "variants": survivors, "failed_variants": json.dumps(failed)}))
+            if runs[-1].error:
+                raise BackendError(_failure_message(runs[-1], log_file))
     wall = time.perf_counter() - started
-    selection = json.loads(output) if isinstance(output, str) else dict(output)
-    evicted = evict_failed(root / "pipeline" / ".kfp_cache", selection)
-    records = [Footprint.from_dict(r) for r in selection.get("records", [])]
+    final = runs[-1]
+    selection = json.loads(final.output) if isinstance(final.output, str) else dict(final.output)
+    records = _records_in_order(selection, arguments["variants"])
+    ran_deploy = "deploy" in final.started or "deploy" in final.cache_hits
     return RunSummary(
         pipeline=pipeline,
         run_dir=root,
@@ -192,9 +170,75 @@ def run_local(
         log_file=log_file,
         report_path=selection.get("report_path"),
         pareto_path=selection.get("pareto_path"),
-        evicted_cache_entries=evicted,
-        deploy_plan=_latest(root / "pipeline", "*/deploy/manifest/plan.json") if summary_has_deploy(pipeline) else None,
+        deploy_plan=_latest(root / "pipeline", "*/deploy/manifest/plan.json") if ran_deploy else None,
+        kfp_runs=runs,
     )
+
+
+def _survivors(first: KfpRun, items: list[dict[str, Any]], log_file: Path) -> list[dict[str, Any]] | None:
+    """The loop items to select among after ``first`` failed (None when it succeeded).
+
+    Only failed variants can be left out: a run that failed anywhere else, or without a failure line that
+    names a variant, or in which every variant failed, is a ``BackendError``.
+    """
+    if first.succeeded:
+        return None
+    failed = first.variant_failures()
+    survivors = [item for item in items if item["variant"] not in failed]
+    if not failed or not survivors or first.step_failures():
+        raise BackendError(_failure_message(first, log_file))
+    return survivors
+
+
+def _failure_message(run: KfpRun, log_file: Path) -> str:
+    """One line: the failed steps with their causes (or kfp.local's own message), and where the logs are."""
+    causes = "; ".join(f.line().removeprefix("tightfit: ") for f in run.failures)
+    return f"the local pipeline run failed: {causes or run.error} Task logs: {log_file}"
+
+
+def _failed_variants(first: KfpRun, items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{variant: {"chain", "error"}}`` for the variants whose tasks failed in ``first``: the second run hands
+    them to ``select``, so the report and MLflow show them as failed records."""
+    chains = {str(item["variant"]): str(item["chain"]) for item in items}
+    return {
+        name: {"chain": chains.get(name, "fp32"), "error": f"{failure.cause} (at {failure.step})"}
+        for name, failure in first.variant_failures().items()
+    }
+
+
+def _records_in_order(selection: dict[str, Any], items: list[dict[str, Any]]) -> list[Footprint]:
+    """The selection's records (measured and failed), in the order the variants were asked for."""
+    order = {str(item["variant"]): i for i, item in enumerate(items)}
+    records = [Footprint.from_dict(r) for r in selection.get("records", [])]
+    return sorted(records, key=lambda r: order.get(r.variant, len(order)))
+
+
+@contextlib.contextmanager
+def _task_environment(root: Path) -> Iterator[None]:
+    """Tasks inherit the environment: the tracking outbox and Ray/finetune files land in the run dir; the
+    warnings kfp.local gives for cluster-only task settings are dropped."""
+    previous_home = os.environ.get(settings.ENV_HOME)
+    os.environ[settings.ENV_HOME] = str(root)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            yield
+    finally:
+        if previous_home is None:
+            os.environ.pop(settings.ENV_HOME, None)
+        else:
+            os.environ[settings.ENV_HOME] = previous_home
+
+
+@contextlib.contextmanager
+def _status(console: Any, show_logs: bool) -> Iterator[Any]:
+    """The console's status line (none when logs stream to the console or there is no console)."""
+    if console is None or show_logs:
+        yield None
+        return
+    with console.status("starting pipeline ...") as status:
+        yield status
 
 
 def summary_has_deploy(pipeline: str) -> bool:
@@ -204,50 +248,6 @@ def summary_has_deploy(pipeline: str) -> bool:
 def _latest(root: Path, pattern: str) -> Path | None:
     found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
-
-
-def _run_logged(pipeline_func: Any, arguments: dict[str, Any], log_file: Path, console: Any, show: bool) -> Any:
-    import warnings
-
-    with log_file.open("w") as handle, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        return _execute(pipeline_func, arguments, handle, console, show)
-
-
-def _execute(pipeline_func: Any, arguments: dict[str, Any], handle: Any, console: Any, show: bool) -> Any:
-    """Run the pipeline, sending task output to ``handle`` (and the console when ``show``)."""
-    if show:
-        task = pipeline_func(**arguments)
-        return task.output
-    status_cm = console.status("starting pipeline ...") if console is not None else contextlib.nullcontext()
-    with status_cm as status:
-        sink = _TaskLog(handle, status)
-        # kfp.local makes its log handler on sys.stdout when a run starts, so redirecting stdout is
-        # enough; other handlers (pytest's, the user's) are left alone.
-        try:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                task = pipeline_func(**arguments)
-        except RuntimeError as exc:
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-            raise BackendError(f"the local pipeline run failed: {plain} Task logs: {handle.name}") from None
-    return task.output
-
-
-def evict_failed(cache_dir: Path, selection: dict[str, Any]) -> int:
-    """Delete cache entries that produced a failed variant, so the next run retries that variant."""
-    failed = selection.get("failed") or {}
-    dirs = selection.get("variant_dirs") or {}
-    targets = [dirs[name] for name in failed if name in dirs]
-    if not targets or not cache_dir.exists():
-        return 0
-    evicted = 0
-    for entry in cache_dir.glob("*.json"):
-        text = entry.read_text()
-        if any(json.dumps(t)[1:-1] in text for t in targets):
-            entry.unlink()
-            evicted += 1
-    return evicted
 
 
 NARROW_LABELS = {"variant": "variant", "accuracy": "acc", "disk_bytes": "disk", "peak_rss_serve_bytes": "RSS",
@@ -291,9 +291,14 @@ def print_summary(summary: RunSummary, console: Any) -> None:
         for name, why in reasons.items():
             console.print(f"  {name}: {'; '.join(why)}")
     for name, error in summary.failed.items():
-        console.print(f"[red]failed variant[/] {name}: {error}")
-    if summary.evicted_cache_entries:
-        console.print(f"[dim]{summary.evicted_cache_entries} cache entries of failed variants removed; a rerun retries them[/]")
+        failure = summary.failures.get(name)
+        where = f" at {failure.step}" if failure else ""
+        console.print(f"[red]variant {name} failed{where}:[/] {error}")
+    for number, run in enumerate(summary.kfp_runs, 1):
+        outcome = "succeeded" if run.succeeded else "failed"
+        console.print(f"[dim]kfp.local run {number} ({len(run.variants)} variants) {outcome}: {run.describe()}[/]")
+    if len(summary.kfp_runs) > 1:
+        console.print("[dim]run 2 left the failed variants out (the rest came from the cache); a rerun retries them[/]")
     console.print(f"report:      {summary.report_path or '-'}")
     console.print(f"pareto plot: {summary.pareto_path or '-'}")
     if summary.deploy_plan is not None:

@@ -101,7 +101,6 @@ def task_resources(config: PipelineConfig) -> dict[str, TaskResources]:
         "select": TaskResources(cpu=1, memory_bytes=GIB),
         "register": TaskResources(cpu=1, memory_bytes=PROCESS_BASE_BYTES + 2 * weight_bytes),
         "deploy": TaskResources(cpu=0.5, memory_bytes=GIB),
-        "should_deploy": TaskResources(cpu=0.1, memory_bytes=256 * 2**20, headroom=2.0),
     }
 
 

@@ -63,7 +63,6 @@ def add_sweep(
     baseline: Any,
     data: Any,
     variants: Any,
-    kind: Any,
     seq_len: Any,
     quick: Any,
     memory_subprocess: Any,
@@ -71,13 +70,14 @@ def add_sweep(
     tracking_uri: Any,
     experiment: Any,
     pipeline_run: Any,
+    failed_variants: Any = "",
     after: Any = None,
 ) -> Any:
     """Add the sweep tasks; returns the ``select`` task (outputs chosen_variant, found, selection, chosen)."""
     # The reference every ratio is measured against: the baseline saved as an fp32 variant, profiled once.
-    base_variant = compress(
-        baseline=baseline, data=data, variant_name="baseline", chain="fp32", kind=kind
-    ).set_display_name("compress-baseline")
+    base_variant = compress(baseline=baseline, data=data, variant_name="baseline", chain="fp32").set_display_name(
+        "compress-baseline"
+    )
     apply_resources(base_variant, resources["compress"], config)
     if after is not None:  # the parent run exists before any variant run is logged under it
         base_variant.after(after)
@@ -86,7 +86,6 @@ def add_sweep(
         data=data,
         variant_name="baseline",
         chain="fp32",
-        kind=kind,
         seq_len=seq_len,
         quick=quick,
         memory_subprocess=memory_subprocess,
@@ -97,14 +96,15 @@ def add_sweep(
     apply_resources(base_profile, resources["profile"], config)
 
     with dsl.ParallelFor(variants, parallelism=LOOP_PARALLELISM) as item:
-        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain, kind=kind)
+        # A variant that fails fails its compress (or profile) task: kfp.local then skips the fan-in, and
+        # ``tightfit run`` selects among the variants that succeeded in a second run served from the cache.
+        built = compress(baseline=baseline, data=data, variant_name=item.variant, chain=item.chain)
         apply_resources(built, resources["compress"], config)
         measured = profile(
             variant=built.outputs["variant"],
             data=data,
             variant_name=item.variant,
             chain=item.chain,
-            kind=kind,
             baseline=base_profile.outputs["footprint"],
             seq_len=seq_len,
             quick=quick,
@@ -122,6 +122,7 @@ def add_sweep(
         tracking_uri=tracking_uri,
         experiment=experiment,
         pipeline_run=pipeline_run,
+        failed_variants=failed_variants,
     )
     apply_resources(chosen, resources["select"], config, mlflow=True)
     return chosen

@@ -1,4 +1,4 @@
-"""The components' glue on real data, without KFP: data artifacts, failed records, the report, the cache."""
+"""The components' glue on real data, without KFP: data artifacts, failing a task, the report."""
 
 from __future__ import annotations
 
@@ -25,21 +25,44 @@ def test_prepare_data_writes_splits_that_read_back(tmp_path: Path) -> None:
     assert meta["seed"] == 3 and meta["limit"] == 120
 
 
-def test_compress_failure_becomes_a_failed_record(tmp_path: Path) -> None:
+def test_a_chain_that_fails_at_build_time_raises_and_fails_the_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tightfit.errors import ConfigError
+
     steps.prepare_data_step("rotten_tomatoes", 0, 32, 0.1, 0.2, str(tmp_path / "data"))
-    failure, stats = steps.compress_step(
-        "minilm", str(tmp_path / "data"), "broken", "no_such_method", "classifier", str(tmp_path / "variant")
+    # Valid in a config (keep_every >= 2) but MiniLM has 6 layers: it fails only when applied.
+    with pytest.raises(ConfigError, match="keep_every=7 would drop all 6 layers"):
+        steps.compress_step("minilm", str(tmp_path / "data"), "too-shallow", "drop_layers:keep_every=7",
+                            str(tmp_path / "variant"))
+    # The component body runs the step under fail_task: one line on stderr, exit status 1, no traceback.
+    with pytest.raises(SystemExit) as exited, steps.fail_task("compress", "too-shallow"):
+        steps.compress_step("minilm", str(tmp_path / "data"), "too-shallow", "drop_layers:keep_every=7",
+                            str(tmp_path / "variant"))
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line == ("tightfit: variant 'too-shallow' failed at compress: ConfigError: keep_every=7 would drop all "
+                    "6 layers; use at most 6")
+    assert common.TaskFailure.parse(line) == common.TaskFailure(
+        step="compress", variant="too-shallow", cause="ConfigError: keep_every=7 would drop all 6 layers; use at most 6"
     )
-    assert failure is not None and failure.status == "failed"
-    assert "unknown compression method 'no_such_method'" in (failure.error or "")
-    assert common.ELAPSED in stats
-    again = steps.failed_record(tmp_path / "variant")
-    assert again == failure
-    # The profiler passes a failed record through without measuring anything.
-    record, _ = steps.profile_step(
-        str(tmp_path / "variant"), str(tmp_path / "data"), "broken", "no_such_method", "classifier", "", 64, True, False
+
+
+def test_a_bug_keeps_its_traceback_above_the_failure_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit), common.fail_task("select"):
+        int("not a number")
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    failure = common.TaskFailure.parse(err.strip().splitlines()[-1])
+    assert failure is not None and failure.step == "select" and failure.variant == ""
+    assert failure.cause.startswith("ValueError: invalid literal for int() with base 10: 'not a number' (at "
+                                    "test_components.py:")
+    assert common.TaskFailure.parse("    tightfit: finetune failed: BackendError: no Ray") == common.TaskFailure(
+        step="finetune", cause="BackendError: no Ray"
     )
-    assert not record.ok and record.error == failure.error and record.disk_bytes is None
+    assert common.TaskFailure.parse("tightfit: compiled fit_for_serving") is None
 
 
 def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
@@ -62,25 +85,8 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
     assert "misses memory" in page and "RSS 700.0 MiB &gt; 600.0 MiB" in page
 
 
-def test_evict_failed_removes_only_the_failed_variants_entries(tmp_path: Path) -> None:
-    from tightfit.pipelines.local import evict_failed
-
-    cache = tmp_path / ".kfp_cache"
-    cache.mkdir()
-    (cache / "a.json").write_text(json.dumps({"variant": {"uri": "/runs/x/for-loop-1-iteration-2/compress/variant"}}))
-    (cache / "b.json").write_text(json.dumps({"variant": {"uri": "/runs/x/for-loop-1-iteration-0/compress/variant"}}))
-    selection = {
-        "failed": {"bad": "boom"},
-        "variant_dirs": {"bad": "/runs/x/for-loop-1-iteration-2/compress/variant",
-                         "good": "/runs/x/for-loop-1-iteration-0/compress/variant"},
-    }
-    assert evict_failed(cache, selection) == 1
-    assert not (cache / "a.json").exists() and (cache / "b.json").exists()
-    assert evict_failed(cache, {"failed": {}}) == 0
-
-
 @pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "select",
-                                    "register", "deploy", "start_tracking", "should_deploy"])
+                                    "register", "deploy", "start_tracking"])
 def test_every_component_is_a_lightweight_component_on_the_tightfit_image(module: str) -> None:
     import importlib
 

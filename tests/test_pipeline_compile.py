@@ -52,9 +52,20 @@ def test_fit_for_serving_structure_and_finetune_resources(tmp_path: Path) -> Non
     spec, _ = _docs(out)
     executors = spec["deploymentSpec"]["executors"]
     assert {"exec-prepare-data", "exec-finetune", "exec-compress", "exec-profile", "exec-select",
-            "exec-register", "exec-deploy", "exec-should-deploy"} <= set(executors)
-    text = out.read_text()
-    assert "triggerPolicy" in text and "condition" in text  # register/deploy sit behind dsl.If
+            "exec-register", "exec-deploy"} <= set(executors)
+    # deploy sits behind two nested conditions, no flag task: deployment on (a pipeline parameter), then
+    # select's ``found`` output.
+    assert not any("should-deploy" in name for name in executors)
+    outer = [t for t in spec["root"]["dag"]["tasks"].values() if "triggerPolicy" in t]
+    assert [t["triggerPolicy"]["condition"] for t in outer] == [
+        "inputs.parameter_values['pipelinechannel--deploy_enabled'] == true"
+    ]
+    inner = spec["components"][outer[0]["componentRef"]["name"]]["dag"]["tasks"]
+    (gate,) = inner.values()
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--select-found'] == true"
+    assert list(spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]) == ["deploy"]
+    # A failed variant fails its task; no task runs on upstream failure (kfp.local cannot fan in after one).
+    assert "ALL_UPSTREAM_TASKS_COMPLETED" not in out.read_text()
     quick = load_config(profile="quick")
     finetune = executors["exec-finetune"]["container"]["resources"]
     assert float(finetune["cpuRequest"]) == quick.finetune.workers * quick.finetune.cpus_per_worker

@@ -1,5 +1,5 @@
 {{/*
-Names, labels and the shared pod pieces. The KubeRay helpers mirror tightfit/k8s.py line for line
+Names, labels and the shared pod pieces. The KubeRay helpers mirror tightfit/kube/manifests.py line for line
 (tests/test_helm.py renders the chart and compares with the Python-built objects): change both together.
 */}}
 
