@@ -8,7 +8,7 @@ starts and one when it ends, with its duration; the base ``Reporter`` reports no
 library call made without one). ``reporter_for`` picks.
 
 States: ``pending`` (known, not started), ``running``, ``cached`` (served from a cache), ``done``,
-``failed``. Estimates come from a task's own rate (``completed`` of ``total``) or from ``expected_s`` (e.g.
+``failed``, ``skipped`` (a condition was false, or an upstream task failed). Estimates come from a task's own rate (``completed`` of ``total``) or from ``expected_s`` (e.g.
 the same task's time in the previous run).
 """
 
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-PENDING, RUNNING, CACHED, DONE, FAILED = "pending", "running", "cached", "done", "failed"
-STATES = (PENDING, RUNNING, CACHED, DONE, FAILED)
-FINISHED = frozenset({CACHED, DONE, FAILED})
+PENDING, RUNNING, CACHED, DONE, FAILED, SKIPPED = "pending", "running", "cached", "done", "failed", "skipped"
+STATES = (PENDING, RUNNING, CACHED, DONE, FAILED, SKIPPED)
+FINISHED = frozenset({CACHED, DONE, FAILED, SKIPPED})
 
 
 def format_duration(seconds: float | None) -> str:
@@ -182,7 +182,7 @@ class LineReporter(Reporter):
         if event == "start":
             self._write(f"start   {task.label}{detail}")
         elif event == "finish":
-            took = format_duration(task.elapsed(self.clock())) if task.state != CACHED else "from cache"
+            took = {CACHED: "from cache", SKIPPED: "not run"}.get(task.state) or format_duration(task.elapsed(self.clock()))
             self._write(f"{task.state:<7} {task.label} ({took}){detail}")
         elif event == "milestone":
             count = f" {task.completed:g}/{task.total:g} {task.unit}".rstrip() if task.total else ""
@@ -193,8 +193,8 @@ class LineReporter(Reporter):
             self._write(line)
 
 
-_STYLE = {PENDING: "dim", RUNNING: "bold yellow", CACHED: "cyan", DONE: "green", FAILED: "bold red"}
-_MARK = {PENDING: "·", RUNNING: "▶", CACHED: "≡", DONE: "✓", FAILED: "✗"}
+_STYLE = {PENDING: "dim", RUNNING: "bold yellow", CACHED: "cyan", DONE: "green", FAILED: "bold red", SKIPPED: "dim"}
+_MARK = {PENDING: "·", RUNNING: "▶", CACHED: "≡", DONE: "✓", FAILED: "✗", SKIPPED: "-"}
 
 
 class LiveReporter(Reporter):
@@ -222,17 +222,18 @@ class LiveReporter(Reporter):
         now = self.clock()
         table = Table(box=box.SIMPLE_HEAD, title=self.title or None, title_justify="left", expand=False,
                       padding=(0, 1), show_edge=False)
-        table.add_column("state", no_wrap=True)
-        table.add_column("task", no_wrap=True)
-        table.add_column("now", overflow="fold")
-        for name in ("progress", "elapsed", "left"):
-            table.add_column(name, justify="right", no_wrap=True)
         with self._lock:
             tasks = list(self.tasks.values())
+            counted = any(t.total for t in tasks)
+            table.add_column("state", no_wrap=True)
+            table.add_column("task", no_wrap=True)
+            table.add_column("now", overflow="fold")
+            for name in ("progress", "elapsed", "left") if counted else ("elapsed", "left"):
+                table.add_column(name, justify="right", no_wrap=True)
             for t in tasks:
-                shown = f"{t.completed:g}/{t.total:g} {t.unit}".strip() if t.total else ""
+                shown = [f"{t.completed:g}/{t.total:g} {t.unit}".strip() if t.total else ""] if counted else []
                 left = t.remaining(now) if t.state == RUNNING else None
-                table.add_row(f"[{_STYLE[t.state]}]{_MARK[t.state]} {t.state}[/]", t.label, t.detail, shown,
+                table.add_row(f"[{_STYLE[t.state]}]{_MARK[t.state]} {t.state}[/]", t.label, t.detail, *shown,
                               format_duration(t.elapsed(now)), format_duration(left) if left is not None else "")
             done = sum(t.state in FINISHED for t in tasks)
             remaining = self.remaining_s()
