@@ -230,6 +230,13 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     serve = steps[f"serve {chosen.variant}"]
     assert Path(serve[0]).exists() and (Path(serve[3]) / "manifest.json").exists() and serve[5] == "1.0GiB"
     assert Path(steps["compare the variants"][0]).exists()
+    # Labels with names: the chosen variant, loaded as a replica loads it, answers in the dataset's words.
+    from tightfit.serve.replica import load_for_serving
+    from tightfit.serve.schema import PlannedVariant
+
+    served = load_for_serving(PlannedVariant(chosen.variant, "classifier", serve[3], chosen.chain, 0, 0, 1, 64, 0, 0,
+                                             0, 0))
+    assert served.labels == ["rotten", "fresh"]
     pareto = re.search(r"pareto plot: (\S+)", text)
     assert pareto is not None and Path(pareto[1]).stat().st_size > 1000
 
@@ -268,16 +275,23 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     assert version.run_id in {r.info.run_id for r in nested}
     assert version.source == f"models:/{models[chosen.variant].model_id}"
 
-    # Again in a pipe: everything from the cache, one plain line per task (nothing starts: all cached).
+    # Again in a pipe, with only the deploy namespace changed: deploy runs again, every other task comes
+    # from the cache; one plain line per task end, one start line per task that ran, no terminal codes.
+    raw.setdefault("deploy", {})["namespace"] = "tightfit-again"
+    config_file.write_text(yaml.safe_dump(raw))
     again = subprocess.run(cmd, capture_output=True, text=True, env={**env, "TERM": "dumb"}, timeout=600, check=False)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     lines = again.stdout.splitlines()
     assert not any(_ANSI.search(line) for line in lines), "no terminal codes in a log"
+    stamp = r"^\d\d:\d\d:\d\d "
     for row in planned:
-        ends = [line for line in lines if re.match(rf"^\d\d:\d\d:\d\d cached  {re.escape(row.label)} \(from cache\)", line)]
-        assert len(ends) == 1, (row.label, lines)
-    assert not [line for line in lines if re.match(r"^\d\d:\d\d:\d\d start ", line)]
-    assert re.search(r"tasks: 0 ran, \d+ from the cache", again.stdout)
+        label = re.escape(row.label)
+        starts = [line for line in lines if re.match(rf"{stamp}start   {label}(  |$)", line)]
+        ends = [line for line in lines if re.match(rf"{stamp}(cached  {label} \(from cache\)|done    {label} \([\d.]+ s\))",
+                                                   line)]
+        assert len(ends) == 1 and len(starts) == (row.task == "deploy"), (row.label, lines)
+    assert re.search(r"tasks: 1 ran, \d+ from the cache", again.stdout), again.stdout[-2000:]
+    assert len(list((runs_dir / "pipeline").rglob("rayservice.yaml"))) == 2
     wall = [float(re.search(r"wall time: +([\d.]+) s", out)[1]) for out in (text, again.stdout)]  # type: ignore[index]
     assert wall[1] < 0.25 * wall[0], wall
     assert f"chosen variant: {chosen.variant}" in again.stdout
