@@ -41,16 +41,6 @@ def _full_state_dict(model: Any, strategy: str) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
 
 
-def _label_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The head's size and the dataset's label names (``id2label``), so every variant, the serving API and
-    the MLflow pyfunc answer ``rotten``/``fresh`` rather than ``LABEL_0``/``LABEL_1``."""
-    names = [str(n) for n in cfg.get("label_names") or []]
-    if len(names) != int(cfg["num_labels"]):
-        return {"num_labels": int(cfg["num_labels"])}
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
-            "label2id": {n: i for i, n in enumerate(names)}}
-
-
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -99,7 +89,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     micro_batch, accumulation = int(cfg["micro_batch"]), int(cfg["accumulation_steps"])
 
     torch.manual_seed(int(cfg["seed"]))  # the same fresh head on every rank
-    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], **_label_kwargs(cfg))
+    model = AutoModelForSequenceClassification.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     teacher = None
@@ -239,7 +229,7 @@ def _write_checkpoint(
     if cfg["strategy"] == "fsdp":
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        config = AutoConfig.from_pretrained(cfg["model_dir"], **_label_kwargs(cfg))
+        config = AutoConfig.from_pretrained(cfg["model_dir"], num_labels=int(cfg["num_labels"]))
         plain = AutoModelForSequenceClassification.from_config(config)
         plain.load_state_dict(full_state)
         plain.save_pretrained(model_dir)

@@ -170,7 +170,6 @@ def build_trainer(
     DataContext.get_current().execution_options.preserve_order = True
     loop_config = {
         "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
-        "label_names": list(data.label_names),
         "cpus_per_worker": config.cpus_per_worker, "epochs": config.epochs, "lr": config.lr,
         "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
         "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
