@@ -204,6 +204,9 @@ class LiveReporter(Reporter):
         from rich.live import Live
 
         super().__init__(clock)
+        # Pin the stream the console draws on now: a console made without a file follows ``sys.stdout``,
+        # which the work being watched may redirect (kfp.local's task logs), and the table would vanish there.
+        console.file = console.file
         self.console = console
         self.title = title
         self.live = Live(console=console, get_renderable=self.render, refresh_per_second=4, transient=False,
