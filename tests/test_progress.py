@@ -80,6 +80,23 @@ def test_live_table_in_a_terminal_and_nothing_when_quiet() -> None:
     assert isinstance(reporter_for(Console(file=io.StringIO())), LineReporter)  # not a terminal: lines
 
 
+def test_the_live_table_stays_on_its_terminal_while_stdout_is_redirected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kfp.local's task logs go through a redirected ``sys.stdout``; the table must keep drawing where it began."""
+    import contextlib
+    import sys
+
+    from rich.console import Console
+
+    terminal, log = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    reporter = LiveReporter(Console(force_terminal=True, width=120))  # no file: it follows sys.stdout
+    with contextlib.redirect_stdout(log):
+        reporter.start("c", "compress int8")
+        reporter.live.refresh()
+        assert "compress int8" in terminal.getvalue() and "compress int8" not in log.getvalue()
+        reporter.close()
+
+
 def test_durations_read_like_a_person_writes_them() -> None:
     assert [format_duration(s) for s in (None, 0.44, 59.9, 65, 3725)] == ["-", "0.4 s", "59.9 s", "1 min 05 s",
                                                                            "1 h 02 min"]
