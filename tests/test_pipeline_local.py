@@ -230,13 +230,6 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     serve = steps[f"serve {chosen.variant}"]
     assert Path(serve[0]).exists() and (Path(serve[3]) / "manifest.json").exists() and serve[5] == "1.0GiB"
     assert Path(steps["compare the variants"][0]).exists()
-    # Labels with names: the chosen variant, loaded as a replica loads it, answers in the dataset's words.
-    from tightfit.serve.replica import load_for_serving
-    from tightfit.serve.schema import PlannedVariant
-
-    served = load_for_serving(PlannedVariant(chosen.variant, "classifier", serve[3], chosen.chain, 0, 0, 1, 64, 0, 0,
-                                             0, 0))
-    assert served.labels == ["rotten", "fresh"]
     pareto = re.search(r"pareto plot: (\S+)", text)
     assert pareto is not None and Path(pareto[1]).stat().st_size > 1000
 
@@ -302,6 +295,14 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     assert off.kfp_runs[0].succeeded and off.kfp_runs[0].started == []
     assert "deploy" not in off.kfp_runs[0].cache_hits and off.deploy_plan is None
     assert off.chosen == chosen.variant
+
+    # Labels with names (the fine-tune names its head after the dataset's labels): the chosen variant, loaded as a replica loads it, answers in the dataset's words.
+    from tightfit.serve.replica import load_for_serving
+    from tightfit.serve.schema import PlannedVariant
+
+    served = load_for_serving(PlannedVariant(chosen.variant, "classifier", serve[3], chosen.chain, 0, 0, 1, 64, 0, 0,
+                                             0, 0))
+    assert served.labels == ["rotten", "fresh"]
 
 
 def track_read(runs_dir: Path, config: PipelineConfig) -> list[Footprint]:
