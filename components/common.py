@@ -138,16 +138,39 @@ class TaskFailure:
         return cls(step=match["step"], cause=match["cause"])
 
 
+_EVENT_RE = re.compile(r"^tightfit-task: (?P<event>started|done) (?P<step>[\w-]+)(?: variant=(?P<variant>\S+))?$")
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """The line a component body prints when it starts and when it is done: ``tightfit run`` reads it to show
+    which variant a loop task is working on (kfp.local names only the task, and runs two iterations at once)."""
+
+    event: str
+    step: str
+    variant: str = ""
+
+    def line(self) -> str:
+        return f"tightfit-task: {self.event} {self.step}" + (f" variant={self.variant}" if self.variant else "")
+
+    @classmethod
+    def parse(cls, line: str) -> TaskEvent | None:
+        match = _EVENT_RE.match(line.strip())
+        return None if match is None else cls(match["event"], match["step"], match["variant"] or "")
+
+
 @contextmanager
 def fail_task(step: str, variant: str = "") -> Iterator[None]:
     """Run a component body so that an error fails its KFP task with one clear line.
 
     The line (``TaskFailure``) goes to stderr, then the process exits 1: KFP marks the task failed, so it
     is never cached and never handed downstream as a result. An error that is not a ``TightfitError`` (a
-    bug, not a user's problem) keeps its traceback above the line.
+    bug, not a user's problem) keeps its traceback above the line. A ``TaskEvent`` line marks the start and
+    the successful end.
     """
     from tightfit.errors import TightfitError
 
+    print(TaskEvent("started", step, variant).line(), flush=True)
     try:
         yield
     except Exception as exc:
@@ -155,3 +178,4 @@ def fail_task(step: str, variant: str = "") -> Iterator[None]:
             traceback.print_exc()
         print(TaskFailure(step, error_line(exc), variant).line(), file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    print(TaskEvent("done", step, variant).line(), flush=True)

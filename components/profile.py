@@ -43,7 +43,7 @@ def profile(
         record, figures = profile_step(
             variant.path, data.path, variant_name, chain, read_record(baseline), seq_len, quick, memory_subprocess
         )
-        run_id = log_variant_run(record, variant.path, tracking_uri, experiment, pipeline_run)
+        run_id = log_variant_run(record, variant.path, tracking_uri, experiment, pipeline_run, data.path)
     log_stats(metrics, {**record.metrics(), **figures})
     metrics.metadata.update({"variant": variant_name, "status": record.status, "mlflow_run_id": run_id})
     write_record(footprint.path, record)

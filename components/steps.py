@@ -264,10 +264,15 @@ def select_step(
         report["variant_dirs"] = dirs
         report["report_path"] = str(report_path)
         plot = Path(report_path).with_name("pareto.png")
-        from tightfit.components.tracking_steps import log_selection
+        from tightfit.components.tracking_steps import draw_plot, log_selection
 
-        log_selection(selection, records, tracking_uri_value, experiment, pipeline_run, plot)
+        draw_plot(selection, records, plot)
         write_report(report_path, selection, records, plot if plot.exists() else None)
+        # The KFP HTML artifact has no extension; a copy named .html opens in any browser from a file manager.
+        page = Path(report_path).with_name("report.html")
+        shutil.copyfile(report_path, page)
+        report["report_path"] = str(page)
+        log_selection(selection, records, tracking_uri_value, experiment, pipeline_run, plot, Path(report_path))
         report["pareto_path"] = str(plot) if plot.exists() else None
     stats.update({"variants": len(records), "failed": len(selection.failed), "fitting": len(selection.fitting)})
     return (chosen.variant if chosen else None), json.dumps(report, default=str), stats

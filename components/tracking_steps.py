@@ -49,27 +49,51 @@ def start_parent_run(
     return handle, stats
 
 
-def log_variant_run(record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str) -> str:
-    """Log one variant as a nested run of the pipeline run's parent (``tightfit.track.runs.log_variant``);
-    nothing without a pipeline run id."""
+def log_variant_run(
+    record: Footprint, variant_dir: str, uri: str, experiment: str, pipeline_run: str, data_dir: str = ""
+) -> str:
+    """Log one variant as a nested run of the pipeline run's parent and as a LoggedModel linked to the
+    evaluated test split (``tightfit.track.runs.log_variant``); nothing without a pipeline run id."""
     parent = parent_handle(pipeline_run)
     if not parent:
         return ""
     from tightfit.track.runs import log_variant
 
+    dataset, digest = _dataset_version(data_dir)
     directory = variant_dir if record.ok else None
-    return log_variant(record, parent=parent, variant_dir=directory, tracker=_tracker(uri, experiment))
+    return log_variant(record, parent=parent, variant_dir=directory, base_model=record.extra.get("base_model"),
+                       dataset=dataset, dataset_digest=digest, tracker=_tracker(uri, experiment))
 
 
-def log_selection(
-    selection: Selection, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path
-) -> None:
-    """Draw the Pareto plot for the report, then log table + plot + selection on the parent run."""
+def _dataset_version(data_dir: str) -> tuple[str | None, str | None]:
+    """The data artifact's dataset name and the digest of its test split (what quality was measured on)."""
+    import json
+
+    meta, test = Path(data_dir or ".") / "splits.json", Path(data_dir or ".") / "test.parquet"
+    if not data_dir or not meta.exists() or not test.exists():
+        return None, None
+    import pandas as pd
+
+    from tightfit.track.models import frame_digest
+
+    return str(json.loads(meta.read_text())["name"]), frame_digest(pd.read_parquet(test))
+
+
+def draw_plot(selection: Selection, records: list[Footprint], plot_path: Path) -> None:
+    """Draw the Pareto plot for the report (quality vs disk and vs the target's latency figure)."""
+    from tightfit.select.choose import latency_objective
     from tightfit.select.plot import pareto_plot
 
     chosen = selection.chosen.variant if selection.chosen is not None else None
     if any(r.ok for r in records):
-        pareto_plot(records, plot_path, chosen=chosen)
+        pareto_plot(records, plot_path, chosen=chosen, latency_metric=latency_objective(selection.target)[0])
+
+
+def log_selection(
+    selection: Selection, records: list[Footprint], uri: str, experiment: str, pipeline_run: str, plot_path: Path,
+    report_path: Path | None = None,
+) -> None:
+    """Log table + plot + report + selection on the parent run."""
     parent = parent_handle(pipeline_run)
     if parent:
         from tightfit.track.runs import log_parent_summary, log_variant
@@ -78,7 +102,7 @@ def log_selection(
         for record in records:
             if not record.ok:  # a variant that failed to build has no run yet: a FAILED run carries its cause
                 log_variant(record, parent=parent, tracker=tracker)
-        log_parent_summary(parent, records, selection, plot=plot_path, tracker=tracker)
+        log_parent_summary(parent, records, selection, plot=plot_path, report=report_path, tracker=tracker)
 
 
 def register_step(

@@ -15,12 +15,11 @@ import contextlib
 import io
 import logging
 import re
-import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tightfit.components.common import TaskFailure
+from tightfit.pipelines.task_view import TaskView
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The records kfp.local logs per task (kfp/local/task_dispatcher.py, orchestrator/task_executor.py and
@@ -67,48 +66,44 @@ class KfpRun:
 
 
 class _TaskRecords(logging.Filter):
-    """Sees kfp.local's records on the root logger and notes each task event in a ``KfpRun``."""
+    """Sees kfp.local's records on the root logger, notes each task event in a ``KfpRun`` and passes it on
+    to the run's ``TaskView`` (the progress a person sees)."""
 
-    def __init__(self, run: KfpRun, status: Any) -> None:
+    def __init__(self, run: KfpRun, view: TaskView | None) -> None:
         super().__init__()
         self._run = run
-        self._status = status
-        self._running: Counter[str] = Counter()
-        self._start = time.monotonic()
+        self._view = view
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = _ANSI.sub("", record.getMessage()).strip()
+        event, status = "", ""
         if match := _STARTED.match(text):
             self._run.started.append(match["task"])
-            self._running[match["task"]] += 1
+            event = "started"
         elif match := _FINISHED.match(text):
-            self._running[match["task"]] -= 1
-            if match["status"] != "SUCCESS":
+            status = match["status"]
+            if status != "SUCCESS":
                 self._run.failed_tasks.append(match["task"])
+            event = "finished"
         elif match := _CACHE_HIT.match(text):
             self._run.cache_hits.append(match["task"])
+            event = "cached"
         elif match := _SKIPPED.match(text):
             self._run.skipped.append(match["task"])
-        else:
-            return True
-        self._refresh()
+            event = "skipped"
+        if match and event and self._view is not None:
+            self._view.kfp_event(event, match["task"], status)
         return True
-
-    def _refresh(self) -> None:
-        if self._status is None:
-            return
-        running = ", ".join(sorted(+self._running)) or "-"
-        elapsed = time.monotonic() - self._start
-        self._status.update(f"[bold]{elapsed:5.0f}s[/] {self._run.describe()}; running: {running}")
 
 
 class _TaskOutput(io.TextIOBase):
     """A stdout stand-in: every line goes to the log file (and to ``echo``); failure lines are noted."""
 
-    def __init__(self, handle: Any, run: KfpRun, echo: Any = None) -> None:
+    def __init__(self, handle: Any, run: KfpRun, echo: Any = None, view: TaskView | None = None) -> None:
         self._handle = handle
         self._run = run
         self._echo = echo
+        self._view = view
         self._pending = ""
 
     def writable(self) -> bool:
@@ -125,6 +120,8 @@ class _TaskOutput(io.TextIOBase):
             failure = TaskFailure.parse(line)
             if failure is not None:
                 self._run.failures.append(failure)
+            if self._view is not None:
+                self._view.task_line(line)
         return len(text)
 
     def flush(self) -> None:
@@ -135,20 +132,20 @@ class _TaskOutput(io.TextIOBase):
 
 
 def run_once(
-    pipeline_func: Any, arguments: dict[str, Any], handle: Any, *, status: Any = None, echo: Any = None
+    pipeline_func: Any, arguments: dict[str, Any], handle: Any, *, view: TaskView | None = None, echo: Any = None
 ) -> KfpRun:
     """Run ``pipeline_func(**arguments)`` once with kfp.local (already initialised) and report what KFP said.
 
-    Task output goes to ``handle`` (and ``echo``); ``status`` (a rich status) shows the live task counts.
-    A failed run is returned with ``error`` set, not raised.
+    Task output goes to ``handle`` (and ``echo``); ``view`` follows every task (its progress reporter shows
+    it). A failed run is returned with ``error`` set, not raised.
     """
     run = KfpRun(variants=[str(item["variant"]) for item in arguments.get("variants", [])])
-    records = _TaskRecords(run, status)
+    records = _TaskRecords(run, view)
     root = logging.getLogger()
     level = root.level
     root.addFilter(records)
     root.setLevel(logging.INFO)  # kfp.local logs cache hits outside its own logger context
-    sink = _TaskOutput(handle, run, echo)
+    sink = _TaskOutput(handle, run, echo, view)
     try:
         # kfp.local makes its log handler on sys.stdout for each task, so redirecting stdout is enough;
         # other handlers (pytest's, the user's) are left alone.

@@ -5,7 +5,8 @@ cache, the MLflow SQLite store and artifacts, and the log of every task. Caching
 rerun is served from cache. A failed step fails its KFP task (never cached); when only some variants
 failed, kfp.local has skipped the fan-in, so a second run over the variants that succeeded, served from
 the cache, selects among them, and a later rerun redoes only the failed variants.
-Ray runs locally inside the finetune task. Task logs go to a file; the console shows a status line.
+Ray runs locally inside the finetune task. Task logs go to a file; the console shows each task's progress
+(``tightfit.pipelines.task_view``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from typing import Any
 
 from tightfit.components.common import TaskFailure
 from tightfit.pipelines.kfp_watch import KfpRun, run_once
+from tightfit.pipelines.task_view import TaskView, plan_tasks, read_task_times, write_task_times
 
 from tightfit import settings
 from tightfit.config import PipelineConfig
 from tightfit.errors import BackendError, ConfigError
 from tightfit.footprint import Footprint
+from tightfit.progress import LineReporter, Reporter, reporter_for
 
 PIPELINES = ("fit_for_serving", "compress_sweep")
 
@@ -113,6 +116,7 @@ def run_local(
     tracking_uri: str | None = None,
     console: Any = None,
     show_logs: bool = False,
+    quiet: bool = False,
 ) -> RunSummary:
     """Run ``pipeline`` with kfp.local (SubprocessRunner, use_venv=False, caching on) under ``run_dir``.
 
@@ -141,20 +145,25 @@ def run_local(
     logs.mkdir(exist_ok=True)
     log_file = logs / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
-    with log_file.open("w") as handle, _task_environment(root), _status(console, show_logs) as status:
+    reporter = _reporter(console, show_logs, quiet, pipeline)
+    view = TaskView(reporter, plan_tasks(pipeline_func.pipeline_spec, arguments["variants"]), read_task_times(logs))
+    with log_file.open("w") as handle, _task_environment(root), reporter:
         echo = sys.stdout if show_logs else None
 
         def run(args: dict[str, Any]) -> KfpRun:
             workspace.mkdir(exist_ok=True)  # kfp.local removes it after each run
-            return run_once(pipeline_func, args, handle, status=status, echo=echo)
+            return run_once(pipeline_func, args, handle, view=view, echo=echo)
 
         runs = [run(arguments)]
         survivors = _survivors(runs[0], arguments["variants"], log_file)
         if survivors is not None:
             failed = _failed_variants(runs[0], arguments["variants"])
+            reporter.note(f"{len(failed)} variant(s) failed; selecting among the other {len(survivors)} "
+                          "(a second run, served from the cache)")
             runs.append(run({**arguments, "variants": survivors, "failed_variants": json.dumps(failed)}))
             if runs[-1].error:
                 raise BackendError(_failure_message(runs[-1], log_file))
+    write_task_times(logs, view.task_times())
     wall = time.perf_counter() - started
     final = runs[-1]
     selection = json.loads(final.output) if isinstance(final.output, str) else dict(final.output)
@@ -235,14 +244,14 @@ def _task_environment(root: Path) -> Iterator[None]:
             os.environ[settings.ENV_HOME] = previous_home
 
 
-@contextlib.contextmanager
-def _status(console: Any, show_logs: bool) -> Iterator[Any]:
-    """The console's status line (none when logs stream to the console or there is no console)."""
-    if console is None or show_logs:
-        yield None
-        return
-    with console.status("starting pipeline ...") as status:
-        yield status
+def _reporter(console: Any, show_logs: bool, quiet: bool, pipeline: str) -> Reporter:
+    """Where the run's progress goes: nowhere without a console or with ``quiet``; plain lines between the
+    streamed task logs (``show_logs``) or outside a terminal; else a live table."""
+    if console is None or quiet:
+        return Reporter()
+    if show_logs:
+        return LineReporter(console.file)
+    return reporter_for(console, title=f"tightfit run: {pipeline}")
 
 
 def summary_has_deploy(pipeline: str) -> bool:
@@ -307,12 +316,11 @@ def print_summary(summary: RunSummary, console: Any) -> None:
 
     for line in run_notes(summary.run_dir, summary.selection):  # training, noisy figures, refused MLflow ops
         console.print(line, soft_wrap=True, markup=False)
-    console.print(f"report:      {summary.report_path or '-'}")
-    console.print(f"pareto plot: {summary.pareto_path or '-'}")
+    console.print(f"report:      {summary.report_path or '-'}", soft_wrap=True)
+    console.print(f"pareto plot: {summary.pareto_path or '-'}", soft_wrap=True)
     if summary.deploy_plan is not None:
         plan = json.loads(summary.deploy_plan.read_text())
         state = "RayService manifest beside it" if plan.get("deployed") else f"not deployed: {plan.get('error')}"
-        console.print(f"serving:     {summary.deploy_plan} ({state})")
-    console.print(f"MLflow UI:   {summary.mlflow_ui_command()}")
-    console.print(f"task logs:   {summary.log_file}")
+        console.print(f"serving:     {summary.deploy_plan} ({state})", soft_wrap=True)
+    console.print(f"task logs:   {summary.log_file}", soft_wrap=True)
     console.print(f"wall time:   {summary.wall_s:.1f} s")

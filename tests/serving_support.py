@@ -16,11 +16,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_until_healthy(plan: Any, port: int, timeout_s: float = 120.0) -> str:
+def serve_until_healthy(plan: Any, port: int, timeout_s: float = 120.0, progress: Any = None) -> str:
     """Deploy ``plan`` on the running Ray (127.0.0.1:``port``) and wait for ``/healthz``; returns the URL."""
     from tightfit.serve.deploy import start_serving
 
-    url = start_serving(plan, host="127.0.0.1", port=port)
+    url = start_serving(plan, host="127.0.0.1", port=port, progress=progress)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:

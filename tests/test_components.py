@@ -80,7 +80,9 @@ def test_report_marks_chosen_front_and_failures(tmp_path: Path) -> None:
     selection = select_variant(records, HardwareTarget.parse(memory="600MiB"))
     assert selection.chosen is not None and selection.chosen.variant == "small"
     page = write_report(tmp_path / "report.html", selection, records, None).read_text()
-    assert "chosen:</b> small" in page and "needs a GPU" in page and "big" in page
+    assert "Chosen: small" in page and "needs a GPU" in page and "big" in page
+    # the rejected variant names the limit it missed, with the measured figure against the limit
+    assert "misses memory" in page and "RSS 700.0 MiB &gt; 600.0 MiB" in page
 
 
 @pytest.mark.parametrize("module", ["prepare_data", "import_model", "finetune", "compress", "profile", "profile_all",

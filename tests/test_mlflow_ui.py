@@ -7,6 +7,7 @@ variant with its footprint metrics. Screenshots go to .build/ as test artifacts.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from browser_support import ARTIFACTS, DOCS_IMG, chrome, skip_without_chromium
 from test_tracking_support import log_summary, real_sweep
 
 from tightfit import names, track
@@ -21,39 +23,26 @@ from tightfit.track.server import LocalMlflowServer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--window-size=1600,2400",
-)
 SHOWN_METRICS = (names.ACCURACY, names.DISK_BYTES, names.PEAK_RSS_SERVE_BYTES, names.LATENCY_MS_B1_P95)
-ARTIFACTS = Path(__file__).resolve().parents[1] / ".build" / "test-artifacts"
 EXPERIMENT = "ui-sweep"
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
-        "headless UI test needs Debian chromium + chromium-driver at /usr/bin "
-        "(apt-get install -y chromium chromium-driver; scripts/setup.sh does it)",
-        allow_module_level=True,
-    )
+skip_without_chromium()
 
 
 @pytest.fixture(scope="module")
 def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Path):
+    from tightfit.data import load_dataset
+
     records = [r for r, _ in real_sweep(Path(finetuned_minilm_dir))]
+    digest = track.frame_digest(load_dataset("rotten_tomatoes", seed=0, limit=600).test)  # what the sweep measured on
     server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-ui-server"))
     server.start()
     try:
         t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
         parent = track.start_parent("minilm-sweep", base_model="minilm", dataset="rotten_tomatoes", tracker=t)
-        for record in records:
-            track.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes", tracker=t)
+        for record in records:  # no model files: the pages show records (registration: test_tracking_server)
+            track.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes",
+                              dataset_digest=digest, tracker=t)
         log_summary(parent, records, t)
         assert t.outbox.pending() == []
         yield server, t, parent, records
@@ -63,18 +52,8 @@ def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Pa
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with chrome() as driver:
+        yield driver
 
 
 def _wait_for_texts(driver, texts: list[str], timeout: float = 60.0) -> str:
@@ -143,6 +122,88 @@ def test_compare_page_shows_footprint_metrics(logged_ui, browser) -> None:
     shutil.copy(ARTIFACTS / "mlflow-ui-compare.png", ARTIFACTS / "mlflow-ui.png")
 
 
+_MODEL_ROWS = """
+// One entry per rendered ag-grid row of the Models table: its cells' column ids and texts (the pinned name
+// column and the scrolling centre are separate row elements with the same row-index).
+const rows = {};
+for (const row of document.querySelectorAll('.ag-row[row-index]')) {
+  const cells = rows[row.getAttribute('row-index')] = rows[row.getAttribute('row-index')] || {};
+  for (const cell of row.querySelectorAll('.ag-cell[col-id]')) { cells[cell.getAttribute('col-id')] = cell.innerText; }
+}
+return Object.values(rows);
+"""
+
+
+def test_models_tab_compares_the_variants_by_footprint(logged_ui, browser) -> None:
+    """MLflow 3's Models tab lists every variant as a LoggedModel, with the footprint metrics as columns
+    (measured on the dataset the run logged), headline figures first."""
+    from mlflow import MlflowClient
+
+    server, _, _, records = logged_ui
+    exp_id = MlflowClient(server.uri).get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 2200, "height": 700, "deviceScaleFactor": 1, "mobile": False})
+    browser.get(f"{server.uri}/#/experiments/{exp_id}/models?workflowType=machine_learning")
+    _wait_for_texts(browser, ["Models", *(r.variant for r in records)])
+    _close_assistant(browser)  # the side panel narrows the table: metric columns would render off-screen
+    # the headline footprint figures lead the metric columns
+    headline = [names.ACCURACY, names.PEAK_RSS_SERVE_BYTES, names.DISK_BYTES, names.LATENCY_MS_B1_P95]
+    _wait_for(browser, _HEADERS, lambda found: [h for h in found if h in headline] == headline)
+    variants = {r.variant for r in records}
+    rows = _wait_for(browser, _MODEL_ROWS, lambda found: {_model_name(c) for c in found} >= variants)
+    by_name = {_model_name(cells): cells for cells in rows if _model_name(cells)}
+    assert set(by_name) == variants, rows
+    for record in records:
+        cells = by_name[record.variant]
+        # metric columns are keyed by a JSON of metric and dataset (HTML-escaped in the col-id attribute)
+        shown = {html.unescape(col): text for col, text in cells.items() if "metricKey" in html.unescape(col)}
+        disk = next(text for col, text in shown.items() if f'"metricKey":"{names.DISK_BYTES}"' in col)
+        acc = next(text for col, text in shown.items() if f'"metricKey":"{names.ACCURACY}"' in col)
+        assert float(disk) == pytest.approx(record.disk_bytes) and float(acc) == pytest.approx(record.accuracy)
+        assert all('"datasetName":"rotten_tomatoes"' in col for col in shown), shown
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow-models.png"))
+    _crop(ARTIFACTS / "mlflow-models.png", DOCS_IMG / "mlflow-models.png", height=330)
+
+
+def _model_name(cells: dict) -> str:
+    """The model name cell's text without its colour swatch label (``#277c43\\nint8-dynamic``)."""
+    return str(cells.get("name", "")).strip().splitlines()[-1] if cells.get("name") else ""
+
+
+_HEADERS = "return Array.from(document.querySelectorAll('.ag-header-cell-text')).map(e => e.textContent.trim())"
+
+
+def _wait_for(driver, script: str, done, timeout: float = 60.0):
+    """Poll ``script`` until ``done(result)``; fail with the last result."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = driver.execute_script(script)
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"page never got there; last ({len(result)}): {result}")
+        time.sleep(0.5)
+
+
+def _close_assistant(driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+        button.click()
+
+
+def _crop(src: Path, dst: Path, height: int) -> None:
+    """The top ``height`` pixels of a screenshot (the table; the page below it is empty)."""
+    from PIL import Image
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as image:
+        image.crop((0, 0, image.width, min(height, image.height))).save(dst)
+
+
 _METRIC_GRIDS = """
 let el = arguments[0];
 while (el && el.querySelectorAll('.ReactVirtualized__Grid').length < 2) { el = el.parentElement; }
@@ -185,13 +246,11 @@ def _scroll_metrics_table(driver) -> str:
 
 def _tidy_for_screenshot(driver, url: str) -> None:
     """Reload the page (grids back at their first rows) and close the assistant side panel."""
-    from selenium.webdriver.common.by import By
 
     driver.get("about:blank")
     driver.get(url)
     _wait_for_texts(driver, ["Show diff only", names.ACCURACY])
-    for button in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
-        button.click()
+    _close_assistant(driver)
 
 
 def _page_numbers(body: str) -> list[float]:

@@ -6,6 +6,8 @@ requests, drive the app past its capacity with a bounded loopback client, and sa
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,8 @@ import pytest
 import requests
 from reliability_log import record
 from serving_support import free_port, serve_until_healthy
+
+from tightfit.progress import LineReporter
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +73,11 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     port = free_port()
     metrics_port = free_port()
     start_local_ray(num_cpus=2, _metrics_export_port=metrics_port)
+    log = io.StringIO()
     try:
-        url = serve_until_healthy(plan, port, timeout_s=120)
-        yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes}
+        url = serve_until_healthy(plan, port, timeout_s=120, progress=LineReporter(log))
+        yield {"url": url, "plan": plan, "dir": finetuned_minilm_dir, "metrics_port": metrics_port, "sizes": sizes,
+               "progress": log.getvalue()}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -96,6 +102,17 @@ def known_examples(served):
     for text, label, p in zip(test["text"], test["label"], probs, strict=True):
         rows.append({"text": text, "label": int(label), "pred": int(p.argmax()), "conf": float(p.max())})
     return rows
+
+
+def test_progress_follows_the_replicas_starting(served):
+    """What `tightfit serve` prints in a log while the app deploys: the start, each replica state change
+    (it ends with every planned replica running) and the end with its duration."""
+    n = served["plan"].num_replicas
+    lines = served["progress"].splitlines()
+    assert sum(f"start   start {n} replica(s)" in line for line in lines) == 1, lines
+    assert sum(bool(re.search(rf"done    start {n} replica\(s\) \(\d", line)) for line in lines) == 1, lines
+    states = [line[9:].strip() for line in lines if line[9:17] == " " * 8]  # milestone lines
+    assert states and states[-1].endswith(f"{n} running"), lines
 
 
 def test_healthz_and_plan(served):

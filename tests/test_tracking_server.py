@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 EXPERIMENT = "server-sweep"
 MODEL_NAME = "tightfit-test-classifier"
+DIGEST = "0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def logged(server: LocalMlflowServer, sweep, tmp_path_factory: pytest.TempPathFa
     parent = track.start_parent("real-sweep", base_model="minilm", dataset="rotten_tomatoes", target=target, tracker=t)
     for record, variant_dir in sweep:
         track.log_variant(record, parent=parent, variant_dir=variant_dir, base_model="minilm",
-                             dataset="rotten_tomatoes", tracker=t)
+                          dataset="rotten_tomatoes", dataset_digest=DIGEST, tracker=t)
     selection = log_summary(parent, records, t, target)
     chosen_aliases = registry_aliases(records, target)
     track.register_aliases(parent, chosen_aliases, model_name=MODEL_NAME, tracker=t)
@@ -71,6 +72,46 @@ def test_every_metric_reads_back_by_name(server: LocalMlflowServer, sweep, logge
         assert f"{names.ARTIFACT_MODEL}/MLmodel" in artifacts
     # The measured sweep behaves as compression promises: bf16 about half of fp32's bytes.
     assert back["bf16"].disk_bytes < 0.6 * (back["fp32"].disk_bytes or 0)  # type: ignore[operator]
+
+
+def test_each_variant_is_a_logged_model_compared_by_footprint(server: LocalMlflowServer, sweep, logged: dict) -> None:
+    """MLflow 3's model view: one LoggedModel per variant (params = spec, metrics = footprint on the
+    dataset, linked to its run), searchable and ordered by a footprint metric; the champion points at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    models = track.search_variant_models(EXPERIMENT, tracking_uri=server.uri,
+                                         order_by=[{"field_name": f"metrics.{names.DISK_BYTES}", "ascending": True}])
+    by_size = sorted(sweep, key=lambda item: item[0].disk_bytes or 0)
+    assert [m.name for m in models] == [r.variant for r, _ in by_size]
+    runs = {r.variant: r.extra["mlflow_run_id"]
+            for r in track.read_footprints(EXPERIMENT, logged["parent"], tracking_uri=server.uri)}
+    for model, (record, _) in zip(models, by_size, strict=True):
+        assert str(model.status) == "READY" and model.model_type == names.LOGGED_MODEL_TYPE
+        assert model.source_run_id == runs[record.variant]
+        assert client.get_run(model.source_run_id).data.tags[names.TAG_MODEL_ID] == model.model_id
+        assert model.params[names.PARAM_CHAIN] == record.chain
+        metrics = {m.key: m for m in model.metrics}
+        assert set(metrics) == set(record.metrics())
+        for key, value in record.metrics().items():
+            assert metrics[key].value == pytest.approx(value)
+            assert (metrics[key].dataset_name, metrics[key].dataset_digest) == ("rotten_tomatoes", DIGEST)
+        assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    # the fluent API a user would call sees the same (filtered by a footprint figure)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server.uri)
+    try:
+        exp_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
+        small = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
+                                            filter_string=f"metrics.{names.DISK_BYTES} < {60 * 2**20}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert {m.name for m in small} == {r.variant for r, _ in sweep if (r.disk_bytes or 0) < 60 * 2**20}
+    # the registered champion's version is the chosen variant's LoggedModel
+    version = client.get_model_version_by_alias(MODEL_NAME, names.ALIAS_CHAMPION)
+    chosen = {m.name: m for m in models}[logged["aliases"][names.ALIAS_CHAMPION]]
+    assert version.source == f"models:/{chosen.model_id}" and version.run_id == chosen.source_run_id
 
 
 def test_champion_loads_back_and_predicts_the_same_labels(server: LocalMlflowServer, sweep, logged: dict) -> None:
@@ -128,3 +169,7 @@ def test_server_outage_mid_run_buffers_then_arrives(server: LocalMlflowServer, s
         assert read.metrics() == pytest.approx(original.metrics())
     assert t.sync().applied == 0  # nothing left, nothing duplicated
     assert len(track.read_footprints("outage", parent, tracking_uri=server.uri)) == len(records)
+    # the LoggedModels buffered during the outage arrived too, once each
+    assert sorted(m.name for m in track.search_variant_models("outage", tracking_uri=server.uri)) == sorted(
+        r.variant for r in records
+    )

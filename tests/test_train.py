@@ -29,11 +29,33 @@ def _config(tmp: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """One unbroken 2-worker run shared by the accuracy, tracking and fault tests."""
+    """One unfaulted 2-worker run shared by the accuracy, tracking, progress and fault tests."""
+    import io
+
+    from tightfit.progress import LineReporter
     from tightfit.train.run import run_finetune
 
     tmp = tmp_path_factory.mktemp("baseline")
-    return run_finetune(_config(tmp)), tmp
+    log = io.StringIO()
+    result = run_finetune(_config(tmp), progress=LineReporter(log))
+    (tmp / "progress.log").write_text(log.getvalue())
+    return result, tmp
+
+
+def test_progress_reports_each_step_and_the_epochs(baseline) -> None:
+    """What `tightfit finetune` prints in a log: the plan, Ray, the epochs with throughput and validation
+    accuracy, each step's end with its duration."""
+    import re
+
+    result, tmp = baseline
+    lines = (tmp / "progress.log").read_text().splitlines()
+    text = "\n".join(lines)
+    assert re.search(r"plan: 2 worker\(s\), micro-batch \d+ x \d+ accumulation", text), text
+    for label in ("start Ray", "train (320 rows)", "evaluate and save"):
+        assert sum(f"start   {label}" in line for line in lines) == 1, text
+        assert sum(bool(re.search(rf"done    {re.escape(label)} \(\d", line)) for line in lines) == 1, text
+    final = result.history[-1]["val_accuracy"]
+    assert re.search(rf"train \(320 rows\) 2/2 epochs  epoch 2: [\d.]+ samples/s, loss [\d.]+, val acc {final:.3f}", text)
 
 
 def _untrained_accuracy(tmp: Path, frame) -> float:

@@ -16,13 +16,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from tightfit.commands import compress, pipeline, serve, track, train
+from tightfit.commands.start import welcome_text
 from tightfit.errors import TightfitError
 
 app = typer.Typer(
     name="tightfit",
     help="Fit models to the hardware you have: compress, fine-tune on Ray, serve within a memory budget, "
     "track every variant in MLflow.",
-    no_args_is_help=True,
+    no_args_is_help=False,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -59,16 +60,20 @@ def show_tightfit_warnings() -> None:
         logger.propagate = False
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", help="Show library warnings (torch, torchao, ...) too."),
 ) -> None:
-    """Fit models to the hardware you have."""
+    """Fit models to the hardware you have. With no command: the three commands a newcomer needs and where
+    results land."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     elif os.environ.get(VERBOSE_ENV) != "1":
         quiet_libraries()
     show_tightfit_warnings()
+    if ctx.invoked_subcommand is None:
+        Console().print(welcome_text(), highlight=False, soft_wrap=True)
 
 
 for _area in (pipeline, compress, train, serve, track):

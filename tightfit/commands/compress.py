@@ -44,15 +44,19 @@ def register(app: typer.Typer) -> None:
         teacher: str | None = typer.Option(None, "--teacher", help="teacher for distill (default: the base model)"),
         device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)"),
         seed: int = typer.Option(0, "--seed"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress, only the result line"),
     ) -> None:
         from tightfit.compress import build_variant, validate_chain
+        from tightfit.progress import reporter_for
         from tightfit.spec import VariantSpec
 
         variant_spec = VariantSpec.parse(spec, name=name)
         validate_chain(variant_spec, "causal_lm" if model == "smollm2" else "classifier")  # fail fast
         needs_data = any(s.method in DATA_METHODS for s in variant_spec.steps)
         data = _load_data(dataset if needs_data else None, limit, seed)
-        path = build_variant(model, variant_spec, out, data=data, teacher=teacher, device=device, progress=True)
+        with reporter_for(console, quiet=quiet, title=f"compress {variant_spec.name}") as progress:
+            path = build_variant(model, variant_spec, out, data=data, teacher=teacher, device=device,
+                                 progress=progress)
         from tightfit.compress.variant import read_manifest
 
         manifest = read_manifest(path)

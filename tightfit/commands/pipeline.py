@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from tightfit.commands.start import print_next_steps
 from tightfit.errors import BackendError, ConfigError
 
 PIPELINE_NAMES = ("fit_for_serving", "compress_sweep")
@@ -101,6 +102,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path | None = typer.Option(None, "--run-dir", help="where runs, cache and MLflow live (./tightfit-runs)"),
         tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: SQLite in the run dir)"),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every task's log to the console"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress while it runs, only the summary"),
     ) -> None:
         from rich.console import Console
 
@@ -114,9 +116,11 @@ def register(app: typer.Typer) -> None:
             f"{len(cfg.variants)} variants, target: {cfg.target.describe()}"
         )
         summary = run_local(
-            cfg, pipeline=pipeline, run_dir=run_dir, tracking_uri=tracking_uri, console=console, show_logs=verbose
+            cfg, pipeline=pipeline, run_dir=run_dir, tracking_uri=tracking_uri, console=console, show_logs=verbose,
+            quiet=quiet,
         )
         print_summary(summary, console)
+        print_next_steps(summary, console, cfg.tracking.experiment)
 
     @app.command("compile", help="Compile a pipeline to KFP IR YAML (fit_for_serving, compress_sweep).")
     def compile_command(

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
             None, "--rayservice-manifest", help="Write the KubeRay RayService YAML for this plan and exit."
         ),
         namespace: str = typer.Option("default", "--namespace", help="Namespace for the RayService manifest."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress while Ray and the replicas start."),
     ) -> None:
         from rich.console import Console
 
@@ -91,8 +92,11 @@ def register(app: typer.Typer) -> None:
             else:
                 typer.echo(plan.describe())
             return
-        url = start_serving(plan, address=address, host=host, port=port)
+        from tightfit.progress import reporter_for
+
         typer.echo(plan.describe())
+        with reporter_for(console, quiet=quiet, title="serve") as progress:
+            url = start_serving(plan, address=address, host=host, port=port, progress=progress)
         console.print(f"serving at {url}  (POST {url}/v1/classify, {url}/v1/generate; GET {url}/healthz)")
         console.print("press Ctrl+C to stop")
         import time

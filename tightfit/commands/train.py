@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="create a KubeRay RayJob in this namespace instead")
         ] = None,
         image: Annotated[str | None, typer.Option(help="container image of the RayJob")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, only the result")] = False,
     ) -> None:
         from tightfit.train.config import FinetuneConfig
 
@@ -81,10 +82,14 @@ def register(app: typer.Typer) -> None:
             if outcome.status != "SUCCEEDED":
                 raise typer.Exit(1)
             return
+        from rich.console import Console
+
+        from tightfit.progress import reporter_for
         from tightfit.train.run import run_finetune  # plans the micro-batch (BudgetError) before Ray starts
         from tightfit.train.stopping import describe_training
 
-        result = run_finetune(config)
+        with reporter_for(Console(stderr=True), quiet=quiet, title="finetune") as progress:
+            result = run_finetune(config, progress=progress)
         typer.echo(json.dumps({"model_dir": str(result.model_dir), "run_id": result.run_id,
                                "metrics": result.metrics, "validation_curve": result.history}, indent=2, default=str))
         typer.echo(describe_training(result.metrics, result.history))

@@ -17,6 +17,7 @@ from tightfit.compress.registry import ApplyContext, get_method, validate_chain
 from tightfit.compress.variant import load_variant, save_variant
 from tightfit.device import pick_device
 from tightfit.errors import ConfigError
+from tightfit.progress import Reporter, as_reporter
 from tightfit.spec import VariantSpec
 
 if TYPE_CHECKING:
@@ -50,32 +51,27 @@ def apply_chain(
     teacher: Any = None,
     device: str = "cpu",
     seed: int = 0,
-    progress: bool = False,
+    progress: Reporter | bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Validate ``spec`` for ``kind``/``device`` and run its steps in order; returns (model, notes)."""
+    """Validate ``spec`` for ``kind``/``device`` and run its steps in order; returns (model, notes).
+
+    ``progress``: a ``tightfit.progress.Reporter`` (one task per step, distillation's steps inside), True for
+    one on the console, False for none."""
     configs = validate_chain(spec, kind, device)
     ctx = ApplyContext(kind=kind, device=device, seed=seed, tokenizer=tokenizer, data=data, teacher=teacher)
-    ctx.extra["progress"] = progress
+    reporter = as_reporter(progress)
+    ctx.extra["progress"] = reporter
     timings: dict[str, float] = {}
-    bar = None
-    if progress and spec.steps:
-        from rich.progress import Progress
-
-        bar = Progress(transient=False)
-        bar.start()
-        task = bar.add_task(f"{spec.name}", total=len(spec.steps))
+    n = len(spec.steps)
     try:
         for i, (step, config) in enumerate(zip(spec.steps, configs, strict=True)):
-            if bar is not None:
-                bar.update(task, description=f"{spec.name}: {step.method}")
             started = time.perf_counter()
-            model = get_method(step.method).apply(model, config, ctx)
+            with reporter.step(f"{spec.name}/step{i}", f"{spec.name}: {step.method}", detail=f"step {i + 1} of {n}"):
+                model = get_method(step.method).apply(model, config, ctx)
             timings[f"step{i}.{step.method}.seconds"] = round(time.perf_counter() - started, 3)
-            if bar is not None:
-                bar.advance(task)
     finally:
-        if bar is not None:
-            bar.stop()
+        if not isinstance(progress, Reporter):
+            reporter.close()
     notes = {k: v for k, v in ctx.extra.items() if k != "progress"}
     notes["timings"] = timings
     return model.eval(), notes  # an ONNX step returns an OnnxExport, whose eval() is itself
@@ -89,7 +85,7 @@ def build_variant(
     data: DatasetSplits | None = None,
     teacher: str | Path | None = None,
     device: str | None = None,
-    progress: bool = True,
+    progress: Reporter | bool = True,
 ) -> Path:
     """Load ``base``, validate and apply ``spec``, save the variant directory; returns its path.
 

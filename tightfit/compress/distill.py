@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tightfit.compress.registry import STAGE_RECOVERY, ApplyContext, register_method
 from tightfit.compress.training import train_loop
 from tightfit.errors import ConfigError
+from tightfit.progress import Reporter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,7 +83,7 @@ def distill(model: Any, config: DistillConfig, ctx: ApplyContext) -> Any:
     return distill_loop(
         model, ctx.teacher, ctx.tokenizer, ctx.data.train, steps=steps, batch_size=config.batch_size,
         lr=float(config.lr), temperature=float(config.temperature), alpha=float(config.alpha),
-        seed=ctx.seed, max_length=config.max_length, progress=bool(ctx.extra.get("progress", False)),
+        seed=ctx.seed, max_length=config.max_length, progress=ctx.extra.get("progress") or False,
     )
 
 
@@ -99,7 +100,7 @@ def distill_loop(
     alpha: float = 0.5,
     seed: int = 0,
     max_length: int = 64,
-    progress: bool = False,
+    progress: Reporter | bool = False,
     freeze_embeddings: bool = True,
 ) -> Any:
     """Train ``student`` on ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE``."""

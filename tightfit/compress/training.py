@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tightfit.errors import ConfigError
+from tightfit.progress import Reporter, as_reporter
 
 if TYPE_CHECKING:  # pandas only for annotations: a serving process never imports it through here
     import pandas as pd
@@ -61,7 +62,7 @@ def train_loop(
     seed: int,
     max_length: int = 64,
     description: str = "training",
-    progress: bool = False,
+    progress: Reporter | bool = False,
     freeze_embeddings: bool = False,
 ) -> Any:
     """AdamW with linear warm-up/decay over ``steps`` batches; returns the model in eval mode.
@@ -86,7 +87,10 @@ def train_loop(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
     model.train()
-    bar = _progress(progress, description, steps)
+    reporter = as_reporter(progress)
+    reporter.start(description, description, total=steps, unit="steps")
+    every = max(1, steps // 4)
+    done = 0
     try:
         for batch in batches(frame, batch_size, steps, seed):
             inputs = tokenize_batch(tokenizer, batch["text"].tolist(), max_length)
@@ -97,25 +101,20 @@ def train_loop(
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, description=f"{description} loss {loss.item():.3f}")
+            done += 1
+            reporter.update(description, completed=done, detail=f"loss {loss.item():.3f}",
+                            milestone=done % every == 0 and done < steps)
+    except BaseException:
+        reporter.finish(description, "failed")
+        raise
     finally:
-        if bar is not None:
-            bar[0].stop()
+        if not isinstance(progress, Reporter):
+            reporter.close()
+    reporter.finish(description)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(True)
     return model
-
-
-def _progress(enabled: bool, description: str, total: int) -> tuple[Any, Any] | None:
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    prog = Progress(transient=True)
-    prog.start()
-    return prog, prog.add_task(description, total=total)
 
 
 def quick_finetune(
@@ -128,7 +127,7 @@ def quick_finetune(
     lr: float = 5e-5,
     seed: int = 0,
     max_length: int = 64,
-    progress: bool = False,
+    progress: Reporter | bool = False,
     freeze_embeddings: bool = False,
 ) -> Any:
     """Cross-entropy fine-tune of a sequence classifier for ``steps`` batches (single process)."""

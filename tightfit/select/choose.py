@@ -205,72 +205,102 @@ def noise_notes(records: Iterable[Footprint]) -> list[str]:
     return notes
 
 
-def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
-    """Why ``record`` does not fit ``target`` (empty when it fits)."""
-    if not record.ok:
-        return [f"failed: {record.error or 'no error recorded'}"]
-    why: list[str] = []
+@dataclass(frozen=True)
+class Miss:
+    """One limit a record misses: which (``memory``, ``disk``, ``latency``, ``bandwidth``, ``quality``,
+    ``failed``), a short form for tables (``RSS 780 MiB > 1 GiB``) and the full sentence."""
 
-    def limit_bytes(metric: str, measured: float | None, budget: int | None, label: str) -> None:
+    limit: str
+    short: str
+    text: str
+
+
+def fit_misses(record: Footprint, target: HardwareTarget) -> list[Miss]:
+    """The limits ``record`` misses under ``target`` (empty when it fits)."""
+    if not record.ok:
+        error = record.error or "no error recorded"
+        return [Miss("failed", error.split(":")[0][:40], f"failed: {error}")]
+    why: list[Miss] = []
+
+    def miss(limit: str, short: str, text: str) -> None:
+        why.append(Miss(limit, short, f"{limit}: {text}"))
+
+    def limit_bytes(limit: str, metric: str, label: str, budget: int | None) -> None:
+        measured = _value(record, metric)
         if budget is None:
             return
         if measured is None:
-            why.append(f"{label}: {metric} not measured")
+            miss(limit, f"{label} not measured", f"{metric} not measured")
         elif measured > budget:
-            why.append(f"{label}: {metric} {format_bytes(measured)} > budget {format_bytes(budget)}")
+            miss(limit, f"{label} {format_bytes(measured)} > {format_bytes(budget)}",
+                 f"{metric} {format_bytes(measured)} > budget {format_bytes(budget)}")
 
-    limit_bytes(names.PEAK_RSS_SERVE_BYTES, _value(record, names.PEAK_RSS_SERVE_BYTES), target.memory_bytes, "memory")
+    limit_bytes("memory", names.PEAK_RSS_SERVE_BYTES, "RSS", target.memory_bytes)
     if target.memory_bytes is not None:
         need = _value(record, names.SERVING_REPLICA_BYTES)
         if need is None:
-            why.append(f"memory: {names.SERVING_REPLICA_BYTES} unknown (no weight bytes measured)")
+            miss("memory", "replica need unknown", f"{names.SERVING_REPLICA_BYTES} unknown (no weight bytes measured)")
         elif need > target.memory_bytes:
-            why.append(
-                f"memory: a Ray Serve replica needs about {format_bytes(need)} at batch 1 (load RSS + replica "
+            miss(
+                "memory",
+                f"replica {format_bytes(need)} > {format_bytes(target.memory_bytes)}",
+                f"a Ray Serve replica needs about {format_bytes(need)} at batch 1 (load RSS + replica "
                 f"overhead + activations + headroom, as the serving planner predicts) > budget "
-                f"{format_bytes(target.memory_bytes)}"
+                f"{format_bytes(target.memory_bytes)}",
             )
-    limit_bytes(names.DISK_BYTES, _value(record, names.DISK_BYTES), target.disk_bytes, "disk")
+    limit_bytes("disk", names.DISK_BYTES, "disk", target.disk_bytes)
     if target.latency_ms is not None:
         metric, scale = latency_objective(target)
         metric, measured = judged_latency(record, metric)
         if measured is None:
-            why.append(f"latency: {metric} not measured")
+            miss("latency", "latency not measured", f"{metric} not measured")
         elif measured * scale > target.latency_ms:
             scaled = f" x {scale:g} for batch {target.latency_batch}" if scale != 1.0 else ""
-            why.append(f"latency: {metric} {measured:.2f} ms{scaled} > SLO {target.latency_ms:g} ms")
+            miss("latency", f"p95 {measured * scale:.1f} ms > {target.latency_ms:g} ms",
+                 f"{metric} {measured:.2f} ms{scaled} > SLO {target.latency_ms:g} ms")
         b1_metric, b1 = judged_latency(record, names.LATENCY_MS_B1_P95)
         if b1 is not None and BATCHES_PER_REQUEST * b1 > target.latency_ms:
             # the serving planner's own check: a request may wait for the batch in flight, then run
-            why.append(
-                f"latency: served at batch 1 a request may wait for the one in flight: {BATCHES_PER_REQUEST} x "
-                f"{b1_metric} {b1:.2f} ms > SLO {target.latency_ms:g} ms"
+            miss(
+                "latency",
+                f"queued {BATCHES_PER_REQUEST * b1:.1f} ms > {target.latency_ms:g} ms",
+                f"served at batch 1 a request may wait for the one in flight: {BATCHES_PER_REQUEST} x "
+                f"{b1_metric} {b1:.2f} ms > SLO {target.latency_ms:g} ms",
             )
     if target.bandwidth_bytes_per_s is not None:
         per_forward = _value(record, names.WEIGHT_BYTES_PER_FORWARD)
         if per_forward is None:
-            why.append(f"bandwidth: {names.WEIGHT_BYTES_PER_FORWARD} not measured")
+            miss("bandwidth", "bytes/forward not measured", f"{names.WEIGHT_BYTES_PER_FORWARD} not measured")
         elif target.latency_ms is not None:
             ms = 1000.0 * per_forward / target.bandwidth_bytes_per_s
             if ms > target.latency_ms:
                 unit = "per token" if record.kind != "classifier" else "per forward"
-                why.append(
-                    f"bandwidth: reading {format_bytes(per_forward)} of weights {unit} takes {ms:.2f} ms at "
-                    f"{format_bytes(target.bandwidth_bytes_per_s)}/s > SLO {target.latency_ms:g} ms"
+                miss(
+                    "bandwidth",
+                    f"weights {ms:.1f} ms > {target.latency_ms:g} ms",
+                    f"reading {format_bytes(per_forward)} of weights {unit} takes {ms:.2f} ms at "
+                    f"{format_bytes(target.bandwidth_bytes_per_s)}/s > SLO {target.latency_ms:g} ms",
                 )
     if target.min_accuracy is not None:
         acc = _value(record, names.ACCURACY)
         if acc is None:
-            why.append("quality: accuracy not measured")
+            miss("quality", "accuracy not measured", "accuracy not measured")
         elif acc < target.min_accuracy:
-            why.append(f"quality: accuracy {acc:.4f} < min {target.min_accuracy:g}")
+            miss("quality", f"accuracy {acc:.3f} < {target.min_accuracy:g}",
+                 f"accuracy {acc:.4f} < min {target.min_accuracy:g}")
     if target.max_perplexity is not None:
         ppl = _value(record, names.PERPLEXITY)
         if ppl is None:
-            why.append("quality: perplexity not measured")
+            miss("quality", "perplexity not measured", "perplexity not measured")
         elif ppl > target.max_perplexity:
-            why.append(f"quality: perplexity {ppl:.2f} > max {target.max_perplexity:g}")
+            miss("quality", f"perplexity {ppl:.1f} > {target.max_perplexity:g}",
+                 f"perplexity {ppl:.2f} > max {target.max_perplexity:g}")
     return why
+
+
+def fit_reasons(record: Footprint, target: HardwareTarget) -> list[str]:
+    """Why ``record`` does not fit ``target``, one sentence per missed limit (empty when it fits)."""
+    return [m.text for m in fit_misses(record, target)]
 
 
 def choose_best(

@@ -9,6 +9,10 @@ The Serve application itself is ``tightfit.serve.app``; the memory model ``tight
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from tightfit.footprint import Footprint, load_footprints
 from tightfit.kube.manifests import rayservice_manifest
 from tightfit.memory.replica import footprint_for_source
 from tightfit.memory.serving import ServingMemoryModel
+from tightfit.progress import Reporter
 from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.schema import APP_NAME, ServePlan
 from tightfit.track.read import read_footprints
@@ -85,24 +90,77 @@ def start_serving(
     port: int = 8000,
     num_cpus: int | None = None,
     blocking: bool = False,
+    progress: Reporter | None = None,
 ) -> str:
-    """Deploy the plan's app on Ray (a local one the call starts, or ``address``); return the base URL."""
+    """Deploy the plan's app on Ray (a local one the call starts, or ``address``); return the base URL.
+
+    ``progress`` follows Ray starting and the replicas coming up (how many run, how many still start)."""
     import ray
     from ray import serve
 
     from tightfit.serve.app import build_app
 
+    reporter = progress or Reporter()
     if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address)
-            else:
-                settings.start_local_ray(num_cpus=num_cpus)
-        except ConnectionError as exc:
-            raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    serve.start(http_options=plan.http_options(host=host, port=port))
-    serve.run(build_app(plan), name=APP_NAME, route_prefix="/", blocking=blocking)
+        with reporter.step("ray", "start Ray" if not address else f"join Ray at {address}"):
+            try:
+                if address:
+                    ray.init(address=address)
+                else:
+                    settings.start_local_ray(num_cpus=num_cpus)
+            except ConnectionError as exc:
+                raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    with reporter.step("replicas", f"start {plan.num_replicas} replica(s)", total=plan.num_replicas,
+                       unit="running"), _watch_replicas(reporter, "replicas"):
+        serve.start(http_options=plan.http_options(host=host, port=port))
+        serve.run(build_app(plan), name=APP_NAME, route_prefix="/", blocking=False)
+    while blocking:  # as serve.run(blocking=True): keep the driver (and the app) alive
+        time.sleep(10)
     return f"http://{host}:{port}"
+
+
+def replica_counts() -> dict[str, int]:
+    """Replicas of the tightfit app by state (``RUNNING``, ``STARTING``, ...), summed over its deployments."""
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    counts: dict[str, int] = {}
+    for deployment in (app.deployments.values() if app is not None else ()):
+        for state, n in deployment.replica_states.items():
+            counts[str(state)] = counts.get(str(state), 0) + int(n)
+    return counts
+
+
+@contextlib.contextmanager
+def _watch_replicas(reporter: Reporter, key: str, every_s: float = 1.0) -> Iterator[None]:
+    """Report the replica states while the block deploys (a quiet reporter costs nothing)."""
+    if type(reporter) is Reporter:
+        yield
+        return
+    stop = threading.Event()
+    last = [""]
+
+    def report() -> None:
+        counts = replica_counts()
+        detail = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        if detail and detail != last[0]:
+            last[0] = detail
+            reporter.update(key, completed=counts.get("RUNNING", 0), detail=detail, milestone=True)
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(Exception):  # Serve's controller is still starting
+                report()
+
+    thread = threading.Thread(target=poll, name="tightfit-watch-replicas", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s * 3)
+        with contextlib.suppress(Exception):
+            report()  # the state the deployment ended in
 
 
 def rayservice_for_plan(

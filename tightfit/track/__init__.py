@@ -1,13 +1,15 @@
 """MLflow tracking: the run layout, an outbox in front of MLflow, reading footprints back.
 
 ``client`` (the ``Tracker``), ``runs`` (parent, variant and training runs), ``outbox`` and ``sync`` (records
-written locally first, replayed into MLflow), ``read`` (footprints back by metric name), ``flavor`` (the
+written locally first, replayed into MLflow), ``models`` (each variant as an MLflow 3 LoggedModel, written by
+the sync), ``read`` (footprints back by metric name), ``flavor`` (the
 pyfunc model around a variant dir; imports MLflow, so it is not re-exported) and ``server`` (a local
 ``mlflow server`` for the UI and tests).
 """
 
 from tightfit.settings import resolve_tracking_uri
 from tightfit.track.client import Tracker, TrackingUnavailableWarning, provenance_tags
+from tightfit.track.models import frame_digest, search_variant_models
 from tightfit.track.read import find_parent_runs, find_variant_run, footprint_from_run, read_footprints
 from tightfit.track.runs import (
     end_run,
@@ -33,6 +35,7 @@ __all__ = [
     "find_variant_run",
     "footprint_from_run",
     "footprint_table",
+    "frame_digest",
     "log_metrics",
     "log_parent_summary",
     "log_variant",
@@ -41,6 +44,7 @@ __all__ = [
     "register_aliases",
     "register_variant",
     "resolve_tracking_uri",
+    "search_variant_models",
     "start_parent",
     "start_run",
     "system_metrics",

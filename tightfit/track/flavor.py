@@ -112,11 +112,19 @@ def save_pyfunc(variant_dir: str | Path, path: str | Path) -> Path:
 def register_run_model(
     client: Any, run_id: str, model_name: str, aliases: list[str], artifact_path: str | None = None
 ) -> str:
-    """Register ``runs:/run_id/model`` (reusing an existing version of that run) and point ``aliases`` at it."""
+    """Register the run's model (reusing an existing version of that run) and point ``aliases`` at it.
+
+    The version's source is the variant's LoggedModel (``models:/<model_id>``, linked by ``model_id``) when
+    the run has one, else the run's ``model/`` artifact (runs logged before LoggedModels)."""
     from mlflow.exceptions import MlflowException
 
+    from tightfit.track.models import run_logged_model
+
     path = artifact_path or names.ARTIFACT_MODEL
-    if not any(a.path == path for a in client.list_artifacts(run_id)):
+    model_id = run_logged_model(client, run_id)
+    if model_id is not None and not client.list_logged_model_artifacts(model_id):
+        model_id = None  # a LoggedModel without its pyfunc (no variant dir was logged) cannot serve
+    if model_id is None and not any(a.path == path for a in client.list_artifacts(run_id)):
         raise BackendError(
             f"run {run_id} has no '{path}' model artifact to register; log the variant with its variant_dir first"
         )
@@ -128,7 +136,13 @@ def register_run_model(
     if existing:
         version = str(max(int(v.version) for v in existing))
     else:
-        created = client.create_model_version(model_name, source=f"runs:/{run_id}/{path}", run_id=run_id)
+        source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{path}"
+        # A local registry store resolves ``models:/<id>`` through the process-wide tracking URI: point it
+        # at this client's store for the call (a tracking server resolves it against its own store).
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with _use_tracking_uri(client.tracking_uri):
+            created = client.create_model_version(model_name, source=source, run_id=run_id, model_id=model_id)
         version = str(created.version)
     for alias in aliases:
         client.set_registered_model_alias(model_name, alias, version)

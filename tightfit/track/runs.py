@@ -123,14 +123,17 @@ def log_variant(
     variant_dir: str | Path | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
+    dataset_digest: str | None = None,
     tags: Mapping[str, str] | None = None,
     tracker: Tracker | None = None,
 ) -> str:
-    """Log one variant as a nested run of ``parent``: its spec as params, its footprint as metrics.
+    """Log one variant as a nested run of ``parent`` (its spec as params, its footprint as metrics) and as
+    an MLflow LoggedModel of the same name, linked to the run and to ``dataset`` (``tightfit.track.models``).
 
     ``variant_dir`` (a saved variant) is logged as a pyfunc model that loads back through
-    ``tightfit.load_variant``. A failed record becomes a FAILED run carrying its error. Returns the
-    record id (``variant_record_id(parent, footprint.variant)``).
+    ``tightfit.load_variant``. ``dataset_digest`` names the evaluated split's version (see
+    ``models.frame_digest``). A failed record becomes a FAILED run and a FAILED LoggedModel carrying its
+    error. Returns the record id (``variant_record_id(parent, footprint.variant)``).
     """
     import json
 
@@ -172,6 +175,16 @@ def log_variant(
     payload: dict[str, Any] = {"metrics": _metric_rows(footprint.metrics())}
     if variant_dir is not None and footprint.ok:
         payload["model"] = {"variant_dir": str(Path(variant_dir).resolve()), "artifact_path": names.ARTIFACT_MODEL}
+    logged: dict[str, Any] = {
+        "name": footprint.variant,
+        "params": spec.to_params(),
+        "tags": {**provenance_tags(base_model, dataset), names.TAG_ROLE: names.ROLE_VARIANT, **run_tags},
+        "status": "READY" if footprint.ok else "FAILED",
+    }
+    if dataset:
+        rows = footprint.extra.get("eval_rows")
+        logged["dataset"] = {"name": dataset, "digest": dataset_digest or "unversioned", "rows": rows}
+    payload["logged_model"] = logged
     t.push(OP_LOG, rid, **payload)
     t.push(OP_END, rid, status="FINISHED" if footprint.ok else "FAILED")
     return rid
@@ -199,12 +212,14 @@ def log_parent_summary(
     selection: Selection,
     *,
     plot: str | Path | None = None,
+    report: str | Path | None = None,
     tracker: Tracker | None = None,
     end: bool = True,
 ) -> None:
     """Log what selection decided on the parent run: the footprint table, the Pareto plot (``plot``, drawn
-    by ``tightfit.select.pareto_plot``), the selection as JSON; tag each variant run with its front and
-    chosen flags; close the parent. Nothing here chooses or measures: tracking only records."""
+    by ``tightfit.select.pareto_plot``), the HTML report (``report``, ``tightfit.select.write_report``), the
+    selection as JSON; tag each variant run with its front and chosen flags; close the parent. Nothing here
+    chooses or measures: tracking only records."""
     import json
     import tempfile
 
@@ -214,6 +229,8 @@ def log_parent_summary(
     artifacts = []
     if plot is not None and Path(plot).exists():
         artifacts.append([str(t.outbox.stash_file(parent, plot, names.ARTIFACT_PARETO_PLOT)), ""])
+    if report is not None and Path(report).exists():
+        artifacts.append([str(t.outbox.stash_file(parent, report, names.ARTIFACT_REPORT)), ""])
     with tempfile.TemporaryDirectory(prefix="tightfit-summary-") as tmp:
         sel_path = Path(tmp) / names.ARTIFACT_SELECTION
         sel_path.write_text(json.dumps(selection.to_dict(), indent=2, default=str))

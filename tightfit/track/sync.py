@@ -97,9 +97,13 @@ class _Syncer:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
                 self.experiments[name] = found.experiment_id
+                if names.MLFLOW_EXPERIMENT_KIND_TAG not in found.tags:
+                    self.client.set_experiment_tag(found.experiment_id, names.MLFLOW_EXPERIMENT_KIND_TAG,
+                                                   names.EXPERIMENT_KIND_MODEL_TRAINING)
             else:
                 self.experiments[name] = self.client.create_experiment(
-                    name, artifact_location=artifact_root_for(self.uri, name)
+                    name, artifact_location=artifact_root_for(self.uri, name),
+                    tags={names.MLFLOW_EXPERIMENT_KIND_TAG: names.EXPERIMENT_KIND_MODEL_TRAINING},
                 )
         return self.experiments[name]
 
@@ -186,14 +190,16 @@ class _Syncer:
             existing = {a.path for a in self.client.list_artifacts(run_id)}
             if table["artifact_file"] not in existing:  # log_table appends: never twice
                 self.client.log_table(run_id, table["data"], table["artifact_file"])
-        model = p.get("model")
-        if model:
-            self._log_model(run_id, model, op)
+        if p.get("model") or p.get("logged_model"):
+            with tempfile.TemporaryDirectory(prefix="tightfit-pyfunc-") as tmp:
+                pyfunc = _LazyPyfunc(p.get("model"), Path(tmp) / "model")
+                if p.get("model"):
+                    self._log_model(run_id, p["model"], pyfunc, op)
+                if p.get("logged_model"):
+                    self._log_logged_model(op, run_id, p, pyfunc)
         return run_id
 
-    def _log_model(self, run_id: str, model: dict[str, Any], op: Op) -> None:
-        from tightfit.track.flavor import save_pyfunc
-
+    def _log_model(self, run_id: str, model: dict[str, Any], pyfunc: _LazyPyfunc, op: Op) -> None:
         variant_dir = Path(model["variant_dir"])
         path = model.get("artifact_path", names.ARTIFACT_MODEL)
         if not variant_dir.exists():
@@ -203,9 +209,19 @@ class _Syncer:
             return
         if any(a.path == path for a in self.client.list_artifacts(run_id)):
             return
-        with tempfile.TemporaryDirectory(prefix="tightfit-pyfunc-") as tmp:
-            local = save_pyfunc(variant_dir, Path(tmp) / "model")
+        local = pyfunc.path()
+        if local is not None:
             self.client.log_artifacts(run_id, str(local), path)
+
+    def _log_logged_model(self, op: Op, run_id: str, p: dict[str, Any], pyfunc: _LazyPyfunc) -> None:
+        """The variant's MLflow 3 LoggedModel (``tightfit.track.models``), after its run's own records."""
+        from tightfit.track.models import sync_logged_model
+
+        spec = p["logged_model"]
+        experiment_id = self.experiment_id(p["experiment"])
+        model_id = sync_logged_model(self.client, experiment_id, run_id, op.record_id, spec, p.get("metrics", []),
+                                     pyfunc.path() if spec.get("status") != "FAILED" else None)
+        log.info("variant %s is LoggedModel %s", spec["name"], model_id)
 
     def _end(self, op: Op) -> str | None:
         run_id = self.find_run(op.record_id, op.payload.get("experiment"))
@@ -224,6 +240,23 @@ class _Syncer:
         version = register_run_model(self.client, run_id, p["model_name"], p.get("aliases", []), p.get("artifact_path"))
         log.info("registered %s version %s (aliases: %s)", p["model_name"], version, ", ".join(p.get("aliases", [])))
         return run_id
+
+
+class _LazyPyfunc:
+    """The variant's pyfunc model, saved once on first use (the run and its LoggedModel share it)."""
+
+    def __init__(self, model: dict[str, Any] | None, out: Path) -> None:
+        self.variant_dir = Path(model["variant_dir"]) if model else None
+        self.out = out
+        self._saved: Path | None = None
+
+    def path(self) -> Path | None:
+        """The saved pyfunc directory; None when there is no variant dir (not logged, or vanished)."""
+        if self._saved is None and self.variant_dir is not None and self.variant_dir.exists():
+            from tightfit.track.flavor import save_pyfunc
+
+            self._saved = save_pyfunc(self.variant_dir, self.out)
+        return self._saved
 
 
 def _drop_stashed(outbox: Outbox, op: Op) -> None:

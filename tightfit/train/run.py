@@ -22,6 +22,7 @@ from tightfit.assets import resolve_model_path
 from tightfit.data import DatasetSplits, load_dataset
 from tightfit.errors import BackendError, ConfigError
 from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_training_memory
+from tightfit.progress import Reporter
 from tightfit.train.config import FinetuneConfig
 from tightfit.train.loop import MODEL_SUBDIR, train_loop_per_worker
 from tightfit.train.support import (
@@ -30,7 +31,8 @@ from tightfit.train.support import (
     ray_dataset,
     unique_run_name,
 )
-from tightfit.units import parse_bytes
+from tightfit.train.watch import watch_epochs
+from tightfit.units import format_bytes, parse_bytes
 
 
 @dataclass
@@ -247,10 +249,11 @@ def validation_curve(client: Any, run_id: str) -> list[dict[str, Any]]:
     return [rows[e] for e in sorted(rows)]
 
 
-def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+def run_finetune(config: FinetuneConfig, progress: Reporter | None = None) -> FinetuneResult:
     """Fine-tune (or distill) on Ray Train V2; log to MLflow; save the HF-format model; evaluate on test.
 
     Everything that can be refused is refused before Ray starts: the model path, the data, the memory plan.
+    ``progress`` follows it: the plan, Ray starting, each epoch (samples/s, validation accuracy), the test.
     """
     import ray
     from mlflow import MlflowClient
@@ -264,18 +267,25 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     paths = run_paths(config, distilling=teacher_path is not None)
     client = MlflowClient(paths.tracking_uri)
     run_id = open_training_run(client, config, plan, paths)
-    started_ray = ensure_ray(config)
+    reporter = progress or Reporter()
+    reporter.note(f"plan: {config.workers} worker(s), micro-batch {plan.micro_batch} x {plan.accumulation_steps} "
+                  f"accumulation, {plan.precision}, predicted peak {format_bytes(plan.predicted_peak_bytes)} per worker")
+    with reporter.step("ray", "start Ray"):
+        started_ray = ensure_ray(config)
     status = "FAILED"
     try:
         trainer = build_trainer(config, plan, data, model_path, teacher_path, paths, run_id)
         try:
-            result = trainer.fit()
+            with reporter.step("train", f"train ({len(data.train)} rows)", total=config.epochs, unit="epochs"), \
+                    watch_epochs(client, run_id, config.epochs, reporter):
+                result = trainer.fit()
         except Exception as exc:  # Ray wraps worker errors; report them as one clear line
             raise BackendError(
                 f"Ray Train run {paths.run_name!r} failed after {config.max_failures} restart(s): {exc}; "
                 f"logs and checkpoints are under {paths.storage}/{paths.run_name}"
             ) from exc
-        outcome = collect_result(result, config, plan, data, paths, client, run_id)
+        with reporter.step("result", "evaluate and save"):
+            outcome = collect_result(result, config, plan, data, paths, client, run_id)
         status = "FINISHED"
         return outcome
     finally:
