@@ -157,7 +157,7 @@ CLI_CASES = [
     case("spec-out-of-range", f"{SPEC} prune_unstructured:sparsity=1.5", 2, "sparsity must be in (0, 1)"),
     case("spec-unknown-parameter", f"{SPEC} prune_unstructured:foo=1", 2, "no parameter", "sparsity"),
     case("spec-malformed-step", f"{SPEC} prune_unstructured:sparsity", 2, "must look like key=value"),
-    case("spec-gpu-only", f"{SPEC} int4_weight_only", 2, "needs a gpu"),
+    case("spec-gpu-only", f"{SPEC} fp16", 2, "needs a gpu"),
     case("spec-two-casts", f"{SPEC} bf16|bf16", 2, "pick one cast"),
     # compress: model paths and outputs
     case("model-truncated-file", "compress --model {truncated_file} --spec bf16 --out {root}/o", 2, "truncated", "bytes"),

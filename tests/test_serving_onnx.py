@@ -59,6 +59,7 @@ def onnx_served(onnx_variants):
     from ray import serve
 
     from tightfit.serve.calibrate import with_load_rss
+    from tightfit.settings import start_local_ray
 
     records = [dataclasses.replace(footprint_for_source(str(onnx_variants[d]), name=n), accuracy=acc)
                for n, d, acc in (("ort-fp32", "onnx", 0.80), ("ort-int8", "onnx_int8_dynamic", 0.79))]
@@ -66,7 +67,7 @@ def onnx_served(onnx_variants):
                         ServeOptions(max_batch=8, pool_size=2, accuracy_tolerance=0.0))
     assert {v.name for v in plan.pool} == {"ort-fp32", "ort-int8"}, plan.rejected
     assert plan.primary.name == "ort-fp32" and all(v.runtime == RUNTIME_ONNXRUNTIME for v in plan.pool)
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2)  # every Ray service on 127.0.0.1
     try:
         yield {"url": serve_until_healthy(plan, free_port(), timeout_s=120), "plan": plan}
     finally:

@@ -54,6 +54,10 @@ DECODE_TOK_S_B1: Final = "decode_tok_s_b1"
 DECODE_TOK_S_B8: Final = "decode_tok_s_b8"
 KV_CACHE_BYTES_PER_TOKEN: Final = "kv_cache_bytes_per_token"
 INT4_WEIGHT_FRACTION: Final = "int4_weight_fraction"
+LM_ONLY_METRICS: Final = frozenset({
+    WEIGHT_BYTES, TASK_ACCURACY, TTFT_MS, DECODE_TOK_S_B1, DECODE_TOK_S_B8, KV_CACHE_BYTES_PER_TOKEN, INT4_WEIGHT_FRACTION,
+})
+"""Measured for decoder LMs only (``tightfit.measure.lm``): a classifier's run does not carry them."""
 
 # Derived from a footprint, not a field of it: the smallest Ray Serve replica budget the serving planner
 # accepts (``tightfit.memory.replica.replica_need_bytes``). Selection constrains and ranks memory by it.

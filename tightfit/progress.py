@@ -273,3 +273,25 @@ def as_reporter(progress: Reporter | bool | None) -> Reporter:
     if isinstance(progress, Reporter):
         return progress
     return reporter_for() if progress else Reporter()
+
+
+@contextlib.contextmanager
+def polled(report: Callable[[], None], every_s: float, name: str) -> Iterator[None]:
+    """Call ``report`` every ``every_s`` seconds on a daemon thread while the block runs, and once more when
+    it ends (the final state). A failing call is skipped: the thing watched may not be up yet."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(Exception):
+                report()
+
+    thread = threading.Thread(target=poll, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s * 3)
+        with contextlib.suppress(Exception):
+            report()

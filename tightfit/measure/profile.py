@@ -66,12 +66,13 @@ def weight_bytes_per_forward(model: Any, seq_len: int) -> int:
 
     embeddings = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
     total = 0
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     for key, tensor in model.state_dict(keep_vars=True).items():
         inner = _inner_tensors(tensor)
-        if id(inner[0]) in seen or not (len(inner) > 1 or tensor.dtype.is_floating_point):
+        storage = (inner[0].untyped_storage().data_ptr(), inner[0].storage_offset())  # tied: one storage
+        if storage in seen or not (len(inner) > 1 or tensor.dtype.is_floating_point):
             continue  # tied weights are read once; integer buffers are not weights
-        seen.add(id(inner[0]))
+        seen.add(storage)
         size = tensor_bytes(tensor)
         if key in embeddings:
             rows = int(tensor.shape[0])

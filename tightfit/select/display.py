@@ -11,14 +11,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tightfit import names
 from tightfit.footprint import Footprint
 
 LOG_SCALE_SPAN = 10.0
 """An axis whose values span more than this factor is drawn on a log scale."""
 
-RUNTIME_TORCH = "torch"
-RUNTIME_COMPILE = "torch.compile"
-RUNTIME_ORT = "onnxruntime"
+RUNTIME_TORCH = names.RUNTIME_TORCH
+RUNTIME_COMPILE = "torch.compile"  # how a person reads a compiled torch variant (not a runtime of its own)
+RUNTIME_ORT = names.RUNTIME_ONNXRUNTIME
 
 
 def _field(record: Footprint, key: str) -> Any:
@@ -30,14 +31,12 @@ def _field(record: Footprint, key: str) -> Any:
 
 
 def runtime_of(record: Footprint) -> str:
-    """The runtime a variant is served with: the record's ``runtime`` (field, or ``extra``) when it
-    carries one, else read from the chain (``onnx*`` steps run on ONNX Runtime, ``compile`` on
-    torch.compile) and the backend."""
-    value = _field(record, "runtime")
-    if isinstance(value, str) and value:
-        return value
+    """The runtime a variant is served with, as a person reads it: ONNX Runtime when the record says so
+    (its ``runtime`` field or ``extra``) or its chain has an ``onnx*`` step; torch.compile when it runs
+    compiled; torch otherwise."""
+    declared = {str(v) for v in (getattr(record, "runtime", None), record.extra.get("runtime")) if v}
     steps = [s.split(":")[0].strip() for s in (record.chain or "").split("|")]
-    if any(s.startswith("onnx") or s.startswith("ort") for s in steps):
+    if RUNTIME_ORT in declared or any(s.startswith("onnx") for s in steps):
         return RUNTIME_ORT
     if "compile" in steps or record.compiled or record.backend == "compile":
         return RUNTIME_COMPILE

@@ -10,7 +10,6 @@ The Serve application itself is ``tightfit.serve.app``; the memory model ``tight
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,9 @@ from tightfit.footprint import Footprint, load_footprints
 from tightfit.kube.manifests import rayservice_manifest
 from tightfit.memory.replica import footprint_for_source
 from tightfit.memory.serving import ServingMemoryModel
-from tightfit.progress import Reporter
+from tightfit.progress import Reporter, polled
 from tightfit.serve.plan import ServeOptions, plan_serving
-from tightfit.serve.schema import APP_NAME, ServePlan
+from tightfit.serve.schema import APP_NAME, DEPLOYMENT_NAME, ServePlan
 from tightfit.track.read import read_footprints
 from tightfit.units import parse_bytes
 
@@ -120,12 +119,14 @@ def start_serving(
 
 
 def replica_counts() -> dict[str, int]:
-    """Replicas of the tightfit app by state (``RUNNING``, ``STARTING``, ...), summed over its deployments."""
+    """Model replicas of the tightfit app by state (``RUNNING``, ``STARTING``, ...): the plan's replicas,
+    not the ingress in front of them."""
     from ray import serve
 
     app = serve.status().applications.get(APP_NAME)
     counts: dict[str, int] = {}
-    for deployment in (app.deployments.values() if app is not None else ()):
+    model = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    for deployment in ([model] if model is not None else []):
         for state, n in deployment.replica_states.items():
             counts[str(state)] = counts.get(str(state), 0) + int(n)
     return counts
@@ -137,7 +138,6 @@ def _watch_replicas(reporter: Reporter, key: str, every_s: float = 1.0) -> Itera
     if type(reporter) is Reporter:
         yield
         return
-    stop = threading.Event()
     last = [""]
 
     def report() -> None:
@@ -147,20 +147,8 @@ def _watch_replicas(reporter: Reporter, key: str, every_s: float = 1.0) -> Itera
             last[0] = detail
             reporter.update(key, completed=counts.get("RUNNING", 0), detail=detail, milestone=True)
 
-    def poll() -> None:
-        while not stop.wait(every_s):
-            with contextlib.suppress(Exception):  # Serve's controller is still starting
-                report()
-
-    thread = threading.Thread(target=poll, name="tightfit-watch-replicas", daemon=True)
-    thread.start()
-    try:
+    with polled(report, every_s, "tightfit-watch-replicas"):  # Serve's controller may still be starting
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=every_s * 3)
-        with contextlib.suppress(Exception):
-            report()  # the state the deployment ended in
 
 
 def rayservice_for_plan(

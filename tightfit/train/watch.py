@@ -9,12 +9,11 @@ accuracy, and from the epoch times an estimate of what is left.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from tightfit import names
-from tightfit.progress import Reporter
+from tightfit.progress import Reporter, polled
 
 POLL_S = 2.0
 
@@ -51,7 +50,6 @@ def watch_epochs(client: Any, run_id: str, epochs: int, reporter: Reporter, key:
     if type(reporter) is Reporter:
         yield
         return
-    stop = threading.Event()
     seen = [0]
 
     def report() -> None:
@@ -60,17 +58,5 @@ def watch_epochs(client: Any, run_id: str, epochs: int, reporter: Reporter, key:
             seen[0] = int(latest[names.EPOCH])
             reporter.update(key, completed=seen[0], detail=epoch_summary(latest), milestone=True)
 
-    def poll() -> None:
-        while not stop.wait(POLL_S):
-            with contextlib.suppress(Exception):  # a busy store: try again on the next tick
-                report()
-
-    thread = threading.Thread(target=poll, name="tightfit-watch-epochs", daemon=True)
-    thread.start()
-    try:
+    with polled(report, POLL_S, "tightfit-watch-epochs"):  # a busy store: tried again on the next tick
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=POLL_S * 2)
-        with contextlib.suppress(Exception):
-            report()  # the last epoch, if the run ended between two ticks

@@ -274,7 +274,8 @@ def int4_weight_fraction(model: Any) -> float:
         count = logical_size(module)
         if count is None:
             continue
-        key = id(module.qdata) if hasattr(module, "qdata") else id(module.weight)
+        # shared storage, not object identity: a reloaded tied head is a new Parameter over the same table
+        key = (module.qdata if hasattr(module, "qdata") else module.weight).data_ptr()
         if key in seen:
             continue
         seen.add(key)
