@@ -18,12 +18,12 @@ def test_int4_variant_generates_over_http_within_a_budget_fp32_cannot_fit(smollm
     from ray import serve
 
     from tightfit.errors import BudgetError
-    from tightfit.settings import start_local_ray
     from tightfit.memory.replica import footprint_for_source
     from tightfit.memory.serving import ArchInfo, kv_cache_bytes
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
     from tightfit.serve.replica import generate, load_for_serving
+    from tightfit.settings import start_local_ray
 
     options = ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8)
     fp32 = with_load_rss([footprint_for_source("smollm2")])[0]
