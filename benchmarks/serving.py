@@ -309,11 +309,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="reduced protocol: proves the script, claims nothing")
     parser.add_argument("--lean-only", action="store_true", help="only the lean-runtime section (issue 17)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of the load ladder (full: 2, quick: 1)")
     args = parser.parse_args()
     if args.lean_only:
         main_lean(quick=args.quick)
         return
-    protocol = QUICK if args.quick else FULL
+    protocol = dict(QUICK if args.quick else FULL)
+    if args.rounds:
+        protocol["rounds"] = args.rounds
     work = cache_dir("bench-serving")
     work.mkdir(parents=True, exist_ok=True)
     data = load_dataset("rotten_tomatoes", seed=0)

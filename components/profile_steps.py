@@ -62,7 +62,7 @@ def profile_all_step(
             with fail_task("profile", name):  # the failure line names the variant; tightfit run leaves it out
                 record = _timed(lambda d=directory, n=name, c=chain: profile_step(
                     d, data_dir, n, c, reference, **settings)[0])
-                log_variant_run(record, directory, tracking_uri, experiment, pipeline_run)
+                log_variant_run(record, directory, tracking_uri, experiment, pipeline_run, data_dir)
             records.append(record)
     stats["profiles"] = len(records) + 1
     stats["noisy_profiles"] = sum(1 for r in [baseline, *records] if r.noisy_figures)
