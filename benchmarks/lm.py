@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode timing")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (measurement and the RSS process)")
     parser.add_argument("--only", default="", help="comma-separated variant names (fp32 is always kept)")
+    parser.add_argument("--time-one", default="", help=argparse.SUPPRESS)  # internal: time one variant dir
     args = parser.parse_args(argv)
+    if args.time_one:
+        time_one(args.time_one, args.new_tokens, args.threads)
+        return
     if args.quick:
         args.rounds, args.ppl_tokens, args.task_rows, args.new_tokens = 1, 2048, 200, 8
 
@@ -154,10 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["TIGHTFIT_THREADS"] = str(args.threads)
     from tightfit.assets import cache_dir
     from tightfit.compress._torch import quiet_transformers
-    from tightfit.compress.variant import load_variant
     from tightfit.data import load_dataset
-    from tightfit.measure.lm import generation_speed, measure_lm_memory, weight_bytes
-    from tightfit.measure.quality import stream_perplexity, token_stream, zero_shot_accuracy, zero_shot_task
+    from tightfit.measure.lm import measure_lm_memory
+    from tightfit.measure.quality import zero_shot_task
 
     quiet_transformers()
     load_before = _load_avg()
@@ -168,39 +171,29 @@ def main(argv: list[str] | None = None) -> None:
     data = load_dataset("rotten_tomatoes", seed=0)
     root = cache_dir() / "bench-lm"
     texts = data.test["text"].astype(str).tolist()
-    ids: Any = None  # the test split as tokens, cut once with the first variant's (shared) tokenizer
     frame = data.test if args.task_rows <= 0 else data.test.head(args.task_rows)
     task = zero_shot_task("rotten_tomatoes", list(data.label_names))
     rows: dict[str, dict[str, Any]] = {}
-    loaded: dict[str, Any] = {}
+    paths: dict[str, Path] = {}
     for name, chain in variants.items():
         path, seconds = build(root, name, chain, data)
-        variant = load_variant(path, device="cpu")
-        if ids is None:
-            ids = token_stream(variant.tokenizer, texts, args.ppl_tokens)
-        started = time.perf_counter()
-        ppl = stream_perplexity(variant.model, ids)
-        accuracy = zero_shot_accuracy(variant.model, variant.tokenizer, frame["text"].astype(str).tolist(),
-                                      frame["label"].astype(int).tolist(), task)
-        rows[name] = {"name": name, "chain": chain, "weight_bytes": weight_bytes(variant.model), "perplexity": ppl,
-                      "task_accuracy": accuracy, "build_s": seconds,
-                      "quality_s": round(time.perf_counter() - started, 1), "ttft": [], "b1": [], "b8": [], "rss": [],
-                      "layer_formats": variant.manifest.get("extra", {}).get("layer_formats") and
-                      _count_formats(variant.manifest["extra"]["layer_formats"])}
-        loaded[name] = (variant, path)
-        print(f"{name}: ppl {ppl:.2f}, task {accuracy:.4f}, {rows[name]['weight_bytes'] / 2**20:.1f} MiB "
-              f"(built in {seconds} s)", flush=True)
+        rows[name] = _quality(path, name, chain, seconds, texts, frame, task, args.ppl_tokens)
+        paths[name] = path
+        print(f"{name}: ppl {rows[name]['perplexity']:.2f}, task {rows[name]['task_accuracy']:.4f}, "
+              f"{rows[name]['weight_bytes'] / 2**20:.1f} MiB (built in {seconds} s)", flush=True)
 
-    for round_no in range(args.rounds):  # interleave: every variant once per round
-        for name, (variant, path) in loaded.items():
-            ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=args.new_tokens,
-                                        repeats=3)
-            _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=args.new_tokens,
-                                     repeats=1)
+    # Speed: each variant timed in a fresh process (loading many torchao-int4 models into one process crashed
+    # it once with SIGSEGV), interleaved round by round; a failed timing is recorded, the others go on.
+    for round_no in range(args.rounds):
+        for name, path in paths.items():
+            timing = _time_in_subprocess(path, args.new_tokens, args.threads)
+            if "error" in timing:
+                rows[name].setdefault("timing_errors", []).append(timing["error"])
+                continue
             mem = measure_lm_memory(path)
-            rows[name]["ttft"].append(ttft)
-            rows[name]["b1"].append(b1)
-            rows[name]["b8"].append(b8)
+            rows[name]["ttft"].append(timing["ttft_ms"])
+            rows[name]["b1"].append(timing["decode_tok_s_b1"])
+            rows[name]["b8"].append(timing["decode_tok_s_b8"])
             rows[name]["rss"].append(mem["rss_serve_bytes"])
             rows[name]["rss_load_bytes"] = mem["rss_load_bytes"]
             rows[name]["rss_imports_bytes"] = mem["rss_imports_bytes"]
@@ -208,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for row in rows.values():
         ttft, b1, b8, rss = row.pop("ttft"), row.pop("b1"), row.pop("b8"), row.pop("rss")
+        if not b1:
+            continue
         row.update({"ttft_ms": round(median(ttft), 2), "decode_tok_s_b1": round(median(b1), 2),
                     "decode_tok_s_b8": round(median(b8), 2), "peak_rss_bytes": int(median(rss)),
                     "spread": {"ttft_ms": _spread(ttft), "decode_tok_s_b1": _spread(b1), "decode_tok_s_b8": _spread(b8),
@@ -216,10 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     write_results("lm", {
         **summary,
-        "protocol": {"quick": args.quick, "rounds": args.rounds, "ppl_tokens": int(len(ids) if ids is not None else 0),
+        "protocol": {"quick": args.quick, "rounds": args.rounds,
+                     "ppl_tokens": max(int(r["ppl_tokens"]) for r in rows.values()),
                      "ppl_context": 128, "ppl_stride": 64, "task_rows": len(frame), "task_prompt": task.prompt,
                      "task_answers": list(task.answers), "new_tokens": args.new_tokens, "prompt_tokens": 64,
                      "rss_process": "fresh process: load + generate 32 tokens at batch 8", "threads": args.threads,
+                     "timing_process": "fresh process per variant and round: TTFT and decode b1 (3 repeats), b8 (1)",
                      "dataset": "rotten_tomatoes (test split; calibration: train, mixed probe: validation)"},
         "load_avg_before": load_before, "load_avg_after": _load_avg(),
         "other_work_running": _busy(),
@@ -228,8 +225,75 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'variant':28} {'MiB':>7} {'ppl':>8} {'task':>7} {'ttft ms':>8} {'tok/s b1':>9} {'tok/s b8':>9} {'RSS MiB':>8}")
     for r in rows.values():
         print(f"{r['name']:28} {r['weight_bytes'] / 2**20:7.1f} {r['perplexity']:8.2f} {r['task_accuracy']:7.4f} "
-              f"{r['ttft_ms']:8.1f} {r['decode_tok_s_b1']:9.1f} {r['decode_tok_s_b8']:9.1f} {r['peak_rss_bytes'] / 2**20:8.0f}")
+              f"{r.get('ttft_ms', float('nan')):8.1f} {r.get('decode_tok_s_b1', float('nan')):9.1f} "
+              f"{r.get('decode_tok_s_b8', float('nan')):9.1f} {r.get('peak_rss_bytes', 0) / 2**20:8.0f}")
     print({k: v for k, v in summary.items() if k not in ("calibration_by_group", "goals")})
+
+
+def _quality(path: Path, name: str, chain: str, build_s: float, texts: list[str], frame: Any, task: Any,
+             ppl_tokens: int) -> dict[str, Any]:
+    """Perplexity, zero-shot task accuracy and weight bytes of one variant (deterministic), cached beside the
+    variant so that a rerun resumes; the model is dropped before the next one loads."""
+    import gc
+    import json
+
+    from tightfit.compress.variant import load_variant
+    from tightfit.measure.lm import weight_bytes
+    from tightfit.measure.quality import stream_perplexity, token_stream, zero_shot_accuracy
+
+    cache = path / f"bench-quality-{ppl_tokens}-{len(frame)}.json"
+    if cache.exists():
+        row = dict(json.loads(cache.read_text()))
+    else:
+        variant = load_variant(path, device="cpu")
+        ids = token_stream(variant.tokenizer, texts, ppl_tokens)
+        started = time.perf_counter()
+        formats = variant.manifest.get("extra", {}).get("layer_formats")
+        row = {"name": name, "chain": chain, "weight_bytes": weight_bytes(variant.model),
+               "perplexity": stream_perplexity(variant.model, ids), "ppl_tokens": len(ids),
+               "task_accuracy": zero_shot_accuracy(variant.model, variant.tokenizer, frame["text"].astype(str).tolist(),
+                                                   frame["label"].astype(int).tolist(), task),
+               "quality_s": round(time.perf_counter() - started, 1),
+               "layer_formats": formats and _count_formats(formats)}
+        cache.write_text(json.dumps(row))
+        del variant
+        gc.collect()
+    return {**row, "build_s": build_s, "ttft": [], "b1": [], "b8": [], "rss": []}
+
+
+def _time_in_subprocess(path: Path, new_tokens: int, threads: int) -> dict[str, Any]:
+    """TTFT and decode tokens/s (batch 1 and 8) of one variant, measured in a fresh process."""
+    import json
+
+    cmd = [sys.executable, __file__, "--time-one", str(path), "--new-tokens", str(new_tokens), "--threads", str(threads)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {"error": "timing process timed out after 900 s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": f"timing process exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    return dict(json.loads(lines[-1]))
+
+
+def time_one(path: str, new_tokens: int, threads: int) -> None:
+    """The --time-one entry: print one JSON line of TTFT (ms) and decode tokens/s at batch 1 and 8."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from tightfit.compress._torch import quiet_transformers
+    from tightfit.compress.variant import load_variant
+    from tightfit.data import load_dataset
+    from tightfit.measure.lm import generation_speed
+
+    quiet_transformers()
+    texts = load_dataset("rotten_tomatoes", seed=0).test["text"].astype(str).tolist()
+    variant = load_variant(Path(path), device="cpu")
+    ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=new_tokens, repeats=3)
+    _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=new_tokens, repeats=1)
+    print(json.dumps({"ttft_ms": ttft, "decode_tok_s_b1": b1, "decode_tok_s_b8": b8}), flush=True)
 
 
 def _count_formats(formats: dict[str, str]) -> dict[str, int]:

@@ -393,6 +393,7 @@ LEAN_NODE_MEMORY = 2 * 2**30
 LEAN_BUDGET = 512 * 2**20
 LEAN_CONCURRENCY = 16
 LEAN_ROUND_S = 15.0
+STABLE_S = 45.0  # replicas counted once the running count has held this long
 
 
 def _vm_hwm(pid: int) -> int:
@@ -456,38 +457,42 @@ def _replica_floor(base_url: str) -> int:
 
 
 def _packed_and_started(plan: Any, name: str, timeout_s: float) -> dict[str, Any]:
-    """How many replicas of ``plan`` the node's memory packs (by the plan's memory reservation), and how many
-    Serve actually starts: the app is deployed with one replica more than packs, so the last stays pending."""
+    """How many replicas of ``plan`` the node's free memory packs (Ray's available ``memory`` resource over the
+    plan's reservation), and how many Serve actually starts: the app asks for one replica more than packs, so
+    the last stays pending; the count is read once it has not changed for STABLE_S."""
     import psutil
+    import ray
     from ray import serve
 
     from tightfit.serve.app import TightfitServer
     from tightfit.serve.schema import DEPLOYMENT_NAME
 
     reservation = int(plan.deployment_options()["ray_actor_options"]["memory"])
-    packed = LEAN_NODE_MEMORY // reservation
+    free = int(ray.available_resources().get("memory", 0))
+    packed = free // reservation
     options = {**plan.deployment_options(), "num_replicas": packed + 1}
     options.pop("autoscaling_config", None)
     options["ray_actor_options"] = {**options["ray_actor_options"], "num_cpus": 0.05}
     app: Any = TightfitServer
     serve.run(app.options(**options).bind(plan.to_dict()), name=name, route_prefix=f"/{name}", blocking=False)
+
     def running() -> int:
         states: dict[Any, int] = dict(serve.status().applications[name].deployments[DEPLOYMENT_NAME].replica_states)
         return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
 
     deadline = time.time() + timeout_s
-    started = 0
+    started, changed = 0, time.time()
     while time.time() < deadline:
-        started = running()
-        if started >= packed:
-            time.sleep(5)  # give the extra replica time to (not) start
-            started = running()
+        now = running()
+        if now != started:
+            started, changed = now, time.time()
+        if started > packed or (started > 0 and time.time() - changed > STABLE_S):
             break
         time.sleep(2)
     rss = [p.info["memory_info"].rss for p in psutil.process_iter(["cmdline", "memory_info"])
            if any(f"ServeReplica:{name}:" in part for part in (p.info["cmdline"] or []))]
     serve.delete(name)
-    return {"reservation_bytes": reservation, "packed": int(packed), "started": started,
+    return {"reservation_bytes": reservation, "free_memory_bytes": free, "packed": int(packed), "started": started,
             "replica_rss_bytes": sorted(rss), "rss_sum_bytes": int(sum(rss))}
 
 

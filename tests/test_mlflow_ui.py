@@ -235,10 +235,21 @@ def _scroll_metrics_table(driver) -> str:
     cell = driver.find_element(By.XPATH, f"//a[normalize-space(text())='{names.ACCURACY}']")
     grids = driver.execute_script(_METRIC_GRIDS, cell)
     texts = [driver.find_element(By.TAG_NAME, "body").text]
+
+    def settled_text() -> str:
+        # A loaded machine re-renders the name column late: read until two reads agree (at most 5 s).
+        last, deadline = driver.find_element(By.TAG_NAME, "body").text, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = driver.find_element(By.TAG_NAME, "body").text
+            if now == last:
+                break
+            last = now
+        return last
+
     for _ in range(60):
         at_end = driver.execute_script(_SCROLL_GRIDS, grids)
-        time.sleep(0.2)
-        texts.append(driver.find_element(By.TAG_NAME, "body").text)
+        texts.append(settled_text())
         if at_end:
             break
     return "\n".join(texts)

@@ -9,7 +9,8 @@ from serving_support import free_port, serve_until_healthy
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 832 * 2**20  # the int4 replica: ~580 MiB loaded (torch + transformers + 117 MiB of weights) + Ray's share
+BUDGET = 2**30  # int4 replica: ~0.75-0.87 GiB planned (torch + transformers ~0.55-0.65 GiB, 117 MiB of weights,
+# Ray's share, 8 % headroom; the spread is between machines); fp32 needs ~1.15-1.3 GiB
 PROMPTS = ["The capital of France is", "Once upon a time, a small robot"]
 
 

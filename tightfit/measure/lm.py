@@ -209,6 +209,8 @@ def _serve_once(variant_dir: str, batch: int, new_tokens: int, threads: int) -> 
     # what a replica imports and no more: torchao only loads for variants whose weights are its tensors
     after_imports, now_imports = peak_rss_bytes(), current_rss_bytes()
     variant = load_variant(variant_dir, device="cpu")
+    with torch.no_grad():  # a warm-up forward, as a replica does: safetensors maps weights in lazily
+        variant.model(variant.tokenizer("warm up", return_tensors="pt")["input_ids"])
     after_load, now_load = peak_rss_bytes(), current_rss_bytes()
     texts = ["a movie review that is long enough to fill several tokens of the prompt, and then some more"] * 4
     ids = prompts(variant.tokenizer, texts, batch)
