@@ -376,11 +376,13 @@ def main() -> None:
                       "noise": r.noise, "disk_bytes": r.disk_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],
     }
+    load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
+    protocol_out = {"quick": args.quick, **load, "client": "open-loop Poisson (aiohttp)",
+                    "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])}
+    write_results("serving", figures, protocol=protocol_out)  # kept if the lean section fails
     print("lean runtime: replica floor, lean replica under load, replicas per node ...")
     figures.update(lean_runtime_figures(work, quick=args.quick))  # issue 17: serve_replica_floor_bytes, ...
-    load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
-    write_results("serving", figures, protocol={"quick": args.quick, **load, "client": "open-loop Poisson (aiohttp)",
-                                                "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])})
+    write_results("serving", figures, protocol=protocol_out)
     for key in ("rps_ratio_vs_batched", "p99_ratio_at_equal_load", "memory_prediction_error_heldout", "oom_kills",
                 "max_rss_over_budget"):
         print(f"{key}: {figures[key]}")
