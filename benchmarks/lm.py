@@ -5,11 +5,11 @@
 Builds (and caches under $TIGHTFIT_CACHE/bench-lm, so a rerun resumes) each variant from the packaged
 SmolLM2, then measures all of them on the same held-out text, the Rotten Tomatoes test split:
 
-- quality, once per variant (deterministic): perplexity of the split as one token stream (128-token
+- quality, once per variant (deterministic, cached beside the variant so a rerun resumes): perplexity of the split as one token stream (128-token
   windows, stride 64) and zero-shot sentiment accuracy (answer log-likelihood after a prompt);
 - weight bytes (packed data + scales, the tied embedding/head once);
-- speed, interleaved round by round (every variant once per round; medians and min/max): time to first
-  token (64-token prompt, batch 1) and decode tokens/s at batch 1 and 8;
+- speed, interleaved round by round (every variant once per round, each in a fresh process; medians and
+  min/max): time to first token (64-token prompt, batch 1) and decode tokens/s at batch 1 and 8;
 - peak serving RSS: a fresh process per variant and round loads it and generates 32 tokens at batch 8.
 
 The baseline is the fp32 model as a user would run it (a variant dir holding the packaged weights,
