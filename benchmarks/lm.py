@@ -20,6 +20,7 @@ the validation split; nothing is tuned on the test text. Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def build(root: Path, name: str, chain: str, data: Any) -> tuple[Path, float]:
     from tightfit.spec import VariantSpec
 
     target = root / name
-    if (target / MANIFEST).exists() and read_manifest(target)["chain"] == chain:
+    if (target / MANIFEST).exists() and read_manifest(target)["chain"] == VariantSpec.parse(chain, name=name).chain:
         return target, 0.0
     started = time.perf_counter()
     build_variant("smollm2", VariantSpec.parse(chain, name=name), target, data=data, device="cpu", progress=False)
@@ -85,8 +86,9 @@ def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "weight_ratio": row["weight_bytes"] / base["weight_bytes"],
             "perplexity_ratio": row["perplexity"] / base["perplexity"],
             "task_accuracy_drop_points": 100.0 * (base["task_accuracy"] - row["task_accuracy"]),
-            "decode_speedup_b1": row["decode_tok_s_b1"] / base["decode_tok_s_b1"],
-            "rss_ratio": row["peak_rss_bytes"] / base["peak_rss_bytes"],
+            # nan where a variant's timing failed in every round (its errors are in timing_errors)
+            "decode_speedup_b1": row.get("decode_tok_s_b1", math.nan) / base.get("decode_tok_s_b1", math.nan),
+            "rss_ratio": row.get("peak_rss_bytes", math.nan) / base.get("peak_rss_bytes", math.nan),
         }
 
     def meets(r: dict[str, float]) -> dict[str, bool]:
@@ -228,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{r.get('ttft_ms', float('nan')):8.1f} {r.get('decode_tok_s_b1', float('nan')):9.1f} "
               f"{r.get('decode_tok_s_b8', float('nan')):9.1f} {r.get('peak_rss_bytes', 0) / 2**20:8.0f}")
     print({k: v for k, v in summary.items() if k not in ("calibration_by_group", "goals")})
+    for r in rows.values():
+        if r.get("timing_errors"):
+            print(f"{r['name']}: timing failed: {r['timing_errors']}")
 
 
 def _quality(path: Path, name: str, chain: str, build_s: float, texts: list[str], frame: Any, task: Any,
