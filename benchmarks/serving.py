@@ -476,7 +476,10 @@ def _packed_and_started(plan: Any, name: str, timeout_s: float) -> dict[str, Any
     options.pop("autoscaling_config", None)
     options["ray_actor_options"] = {**options["ray_actor_options"], "num_cpus": 0.05}
     app: Any = TightfitServer
-    serve.run(app.options(**options).bind(plan.to_dict()), name=name, route_prefix=f"/{name}", blocking=False)
+    # serve.run waits until every replica runs, which the extra one never does: Ray's non-waiting variant
+    from ray.serve.api import _run
+
+    _run(app.options(**options).bind(plan.to_dict()), name=name, route_prefix=f"/{name}", _blocking=False)
 
     def running() -> int:
         states: dict[Any, int] = dict(serve.status().applications[name].deployments[DEPLOYMENT_NAME].replica_states)
