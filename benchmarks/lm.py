@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
                     "spread": {"ttft_ms": _spread(ttft), "decode_tok_s_b1": _spread(b1), "decode_tok_s_b8": _spread(b8),
                                "peak_rss_bytes": _spread(rss)},
                     "perplexity": round(row["perplexity"], 3), "task_accuracy": round(row["task_accuracy"], 4)})
-    summary = summarize(rows)
+    summary = _no_nan(summarize(rows))
+    rows = _no_nan(rows)
     write_results("lm", {
         **summary,
         "protocol": {"quick": args.quick, "rounds": args.rounds,
@@ -299,6 +300,17 @@ def time_one(path: str, new_tokens: int, threads: int) -> None:
     ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=new_tokens, repeats=3)
     _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=new_tokens, repeats=1)
     print(json.dumps({"ttft_ms": ttft, "decode_tok_s_b1": b1, "decode_tok_s_b8": b8}), flush=True)
+
+
+def _no_nan(value: Any) -> Any:
+    """JSON has no NaN: a figure that could not be measured is null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def _count_formats(formats: dict[str, str]) -> dict[str, int]:
