@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: ppl {rows[name]['perplexity']:.2f}, task {rows[name]['task_accuracy']:.4f}, "
               f"{rows[name]['weight_bytes'] / 2**20:.1f} MiB (built in {seconds} s)", flush=True)
 
-    # Speed: each variant timed in a fresh process (loading many torchao-int4 models into one process crashed
-    # it once with SIGSEGV), interleaved round by round; a failed timing is recorded, the others go on.
+    # Speed: each variant timed in a fresh process, interleaved round by round, so that a variant whose
+    # generation crashes (the mixed int4/int8 one does, SIGSEGV) is recorded and the others go on.
     for round_no in range(args.rounds):
         for name, path in paths.items():
             timing = _time_in_subprocess(path, args.new_tokens, args.threads)
