@@ -102,6 +102,10 @@ class Int8Linear(nn.Module):
         if flat.shape[0] > GEMM_ROWS:  # prefill: one dequantized GEMM beats the row-wise int8 kernel
             y = torch.nn.functional.linear(flat, self.qdata.to(flat.dtype) * self.scale[:, None])
         else:
+            if self.qdata.data_ptr() % 64 or self.scale.data_ptr() % 64:
+                # buffers mapped from safetensors can sit off a 64-byte boundary; with the mixed int4/int8
+                # SmolLM2 the CPU int8 kernel then crashed (SIGSEGV) on decode: one aligned copy on first use
+                self.qdata, self.scale = self.qdata.clone(), self.scale.clone()
             y = torch._weight_int8pack_mm(flat, self.qdata, self.scale)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y + self.bias if self.bias is not None else y
