@@ -137,6 +137,15 @@ def _decode_safetensors(tensors: dict[str, Any], manifest: dict[str, Any]) -> di
         dense = torch.zeros(numel, dtype=values.dtype)
         dense[torch.from_numpy(bits)] = values
         state[key] = dense.reshape(info["shape"])
+    # Packed int8 tables mapped from the file can start off a 64-byte boundary, where PyTorch's CPU int8
+    # kernel crashed (SIGSEGV) decoding the mixed int4/int8 SmolLM2: such a table and its scales get one
+    # aligned copy, before tied keys are resolved so that a tied head still shares its table.
+    for key in [k for k, v in state.items() if k.endswith(".qdata") and v.dtype == torch.int8]:
+        scale = key[: -len("qdata")] + "scale"
+        if state[key].data_ptr() % 64 or (scale in state and state[scale].data_ptr() % 64):
+            state[key] = state[key].clone()
+            if scale in state:
+                state[scale] = state[scale].clone()
     for key, source in weights.get("tied", {}).items():
         state[key] = state[source]
     return state
