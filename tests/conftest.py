@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,19 @@ KUBERAY_CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds"
 def mlflow_uri(tmp_path: Path) -> str:
     """A fresh local SQLite tracking store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A scratch folder for one module's shared fixtures, removed when the module is done.
+
+    A full run writes several GB (checkpoints, pipeline outputs, MLflow artifacts); per-test folders go as
+    each test passes (`tmp_path_retention_policy`), and this keeps the module-wide ones from piling up on
+    a small CI disk too.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -30,15 +30,15 @@ skip_without_chromium()
 
 
 @pytest.fixture(scope="module")
-def logged_ui(tmp_path_factory: pytest.TempPathFactory, finetuned_minilm_dir: Path):
+def logged_ui(module_tmp: Path, finetuned_minilm_dir: Path):
     from tightfit.data import load_dataset
 
     records = [r for r, _ in real_sweep(Path(finetuned_minilm_dir))]
     digest = track.frame_digest(load_dataset("rotten_tomatoes", seed=0, limit=600).test)  # what the sweep measured on
-    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-ui-server"))
+    server = LocalMlflowServer(module_tmp / "mlflow-server")
     server.start()
     try:
-        t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+        t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=module_tmp / "outbox")
         parent = track.start_parent("minilm-sweep", base_model="minilm", dataset="rotten_tomatoes", tracker=t)
         for record in records:  # no model files: the pages show records (registration: test_tracking_server)
             track.log_variant(record, parent=parent, base_model="minilm", dataset="rotten_tomatoes",

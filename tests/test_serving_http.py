@@ -47,7 +47,7 @@ def _pool_variants(finetuned_minilm_dir, root) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def served(finetuned_minilm_dir, tmp_path_factory):
+def served(finetuned_minilm_dir, module_tmp):
     """Plan for the fine-tuned variant (primary) and two smaller variants under a 1 GiB budget (batch capped at
     8 so the load test can pass capacity with few client threads), deployed on a private Ray + Serve; torn
     down after the module. The pool is narrowed to the primary plus the smallest variant, so Serve's model
@@ -62,7 +62,7 @@ def served(finetuned_minilm_dir, tmp_path_factory):
     from tightfit.serve.plan import ServeOptions, plan_serving
     from tightfit.settings import start_local_ray
 
-    dirs = _pool_variants(finetuned_minilm_dir, tmp_path_factory.mktemp("pool"))
+    dirs = _pool_variants(finetuned_minilm_dir, module_tmp)
     records = [dataclasses.replace(footprint_for_source(d, name=n), accuracy=POOL[n]) for n, d in dirs.items()]
     plan = plan_serving(with_load_rss(records), BUDGET, ServeOptions(max_batch=8, accuracy_tolerance=0.0, pool_size=3))
     sizes = {v.name: v.resident_bytes for v in plan.pool}

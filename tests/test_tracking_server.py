@@ -22,8 +22,8 @@ DIGEST = "0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = LocalMlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+def server(module_tmp: Path):
+    srv = LocalMlflowServer(module_tmp / "mlflow-server")
     srv.start()
     yield srv
     srv.stop()
@@ -35,9 +35,9 @@ def sweep(finetuned_minilm_dir: Path) -> list[tuple[Footprint, Path]]:
 
 
 @pytest.fixture(scope="module")
-def logged(server: LocalMlflowServer, sweep, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def logged(server: LocalMlflowServer, sweep, module_tmp: Path) -> dict:
     """Log the sweep with its models under one parent, the summary, and the registry aliases."""
-    t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=tmp_path_factory.mktemp("outbox"))
+    t = track.Tracker(server.uri, EXPERIMENT, outbox_dir=module_tmp / "outbox")
     records = [r for r, _ in sweep]
     target = HardwareTarget.parse(min_accuracy=0.5)
     parent = track.start_parent("real-sweep", base_model="minilm", dataset="rotten_tomatoes", target=target, tracker=t)

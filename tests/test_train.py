@@ -28,14 +28,15 @@ def _config(tmp: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
+def baseline(module_tmp):
     """One unfaulted 2-worker run shared by the accuracy, tracking, progress and fault tests."""
     import io
 
     from tightfit.progress import LineReporter
     from tightfit.train.run import run_finetune
 
-    tmp = tmp_path_factory.mktemp("baseline")
+    tmp = module_tmp / "baseline"
+    tmp.mkdir()
     log = io.StringIO()
     result = run_finetune(_config(tmp), progress=LineReporter(log))
     (tmp / "progress.log").write_text(log.getvalue())
