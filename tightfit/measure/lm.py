@@ -202,11 +202,15 @@ def _serve_once(variant_dir: str, batch: int, new_tokens: int, threads: int) -> 
     import torch
 
     torch.set_num_threads(threads)
-    import transformers  # noqa: F401  (library imports counted apart from the model)
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from tightfit.compress.variant import load_variant
 
-    # what a replica imports and no more: torchao only loads for variants whose weights are its tensors
+    # The runtime, counted apart from the model: torch, transformers and the architecture's module (Llama's
+    # modeling code and generation utilities add about 120 MiB to a bare `import transformers`).
+    # (transformers' model code also imports part of torchao when it is installed, about 11 MiB).
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(variant_dir))]
     after_imports, now_imports = peak_rss_bytes(), current_rss_bytes()
     variant = load_variant(variant_dir, device="cpu")
     with torch.no_grad():  # a warm-up forward, as a replica does: safetensors maps weights in lazily
