@@ -10,7 +10,10 @@ budget, behind real HTTP on 127.0.0.1), one function each:
   ``batch_wait_timeout_s`` 10 ms (the default), ``max_ongoing_requests`` = 2 x the batch (one batch running,
   the next one filling; Serve's default of 5 would cap every batch at 5);
 - ``tightfit``: ``plan_serving`` over the measured variants under the budget (variant, batch, token cap,
-  backpressure, memory reservation), with the memory model calibrated on fresh replicas first.
+  backpressure, memory reservation), with the memory model calibrated on fresh replicas first. The
+  candidates: fp32, bf16, int8 dynamic, a pruned + distilled student in torchao int8, and the same student
+  in ONNX Runtime int8; the plan chooses with its default rule (quality within 0.5 points, then memory,
+  then latency).
 
 Load (``benchmarks/_load.py``): open-loop Poisson arrivals at the same fixed rates for every deployment,
 bounded in count and time, rounds interleaving the deployments at each rate. A rate is *sustained* when the
@@ -53,7 +56,10 @@ BATCHED_MAX_BATCH = 16
 SLO_MS = 500.0
 FULL = {"rates": [10, 20, 40, 80, 120, 160, 240, 320, 480], "seconds": 20.0, "max_requests": 6000, "rounds": 2,
         "chains": {"bf16": "bf16", "int8-dynamic": "int8_dynamic",
-                   "student-int8": "prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill:steps=400|int8_dynamic"},
+                   "student-int8": "prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill:steps=400|int8_dynamic",
+                   # the same student on the lean runtime: ONNX Runtime's int8, no torch in its replica
+                   "student-ort-int8":
+                       "prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill:steps=400|onnx_int8_dynamic"},
         "calibrate": ("fp32", "bf16"), "calibration_batches": (1, 16, 48), "heldout_batches": (24, 40),
         "eval_rows": 400}
 QUICK = {"rates": [5, 20], "seconds": 4.0, "max_requests": 200, "rounds": 1,
@@ -88,9 +94,10 @@ def build_variants(work: Path, chains: dict[str, str], data: Any) -> dict[str, P
 
 
 def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[Any]:
-    """Footprints the planner reads: accuracy, latency (pinned thread, interleaved rounds), load RSS."""
+    """Footprints the planner reads: accuracy, latency (pinned thread, interleaved rounds), load RSS. Every
+    variant runs through its own runner (torch or ONNX Runtime), as its replica runs it."""
     from tightfit import load_variant
-    from tightfit.measure.profile import fixed_inputs, record_timing, time_forward
+    from tightfit.measure.profile import record_timing, time_forward
     from tightfit.measure.quality import evaluate
     from tightfit.measure.timing import QUICK_PLAN
     from tightfit.memory.replica import footprint_for_source
@@ -101,10 +108,11 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
     records = []
     for name, path in dirs.items():
         record = footprint_for_source(str(path), name=name)
-        variant = load_variant(path)
-        record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier")["accuracy"]
-        inputs = {b: fixed_inputs(variant.tokenizer, texts, b, 64) for b in (1, 32)}
-        record_timing(record, time_forward(variant.model, inputs, QUICK_PLAN, threads=THREADS))
+        variant = load_variant(path, threads=THREADS)
+        runner = variant.runner
+        record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier", runner=runner)["accuracy"]
+        inputs = {b: runner.encode([texts[i % len(texts)] for i in range(b)], max_length=64) for b in (1, 32)}
+        record_timing(record, time_forward(runner.forward, inputs, QUICK_PLAN, threads=THREADS))
         records.append(record)
         print(f"  {name}: accuracy {record.accuracy:.3f}, b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
               f"b32 p95 {record.latency_ms_b32_p95:.1f} ms, noise {record.noise or '-'}")
@@ -197,7 +205,8 @@ def deploy_tightfit(records: list[Any], model: Any, base: str) -> tuple[Deployme
     print(plan.describe())
     serve.run(build_app(plan), name="tightfit", route_prefix="/tightfit")
     return Deployment("tightfit", f"{base}/tightfit/v1/classify", f"{base}/tightfit/healthz",
-                      {"variant": plan.primary.name, "max_batch_size": plan.primary.max_batch_size,
+                      {"variant": plan.primary.name, "runtime": plan.primary.runtime,
+                       "max_batch_size": plan.primary.max_batch_size,
                        "max_ongoing_requests": plan.max_ongoing_requests,
                        "max_queued_requests": plan.max_queued_requests,
                        "predicted_peak_bytes": plan.predicted_peak_bytes, "accuracy": plan.primary.accuracy}), plan
@@ -371,7 +380,7 @@ def main() -> None:
                            "model": {k: v for k, v in model.to_dict().items() if k != "calibration_points"}},
         "spread": {"rps_at_max_rate": {name: spread([r["achieved_rps"] for r in s["by_rate"][str(s["max_sustained_rate"])]["rounds"]])
                                        for name, s in summary.items() if s["max_sustained_rate"] is not None}},
-        "variants": [{"name": r.variant, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
+        "variants": [{"name": r.variant, "runtime": r.runtime, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
                       "latency_ms_b32_p95": r.latency_ms_b32_p95, "latency_ms_b32_cv": r.latency_ms_b32_cv,
                       "noise": r.noise, "disk_bytes": r.disk_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],

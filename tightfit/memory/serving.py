@@ -123,8 +123,12 @@ class Prediction:
 COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale")
 # ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
-# activations about 0.9x the modelled bytes (ORT's arena). Recalibrate with `tightfit serve --calibrate`.
-ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95}
+# activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
+# plain ONNX process imports none of what Ray's worker and Serve bring (idle lean replicas 266 MiB over a
+# 101 MiB plain-process load: 165 MiB; torch's default of 130 MiB under-booked them by 8 %).
+# Recalibrate with `tightfit serve --calibrate`.
+ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
+                                  "replica_overhead_bytes": 170 * 2**20}
 
 
 @dataclass(frozen=True)

@@ -193,19 +193,30 @@ class _Syncer:
         if p.get("model") or p.get("logged_model"):
             with tempfile.TemporaryDirectory(prefix="tightfit-pyfunc-") as tmp:
                 pyfunc = _LazyPyfunc(p.get("model"), Path(tmp) / "model")
-                if p.get("model"):
+                # MLflow 3 keeps a model once, in its LoggedModel (linked to the run as an output): a second
+                # copy under the run's artifacts would double the disk a sweep takes. Only a record without
+                # a LoggedModel (an outbox written before them) puts the model in its run.
+                if p.get("model") and not p.get("logged_model"):
                     self._log_model(run_id, p["model"], pyfunc, op)
+                elif p.get("model"):
+                    self._variant_dir_present(run_id, p["model"], op)
                 if p.get("logged_model"):
                     self._log_logged_model(op, run_id, p, pyfunc)
         return run_id
 
-    def _log_model(self, run_id: str, model: dict[str, Any], pyfunc: _LazyPyfunc, op: Op) -> None:
+    def _variant_dir_present(self, run_id: str, model: dict[str, Any], op: Op) -> bool:
+        """Whether the variant dir is still there; if not, the op goes to the dead letters and the run says so."""
         variant_dir = Path(model["variant_dir"])
+        if variant_dir.exists():
+            return True
+        log.warning("variant dir %s vanished before its model was synced; the run has no model", variant_dir)
+        self.outbox.add_dead_letter(op, f"variant dir {variant_dir} vanished before its model was synced")
+        self.client.set_tag(run_id, names.TAG_VARIANT_DIR, f"missing: {variant_dir}")
+        return False
+
+    def _log_model(self, run_id: str, model: dict[str, Any], pyfunc: _LazyPyfunc, op: Op) -> None:
         path = model.get("artifact_path", names.ARTIFACT_MODEL)
-        if not variant_dir.exists():
-            log.warning("variant dir %s vanished before its model was synced; the run has no model", variant_dir)
-            self.outbox.add_dead_letter(op, f"variant dir {variant_dir} vanished before its model was synced")
-            self.client.set_tag(run_id, names.TAG_VARIANT_DIR, f"missing: {variant_dir}")
+        if not self._variant_dir_present(run_id, model, op):
             return
         if any(a.path == path for a in self.client.list_artifacts(run_id)):
             return
@@ -243,7 +254,7 @@ class _Syncer:
 
 
 class _LazyPyfunc:
-    """The variant's pyfunc model, saved once on first use (the run and its LoggedModel share it)."""
+    """The variant's pyfunc model, saved on first use (for its LoggedModel, or its run's ``model/``)."""
 
     def __init__(self, model: dict[str, Any] | None, out: Path) -> None:
         self.variant_dir = Path(model["variant_dir"]) if model else None
