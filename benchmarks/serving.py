@@ -94,9 +94,11 @@ def build_variants(work: Path, chains: dict[str, str], data: Any) -> dict[str, P
 
 
 def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[Any]:
-    """Footprints the planner reads: accuracy, latency (pinned thread, interleaved rounds), load RSS. Every
-    variant runs through its own runner (torch or ONNX Runtime), as its replica runs it."""
+    """Footprints the planner reads, as a profile measures them: accuracy, latency (pinned thread,
+    interleaved rounds), peak RSS loading and serving batch 32 in a fresh process, load RSS with the replica's
+    loader. Every variant runs through its own runner (torch or ONNX Runtime), as its replica runs it."""
     from tightfit import load_variant
+    from tightfit.measure.memory import measure_memory
     from tightfit.measure.profile import record_timing, time_forward
     from tightfit.measure.quality import evaluate
     from tightfit.measure.timing import QUICK_PLAN
@@ -113,8 +115,11 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
         record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier", runner=runner)["accuracy"]
         inputs = {b: runner.encode([texts[i % len(texts)] for i in range(b)], max_length=64) for b in (1, 32)}
         record_timing(record, time_forward(runner.forward, inputs, QUICK_PLAN, threads=THREADS))
+        mem = measure_memory(path, seq_len=64, batch=32, threads=THREADS)  # what selection ranks by, as in a sweep
+        record.peak_rss_load_bytes, record.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         records.append(record)
-        print(f"  {name}: accuracy {record.accuracy:.3f}, b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
+        print(f"  {name}: accuracy {record.accuracy:.3f}, serving RSS {record.peak_rss_serve_bytes >> 20} MiB, "
+              f"b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
               f"b32 p95 {record.latency_ms_b32_p95:.1f} ms, noise {record.noise or '-'}")
     return with_load_rss(records)
 
@@ -382,7 +387,7 @@ def main() -> None:
                                        for name, s in summary.items() if s["max_sustained_rate"] is not None}},
         "variants": [{"name": r.variant, "runtime": r.runtime, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
                       "latency_ms_b32_p95": r.latency_ms_b32_p95, "latency_ms_b32_cv": r.latency_ms_b32_cv,
-                      "noise": r.noise, "disk_bytes": r.disk_bytes,
+                      "noise": r.noise, "disk_bytes": r.disk_bytes, "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],
     }
     load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
