@@ -78,6 +78,13 @@ def test_the_planner_chooses_by_the_selection_policy(records):
         assert chosen is not None and plan.primary.name == chosen.variant, tolerance
     assert [plan_serving(records, 1 * 2**30, ServeOptions(accuracy_tolerance=t), model=MODEL).primary.name
             for t in (0.0, 0.005, 0.05)] == ["fp32", "bf16", "bf16"]
+    # a variant that loses on quality says so, and by how much, rather than "ranks first"
+    plan = plan_serving(records, 1 * 2**30, ServeOptions(accuracy_tolerance=0.005), model=MODEL)
+    assert "accuracy 0.7700 is more than 0.005 below the best 0.8000" in plan.rejected["int8"], plan.rejected
+    assert "ranks first" in plan.rejected["fp32"]
+    for bad in (-0.01, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="accuracy_tolerance"):
+            ServeOptions(accuracy_tolerance=bad)
 
 
 def test_min_accuracy_latency_slo_and_explicit_variant(records):

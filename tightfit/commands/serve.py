@@ -25,6 +25,10 @@ def register(app: typer.Typer) -> None:
         tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
         latency_slo: str | None = typer.Option(None, "--latency-slo", help="Per-request latency SLO, e.g. 200ms."),
         min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="Accuracy floor, a fraction."),
+        accuracy_tolerance: float = typer.Option(
+            0.005, "--accuracy-tolerance", help="Quality this close to the best counts as equal (0.01: 1 point); "
+            "then the leanest, fastest variant wins."
+        ),
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="Token cap per text (default 64, LMs 128)."),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Generation cap per request (LMs)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas to start with."),
@@ -68,7 +72,8 @@ def register(app: typer.Typer) -> None:
             records = with_load_rss(records)
         model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()
         options = ServeOptions(
-            latency_slo_ms=slo, min_accuracy=min_accuracy, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
+            latency_slo_ms=slo, min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
+            max_tokens=max_tokens, max_new_tokens=max_new_tokens,
             num_replicas=replicas, max_replicas=max_replicas, cpus_per_replica=cpus, pool_size=pool_size,
         )
         plan = plan_serving(

@@ -73,6 +73,8 @@ class ServeOptions:
                 continue
             if not math.isfinite(value) or not 0 < value <= most:
                 raise ConfigError(f"{key} must be in 1..{most:,}, got {value}")
+        if not math.isfinite(self.accuracy_tolerance) or not 0 <= self.accuracy_tolerance < 1:
+            raise ConfigError(f"accuracy_tolerance is a fraction in [0, 1) (0.01: 1 point), got {self.accuracy_tolerance}")
         if self.cpus_per_replica <= 0 or not math.isfinite(self.cpus_per_replica):
             raise ConfigError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
 
@@ -190,8 +192,15 @@ def choose_primary(
     if selection.chosen is None:
         raise BudgetError(f"no variant meets the constraints: {rejected}")
     primary = fits[selection.chosen.variant]
-    for name in fits:
-        if name != primary.name and name not in rejected:
+    best = max((r.accuracy for r in selection.fitting if r.accuracy is not None), default=None)
+    for record in selection.fitting:
+        name = record.variant
+        if name == primary.name or name in rejected:
+            continue
+        if best is not None and record.accuracy is not None and record.accuracy < best - options.accuracy_tolerance:
+            rejected[name] = (f"fits, but accuracy {record.accuracy:.4f} is more than {options.accuracy_tolerance:g} "
+                              f"below the best {best:.4f} (--accuracy-tolerance)")
+        else:
             rejected[name] = f"fits, but {primary.name} ranks first (quality within tolerance, then memory, disk, latency)"
     return primary
 
