@@ -290,7 +290,8 @@ def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]
     for record in held_variants + seen[:1]:  # held-out variants, and a calibrated one at held-out batches
         for point in measure_replica(record, base_url=base, batch_sizes=protocol["heldout_batches"]):
             predicted = model.predict(point.weight_bytes, point.arch, batch=point.batch, seq_len=point.seq_len,
-                                      dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes).total
+                                      dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes,
+                                      runtime=point.runtime).total  # each runtime its own coefficients
             error = prediction_error(predicted, point.peak_rss_bytes)
             judged.append({"variant": record.variant, "batch": point.batch, "held_out_variant": record in held_variants,
                            "measured_peak_bytes": point.peak_rss_bytes, "predicted_peak_bytes": predicted,
