@@ -12,7 +12,7 @@ head of a causal LM (tied to the input embedding in SmolLM2) is not a body Linea
 The formats go to ``ctx.extra["layer_formats"]`` (the variant manifest) and a compact summary to the
 footprint (MLflow). A variant with layer formats loads into an empty skeleton whose modules are rebuilt
 from those formats (``skeleton_from_formats``) and takes its saved tensors by assignment: nothing is
-re-quantized, and a CPU serving process never imports torchao.
+re-quantized, and no torchao code runs in a CPU serving process.
 """
 
 from __future__ import annotations

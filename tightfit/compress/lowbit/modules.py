@@ -10,8 +10,8 @@
   tied output head is an ``Int8Linear`` holding the very same buffers, so the tie and its bytes stay shared.
 
 torchao quantizes (round to nearest, AWQ); these modules only run the result. Their buffers are plain
-tensors, so the variant is safetensors (no pickle) and a serving process never imports torchao (about
-80 MiB of RSS on this stack). ``skeleton_module`` rebuilds one on the meta device from its recorded
+tensors, so the variant is safetensors (no pickle) and loading or running it needs no torchao code
+(transformers' model classes still import torchao when it is installed: about 11 MiB more here). ``skeleton_module`` rebuilds one on the meta device from its recorded
 format, for loading by assignment.
 """
 
