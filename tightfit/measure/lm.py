@@ -208,8 +208,8 @@ def _serve_once(variant_dir: str, batch: int, new_tokens: int, threads: int) -> 
     from tightfit.compress.variant import load_variant
 
     # The runtime, counted apart from the model: torch, transformers and the architecture's module (Llama's
-    # modeling code and generation utilities add about 120 MiB to a bare `import transformers`).
-    # (transformers' model code also imports part of torchao when it is installed, about 11 MiB).
+    # modeling code and generation utilities add about 140 MiB to a bare `import transformers`; with them,
+    # transformers also imports torchao when it is installed, about 11 MiB of that).
     MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(variant_dir))]
     after_imports, now_imports = peak_rss_bytes(), current_rss_bytes()
     variant = load_variant(variant_dir, device="cpu")

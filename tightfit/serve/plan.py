@@ -74,7 +74,9 @@ class ServeOptions:
             if not math.isfinite(value) or not 0 < value <= most:
                 raise ConfigError(f"{key} must be in 1..{most:,}, got {value}")
         if not math.isfinite(self.accuracy_tolerance) or not 0 <= self.accuracy_tolerance < 1:
-            raise ConfigError(f"accuracy_tolerance is a fraction in [0, 1) (0.01: 1 point), got {self.accuracy_tolerance}")
+            raise ConfigError(
+                f"accuracy_tolerance is a fraction in [0, 1) (0.01: 1 point), got {self.accuracy_tolerance}"
+            )
         if self.cpus_per_replica <= 0 or not math.isfinite(self.cpus_per_replica):
             raise ConfigError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
 

@@ -11,8 +11,8 @@
 
 torchao quantizes (round to nearest, AWQ); these modules only run the result. Their buffers are plain
 tensors, so the variant is safetensors (no pickle) and loading or running it needs no torchao code
-(transformers' model classes still import torchao when it is installed: about 11 MiB more here). ``skeleton_module`` rebuilds one on the meta device from its recorded
-format, for loading by assignment.
+(transformers' model classes still import torchao when it is installed: about 11 MiB more here).
+``skeleton_module`` rebuilds one on the meta device from its recorded format, for loading by assignment.
 """
 
 from __future__ import annotations
