@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -99,14 +100,12 @@ def test_each_variant_is_a_logged_model_compared_by_footprint(server: LocalMlflo
             assert (metrics[key].dataset_name, metrics[key].dataset_digest) == ("rotten_tomatoes", DIGEST)
         assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
     # the fluent API a user would call sees the same (filtered by a footprint figure)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.uri)
-    try:
+    from tightfit.track.flavor import using_mlflow_uri
+
+    with using_mlflow_uri(server.uri):
         exp_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id  # type: ignore[union-attr]
         small = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
                                             filter_string=f"metrics.{names.DISK_BYTES} < {60 * 2**20}")
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert {m.name for m in small} == {r.variant for r, _ in sweep if (r.disk_bytes or 0) < 60 * 2**20}
     # the registered champion's version is the chosen variant's LoggedModel
     version = client.get_model_version_by_alias(MODEL_NAME, names.ALIAS_CHAMPION)
@@ -124,8 +123,11 @@ def test_champion_loads_back_and_predicts_the_same_labels(server: LocalMlflowSer
 
     texts = SAMPLE_TEXTS + load_dataset("rotten_tomatoes", seed=0, limit=600).test["text"].astype(str).tolist()[:26]
     expected = labels_before_logging(variant_dir, texts)
+    before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     model = load_registered(MODEL_NAME, names.ALIAS_CHAMPION, tracking_uri=server.uri)
     assert model.predict(texts).tolist() == expected
+    # loading leaves no URI behind for later subprocesses (a pipeline once inherited a stopped server's)
+    assert {key: os.environ.get(key) for key in before} == before
     assert len(set(expected)) == 2, "a fine-tuned classifier is not constant on 32 real reviews"
 
     from mlflow import MlflowClient

@@ -9,9 +9,11 @@ runner, so an ONNX variant never imports torch. The wrapper class itself is stor
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +141,7 @@ def register_run_model(
         source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{path}"
         # A local registry store resolves ``models:/<id>`` through the process-wide tracking URI: point it
         # at this client's store for the call (a tracking server resolves it against its own store).
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        with _use_tracking_uri(client.tracking_uri):
+        with using_mlflow_uri(client.tracking_uri):
             created = client.create_model_version(model_name, source=source, run_id=run_id, model_id=model_id)
         version = str(created.version)
     for alias in aliases:
@@ -159,7 +159,35 @@ def load_registered(
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    uri = settings.resolve_tracking_uri(tracking_uri)
+    with using_mlflow_uri(settings.resolve_tracking_uri(tracking_uri)):
+        return mlflow.pyfunc.load_model(names.model_uri(model_name, alias))
+
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def using_mlflow_uri(uri: str) -> Iterator[None]:
+    """MLflow's tracking and registry URIs set to ``uri`` for the block, then restored, environment included.
+
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``
+    so that subprocesses inherit them; left behind, every pipeline task started later in this process would
+    talk to that store (a stopped server, once). MLflow's own ``_use_tracking_uri`` leaves the variable set.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model(names.model_uri(model_name, alias))
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
