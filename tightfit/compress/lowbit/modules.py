@@ -101,11 +101,7 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous()
         if flat.shape[0] > GEMM_ROWS:  # prefill: one dequantized GEMM beats the row-wise int8 kernel
             y = torch.nn.functional.linear(flat, self.qdata.to(flat.dtype) * self.scale[:, None])
-        else:
-            if self.qdata.data_ptr() % 64 or self.scale.data_ptr() % 64:
-                # buffers mapped from safetensors can sit off a 64-byte boundary; with the mixed int4/int8
-                # SmolLM2 the CPU int8 kernel then crashed (SIGSEGV) on decode: one aligned copy on first use
-                self.qdata, self.scale = self.qdata.clone(), self.scale.clone()
+        else:  # 64-byte aligned: a table mapped from safetensors is aligned once at load (compress.variant)
             y = torch._weight_int8pack_mm(flat, self.qdata, self.scale)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y + self.bias if self.bias is not None else y
