@@ -37,14 +37,15 @@ def small_variant(minilm, tmp_path_factory) -> Path:
 
 
 def test_the_same_profile_twice_agrees_within_15_percent(small_variant: Path) -> None:
-    """A latency the profiler does not flag as noisy is reproducible: two profiles of one variant agree
-    within 15 % on p50. A pair where a figure was flagged (other work shared the cores) is measured again, as
-    the profiler's contract says; only an overloaded machine (load above its cores) may leave it flagged."""
+    """A latency the profiler does not flag as noisy is reproducible: two profiles of one variant taken at the
+    same machine speed agree within 15 % on p50. A pair where a figure was flagged (other work shared the
+    cores) or where the reference workload says the machine itself ran at another speed (a VM's host busy
+    for seconds) is measured again; every flag must rest on evidence the profile recorded."""
     from tightfit.device import cpu_threads
     from tightfit.measure.profile import measure_variant
 
-    pairs = []
-    for _ in range(3):
+    pairs, reasons = [], []
+    for _ in range(4):
         first, second = (measure_variant(small_variant, None, memory_subprocess=False, timing=REPEAT_PLAN, threads=1)
                          for _ in range(2))
         for fp in (first, second):
@@ -54,17 +55,30 @@ def test_the_same_profile_twice_agrees_within_15_percent(small_variant: Path) ->
             assert fp.noise is not None  # timed: "" when clean, else the noisy figures
             assert len(fp.extra["latency_ms_b1_round_p50"]) == 5 and len(fp.extra["measure_cpus"]) == 1
             assert fp.latency_ms_b1_p50 <= fp.latency_ms_b1_p95 <= fp.latency_ms_b1_p99  # type: ignore[operator]
+            assert fp.extra["measure_probe_ms"] > 0
+        pairs.append((first, second))
+        speeds = sorted(fp.extra["measure_probe_ms"] for fp in (first, second))
+        if speeds[1] / speeds[0] > 1.10:
+            reasons.append(f"machine speed changed: reference workload {speeds[0]:.3f} vs {speeds[1]:.3f} ms")
+            continue
         trusted = [m for m in ("latency_ms_b1_p50", "latency_ms_b32_p50")
                    if not (first.is_noisy(m) or second.is_noisy(m))]
         for metric in trusted:
             a, b = getattr(first, metric), getattr(second, metric)
-            assert abs(a - b) / min(a, b) <= 0.15, (metric, a, b, first.load_avg_1m, second.load_avg_1m)
-        pairs.append((first, second))
+            assert abs(a - b) / min(a, b) <= 0.15, (metric, a, b, first.extra, second.extra)
         if len(trusted) == 2:
             return
-    load = max(fp.load_avg_1m or 0 for pair in pairs for fp in pair)
-    assert load > cpu_threads(), f"flagged noisy on a machine that was not overloaded (load {load:.1f})"
-    pytest.skip(f"every pair flagged noisy: load average {load:.1f} on {cpu_threads()} cores")
+        reasons.append(f"flagged noisy: {first.noise or '-'} / {second.noise or '-'}")
+    # No pair could be judged: each flag must rest on evidence the profiler recorded (spread, a core taken
+    # from the timing thread, or other work busy on the machine), never on nothing.
+    plan = REPEAT_PLAN
+    for fp in (fp for pair in pairs for fp in pair):
+        for figure in fp.noisy_figures:
+            evidence = (getattr(fp, f"{figure}_cv") > plan.threshold,
+                        fp.extra[f"{figure}_cpu_share"] < plan.min_cpu_share,
+                        fp.extra["measure_other_cores"] > plan.max_other_cores)
+            assert any(evidence), (figure, evidence, fp.extra)
+    pytest.skip(f"no pair measured alone at one machine speed on {cpu_threads()} cores: {'; '.join(reasons)}")
 
 
 def test_pinned_threads_restores_affinity_and_threads() -> None:
@@ -99,6 +113,34 @@ def test_a_spread_above_the_threshold_is_remeasured_then_flagged() -> None:
     assert calm.attempts == 1 and calm.noisy == []
     # the same steady call, judged as CPU work: it slept off its core, so it was not measured alone
     assert time_rounds({1: steady}, plan, threads=1).noisy == [1]
+
+
+def _spin() -> None:
+    end = time.perf_counter() + 0.004
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_busy_neighbour_is_flagged_though_the_rounds_agree() -> None:
+    """Another process busy on the machine slows every round alike (no spread) on an SMT sibling or a shared
+    virtual CPU; the machine's counters show it, so the latency is flagged, not trusted."""
+    import subprocess
+    import sys
+
+    plan = TimingPlan(rounds=3, repeats={1: 10}, warmup=1, retries=0)
+    cores = sorted(os.sched_getaffinity(0))
+    neighbour = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cores[-1]}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.5)  # the loop is spinning before the timing starts
+        busy = time_rounds({1: _spin}, plan, threads=1)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    assert busy.stats[1].other_cores > 0.7, busy.stats[1]
+    assert busy.noisy == [1]
+    calm = time_rounds({1: _spin}, plan, threads=1)
+    assert calm.stats[1].other_cores < busy.stats[1].other_cores - 0.5
 
 
 def test_percentile_interpolates_like_numpy() -> None:

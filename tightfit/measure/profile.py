@@ -158,7 +158,9 @@ def record_timing(fp: Footprint, result: TimingResult) -> None:
     fp.measure_rounds, fp.measure_threads, fp.load_avg_1m = result.rounds, result.threads, result.load_avg_1m
     fp.measure_cpu_share = min(s.cpu_share for s in result.stats.values())
     fp.noise = ",".join(f"latency_ms_b{b}" for b in result.noisy)
-    fp.extra.update({"measure_attempts": result.attempts, "measure_cpus": result.cpus})
+    fp.extra.update({"measure_attempts": result.attempts, "measure_cpus": result.cpus,
+                     "measure_probe_ms": round(result.probe_ms, 4),
+                     "measure_other_cores": round(max(s.other_cores for s in result.stats.values()), 3)})
 
 
 def _disk(path: Path, manifest: dict[str, Any]) -> tuple[int, int | None, int]:

@@ -4,10 +4,20 @@ A latency that drives a choice is measured alone and repeated. ``time_rounds`` p
 set of cores with as many compute threads, then runs ``rounds`` rounds; each round times every batch size
 in turn (interleaved, so drift on a shared machine hits all of them alike). From the per-round medians it
 takes the coefficient of variation (CV = standard deviation / mean of the round medians). A batch whose CV is
-above ``TimingPlan.threshold``, or whose timing thread held its core less than ``MIN_CPU_SHARE`` of the
-time (other work took it: a uniform slowdown that shows no spread), is measured again (all rounds, up to ``retries`` times; the calmest attempt is
-kept); if it stays above, it is *flagged* as noisy, never silently used: ``Footprint.noise`` names it and
-selection judges a noisy latency at its p99 instead of its p95 (``tightfit.select.choose``).
+above ``TimingPlan.threshold``, whose timing thread held its core less than ``MIN_CPU_SHARE`` of the time,
+or during which other processes kept more than ``MAX_OTHER_CORES`` cores busy (or the hypervisor stole that
+much), is measured again (all rounds, up to ``retries`` times; the calmest attempt is kept); if it stays
+above, it is *flagged* as noisy, never silently used: ``Footprint.noise`` names it and selection judges a
+noisy latency at its p99 instead of its p95 (``tightfit.select.choose``).
+
+The last two checks catch a *uniform* slowdown, which shows no spread between rounds: another process on
+the timing core (the thread waits: low CPU share), or one on its SMT sibling or a stolen virtual CPU (the
+thread runs but slower: only the machine's own counters in ``/proc/stat`` show it).
+
+A virtual machine's host can also slow every core for seconds at a time without any counter inside the
+guest showing it. A fixed reference workload (``probe_ms``), timed in every round on the same pinned core,
+records the machine's speed during the measurement, so two profiles taken at different speeds are known
+as such (``TimingResult.probe_ms``, ``Footprint.extra["measure_probe_ms"]``).
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ NOISE_CV = 0.10
 MIN_CPU_SHARE = 0.8
 """Below this share of wall time on a CPU, the timing thread was waiting for a core other work held: the
 rounds may agree with each other (a uniform slowdown has no spread) and still not be the variant's latency."""
+MAX_OTHER_CORES = 0.25
+"""Cores' worth of CPU time that other processes (or the hypervisor, as steal) may take during a timing
+attempt before it counts as not measured alone: on a 2-vCPU VM the other vCPU is often the timing core's SMT
+sibling, and a busy sibling slows the timed thread by a third or more without showing in its CPU share."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class TimingPlan:
     retries: int = 2
     threshold: float = NOISE_CV
     min_cpu_share: float = MIN_CPU_SHARE
+    max_other_cores: float = MAX_OTHER_CORES
 
     def __post_init__(self) -> None:
         if self.rounds < 2:
@@ -58,6 +73,9 @@ class LatencyStats:
     round_p50_ms: list[float]
     cpu_share: float = 1.0
     """CPU time of the timing thread / wall time over every pass: below 1 when other work took the core."""
+    other_cores: float = 0.0
+    """Cores other processes kept busy (plus steal) during the attempt, on average (``/proc/stat``; 0 where
+    the OS has none)."""
 
     @property
     def p50(self) -> float:
@@ -78,13 +96,15 @@ class LatencyStats:
         return statistics.pstdev(self.round_p50_ms) / mean if mean > 0 else 0.0
 
     def noisy(self, plan: TimingPlan, check_cpu_share: bool = True) -> bool:
-        """Spread above the plan's threshold, or (on CPU) the timing thread kept off its core."""
-        return self.cv > plan.threshold or (check_cpu_share and self.cpu_share < plan.min_cpu_share)
+        """Spread above the plan's threshold, or (on CPU) the timing thread kept off its core or other work
+        busy on the machine."""
+        return self.badness(plan, check_cpu_share) > 0
 
     def badness(self, plan: TimingPlan, check_cpu_share: bool = True) -> float:
-        """How far from trustworthy (0 when neither check fires): attempts are compared by it."""
+        """How far from trustworthy (0 when no check fires): attempts are compared by it."""
         share = max(0.0, plan.min_cpu_share - self.cpu_share) if check_cpu_share else 0.0
-        return max(0.0, self.cv - plan.threshold) + share
+        other = max(0.0, self.other_cores - plan.max_other_cores) if check_cpu_share else 0.0
+        return max(0.0, self.cv - plan.threshold) + share + other
 
 
 @dataclass
@@ -99,6 +119,8 @@ class TimingResult:
     load_avg_1m: float
     noisy: list[int]
     """Batch sizes whose CV stayed above the threshold after every re-measurement."""
+    probe_ms: float = 0.0
+    """Median time of the reference workload over the kept attempt's rounds: the machine's speed then."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,6 +132,48 @@ def percentile(values: list[float], q: float) -> float:
     low = int(pos)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent busy (steal included) since boot, from
+    ``/proc/stat``; None where the OS has no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+_PROBE: dict[str, Any] = {}
+
+
+def probe_ms() -> float:
+    """Milliseconds for a fixed reference workload (40 float32 64x64 matmuls, numpy, this thread), the
+    median of 5 tries: a machine slowed by its host takes proportionally longer."""
+    import numpy as np
+
+    if not _PROBE:
+        rng = np.random.default_rng(0)
+        _PROBE["a"], _PROBE["b"] = (rng.random((64, 64), dtype=np.float32) for _ in range(2))
+    a, b = _PROBE["a"], _PROBE["b"]
+    tries = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(40):
+            a @ b
+        tries.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(tries)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def load_average() -> float:
@@ -142,10 +206,14 @@ def pinned_threads(threads: int) -> Iterator[list[int]]:
             torch.set_num_threads(old_threads)
 
 
-def _one_attempt(calls: Mapping[int, Callable[[], Any]], plan: TimingPlan) -> dict[int, LatencyStats]:
+def _one_attempt(
+    calls: Mapping[int, Callable[[], Any]], plan: TimingPlan
+) -> tuple[dict[int, LatencyStats], list[float]]:
+    probes: list[float] = []
     samples: dict[int, list[float]] = {b: [] for b in calls}
     medians: dict[int, list[float]] = {b: [] for b in calls}
     cpu: dict[int, float] = dict.fromkeys(calls, 0.0)
+    busy_started, own_started, wall_started = machine_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     for _ in range(plan.rounds):
         for batch, call in calls.items():  # interleaved: every round times every batch
             times = []
@@ -156,7 +224,16 @@ def _one_attempt(calls: Mapping[int, Callable[[], Any]], plan: TimingPlan) -> di
                 cpu[batch] += 1000.0 * (time.thread_time() - cpu_started)
             samples[batch].extend(times)
             medians[batch].append(statistics.median(times))
-    return {b: LatencyStats(samples[b], medians[b], min(1.0, cpu[b] / max(sum(samples[b]), 1e-9))) for b in calls}
+        probes.append(probe_ms())
+    busy_ended, wall = machine_busy_seconds(), time.perf_counter() - wall_started
+    other = 0.0
+    if busy_started is not None and busy_ended is not None and wall > 0:
+        # the clock-tick resolution (10 ms) makes a short attempt's figure coarse, never negative
+        other = max(0.0, (busy_ended - busy_started) - (_own_cpu_seconds() - own_started)) / wall
+    return {
+        b: LatencyStats(samples[b], medians[b], min(1.0, cpu[b] / max(sum(samples[b]), 1e-9)), other)
+        for b in calls
+    }, probes
 
 
 def time_rounds(
@@ -177,15 +254,17 @@ def time_rounds(
             for _ in range(plan.warmup):
                 call()
         best: dict[int, LatencyStats] | None = None
+        best_probes: list[float] = []
         attempts = 0
         for attempts in range(1, plan.retries + 2):  # noqa: B007 - the count is reported
-            stats = _one_attempt(calls, plan)
+            stats, probes = _one_attempt(calls, plan)
             if best is None or sum(s.badness(plan, check_cpu_share) for s in stats.values()) < sum(
                 s.badness(plan, check_cpu_share) for s in best.values()
             ):
-                best = stats
+                best, best_probes = stats, probes
             if not any(s.noisy(plan, check_cpu_share) for s in best.values()):
                 break
     assert best is not None
     noisy = [b for b, s in best.items() if s.noisy(plan, check_cpu_share)]
-    return TimingResult(best, plan.rounds, attempts, len(cpus) or n, cpus, max(load_before, load_average()), noisy)
+    return TimingResult(best, plan.rounds, attempts, len(cpus) or n, cpus, max(load_before, load_average()), noisy,
+                        statistics.median(best_probes))

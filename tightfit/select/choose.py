@@ -200,8 +200,10 @@ def noise_notes(records: Iterable[Footprint]) -> list[str]:
                 f"{f} cv {getattr(r, f + '_cv', None) or 0:.2f}" for f in r.noisy_figures
             )
             share = f", cpu share {r.measure_cpu_share:.2f}" if r.measure_cpu_share is not None else ""
+            other = r.extra.get("measure_other_cores")
+            busy = f", other work {other:.2f} cores" if other is not None else ""
             load = f", load average {r.load_avg_1m:.2f}" if r.load_avg_1m is not None else ""
-            notes.append(f"{r.variant}: noisy latency ({spread}{share}{load}); latency limits judged at p99")
+            notes.append(f"{r.variant}: noisy latency ({spread}{share}{busy}{load}); latency limits judged at p99")
     return notes
 
 
