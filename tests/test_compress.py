@@ -123,6 +123,12 @@ def test_global_structured_pruning_records_uneven_shapes(finetuned_minilm_dir, r
     )
     shapes = loaded.manifest["layer_shapes"]
     assert len({(s["heads"], s["ffn"]) for s in shapes}) > 1
+    # the serving memory model reads the pruned widths (the config keeps the base's): the widest layer
+    from tightfit.memory.serving import ArchInfo
+
+    arch = ArchInfo.from_dir(tmp_path / loaded.manifest["name"])
+    assert (arch.layers, arch.heads, arch.ffn) == (6, max(s["heads"] for s in shapes), max(s["ffn"] for s in shapes))
+    assert arch.ffn < 1536 or arch.heads < 12
     assert torch.equal(_logits(loaded.model, loaded.tokenizer, texts), _logits(model, loaded.tokenizer, texts))
 
 

@@ -46,8 +46,8 @@ def test_prediction_grows_with_batch_and_halves_activations_in_bf16():
     assert big.activations == pytest.approx(32 * small.activations, rel=0.01)
     half = model.predict(45 * MIB, arch, batch=32, seq_len=64, dtype_bytes=activation_dtype_bytes("bf16"))
     assert half.activations == pytest.approx(big.activations / 2, rel=0.01)
-    # the measured load RSS replaces the fallback formula; the replica overhead is added on top
-    assert small.total - small.activations == 460 * MIB + model.replica_overhead_bytes
+    # the measured load RSS replaces the fallback formula; the replica overhead and the first forward on top
+    assert small.total - small.activations == 460 * MIB + model.replica_overhead_bytes + model.first_forward_bytes
     with pytest.raises(ConfigError):
         model.predict(1, arch, batch=0, seq_len=64)
 
@@ -58,18 +58,21 @@ def test_activation_dtype_from_the_chain():
 
 
 def test_fit_recovers_known_coefficients():
-    """Points generated from known coefficients (plus a load spike at batch 1) fit back to them."""
+    """Points generated from known coefficients (a replica overhead, a first-forward constant that every
+    batch pays, an activation slope) fit back to them: the intercept is not lost in a fit through the origin."""
     arch = ArchInfo()
-    truth_scale, overhead = 1.4, 120 * MIB
+    truth_scale, overhead, first_forward = 1.4, 120 * MIB, 30 * MIB
     points = []
     for weights, load, dtype in ((90 * MIB, 460 * MIB, 4), (45 * MIB, 560 * MIB, 2)):
         idle = load + overhead
         for batch in (1, 16, 48):
             acts = truth_scale * activation_elements(arch, batch, 64) * dtype
-            points.append(CalibrationPoint(weights, arch, dtype, batch, 64, int(idle + acts), idle, load, 250 * MIB))
+            points.append(CalibrationPoint(weights, arch, dtype, batch, 64, int(idle + first_forward + acts), idle,
+                                           load, 250 * MIB))
     fitted = fit_serving_model(points)
     assert fitted.activation_scale == pytest.approx(truth_scale, rel=0.02)
     assert fitted.replica_overhead_bytes == pytest.approx(overhead, rel=0.01)
+    assert fitted.first_forward_bytes == pytest.approx(first_forward, rel=0.02)
     for p in points:
         predicted = fitted.predict(p.weight_bytes, arch, batch=p.batch, seq_len=64, dtype_bytes=p.dtype_bytes,
                                    load_rss_bytes=p.load_rss_bytes).total

@@ -74,6 +74,11 @@ def test_pruned_distilled_student_exports_with_its_vocabulary_remap(onnx_variant
     shapes = student.manifest["layer_shapes"]
     assert [s["heads"] for s in shapes] == [6] * 6 and lean.manifest["layer_shapes"] == shapes
     assert lean.manifest["vocab_rows"] == student.manifest["vocab_rows"] < 30522
+    # the memory model books the student's activations at its own widths, not its base config's
+    from tightfit.memory.serving import ArchInfo
+
+    arch = ArchInfo.from_dir(onnx_variants["student-int8"])
+    assert (arch.heads, arch.ffn, arch.vocab) == (6, shapes[0]["ffn"], lean.manifest["vocab_rows"])
     assert lean.manifest["onnx"]["fusion"]["fused"].get("Attention") == 6
     logits = lean.classify_logits(texts)
     assert _cosine(logits, torch_logits["student"]) >= 0.99

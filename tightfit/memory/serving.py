@@ -1,21 +1,23 @@
 """The serving memory model: how much memory one Ray Serve replica needs to serve a variant.
 
 predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
+               + first-forward bytes (what the first request adds whatever its batch: kernel caches)
                + the variant's load RSS (runtime: Python + its runtime's libraries, torch + transformers or
                  ONNX Runtime + tokenizers, and the resident weights; the profiler measures it in a fresh
                  process, ``Footprint.peak_rss_load_bytes``)
                + activations(batch, seq_len) (+ the KV cache for causal LMs)
 
-The replica overhead, the activation scale and a fallback for unmeasured load RSS are calibrated from
-real measurements (fresh replicas serving batches of 2-3 sizes, see ``tightfit.serve.calibrate``), per
-runtime: a torch replica and an ONNX Runtime replica differ in libraries and in allocator behaviour. The
-activation and KV-cache shapes come from the model's config. Everything here is pure arithmetic.
+The replica overhead, the first-forward bytes, the activation scale and a fallback for unmeasured load
+RSS are calibrated from real measurements (fresh replicas serving batches of 2-3 sizes, see
+``tightfit.serve.calibrate``), per runtime: a torch replica and an ONNX Runtime replica differ in libraries and in allocator behaviour. The
+activation and KV-cache shapes come from the model's config, with a pruned variant's widths from its
+manifest. Everything here is pure arithmetic.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,30 @@ class ArchInfo:
 
     @classmethod
     def from_dir(cls, path: str | Path, kind: str | None = None) -> ArchInfo:
-        """Read ``config.json`` from a variant or HF model directory."""
+        """Read ``config.json`` from a variant or HF model directory, with a variant manifest's pruned shape
+        over it: structured pruning keeps the base's config and records the per-layer heads and FFN widths
+        and the kept vocabulary rows in ``manifest.json`` (the activations follow the pruned widths)."""
         config_path = Path(path) / "config.json"
         if not config_path.exists():
             raise ConfigError(f"{path} has no config.json; cannot read the model's shape for the memory model")
-        return cls.from_config(json.loads(config_path.read_text()), kind=kind)
+        arch = cls.from_config(json.loads(config_path.read_text()), kind=kind)
+        manifest_path = Path(path) / "manifest.json"
+        if not manifest_path.exists():
+            return arch
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            return arch  # not a variant manifest: the config alone describes the model
+        shapes = manifest.get("layer_shapes") or []
+        changes: dict[str, Any] = {}
+        if shapes:  # the peak is one layer's intermediates at a time: the widest layer sets it
+            changes.update(layers=len(shapes), heads=max(int(s["heads"]) for s in shapes),
+                           ffn=max(int(s["ffn"]) for s in shapes))
+        elif manifest.get("num_layers"):
+            changes["layers"] = int(manifest["num_layers"])
+        if manifest.get("vocab_rows"):
+            changes["vocab"] = int(manifest["vocab_rows"])
+        return replace(arch, **changes)
 
     @classmethod
     def default_for(cls, kind: str) -> ArchInfo:
@@ -120,15 +141,17 @@ class Prediction:
         return {**asdict(self), "total": self.total}
 
 
-COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale")
+COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale", "first_forward_bytes")
 # ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
 # activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
 # plain ONNX process imports none of what Ray's worker and Serve bring (idle lean replicas 266 MiB over a
 # 101 MiB plain-process load: 165 MiB; torch's default of 130 MiB under-booked them by 8 %).
 # Recalibrate with `tightfit serve --calibrate`.
+# The first forward of an ORT replica adds about 1 MiB over its idle RSS whatever its batch (its arena grows
+# with the batch, covered by the activation scale).
 ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
-                                  "replica_overhead_bytes": 170 * 2**20}
+                                  "replica_overhead_bytes": 170 * 2**20, "first_forward_bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -137,7 +160,8 @@ class ServingMemoryModel:
 
     A replica's idle memory is the variant's load RSS (measured by the profiler in a fresh process:
     ``Footprint.peak_rss_load_bytes``) plus ``replica_overhead_bytes`` (the Ray worker, Serve and FastAPI
-    on top of a plain process). Where no load RSS was measured, ``runtime_bytes + weight_factor x
+    on top of a plain process); serving adds ``first_forward_bytes`` (a constant, whatever the batch) and
+    the activations. Where no load RSS was measured, ``runtime_bytes + weight_factor x
     weights`` stands in for it. ``activation_scale``: measured peak bytes per modelled activation byte.
     The top-level coefficients are torch's; ``runtimes`` overrides any of them per runtime name
     (``{"onnxruntime": {"runtime_bytes": ..., "activation_scale": ...}}``), so ONNX and torch variants are
@@ -151,6 +175,10 @@ class ServingMemoryModel:
     replica_overhead_bytes: int = 130 * 2**20
     weight_factor: float = 1.0
     activation_scale: float = 1.05
+    first_forward_bytes: int = 30 * 2**20
+    """What a torch replica's first forward adds over its idle RSS whatever the batch (oneDNN's primitive
+    and scratch caches, the allocator's first arenas): 31 MiB for fp32 MiniLM, 19 MiB for its int8 student
+    at batch 1, measured 2026-11-27."""
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
     runtimes: dict[str, dict[str, float]] = field(default_factory=lambda: {RUNTIME_ONNXRUNTIME: dict(ORT_DEFAULTS)})
@@ -158,6 +186,8 @@ class ServingMemoryModel:
     def coefficients(self, runtime: str = RUNTIME_TORCH) -> dict[str, float]:
         """The coefficients for ``runtime``: its overrides over the top-level (torch) ones."""
         base = {k: float(getattr(self, k)) for k in COEFFICIENTS}
+        if runtime == RUNTIME_ONNXRUNTIME:  # a file saved before a coefficient existed keeps ORT's default
+            base.update(ORT_DEFAULTS)
         base.update({k: float(v) for k, v in (self.runtimes.get(runtime) or {}).items() if k in COEFFICIENTS})
         return base
 
@@ -184,7 +214,7 @@ class ServingMemoryModel:
         base = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
         weights = min(int(weight_bytes), base)
         return Prediction(
-            runtime=int(c["replica_overhead_bytes"] + base - weights),
+            runtime=int(c["replica_overhead_bytes"] + c["first_forward_bytes"] + base - weights),
             weights=weights,
             activations=int(acts),
             kv_cache=int(kv),
@@ -263,13 +293,17 @@ def _fit_coefficients(points: list[CalibrationPoint]) -> dict[str, float]:
             xs.append(p.activation_bytes - first.activation_bytes)
             ys.append(max(0, p.peak_rss_bytes - first.peak_rss_bytes - (p.kv_bytes - first.kv_bytes)))
     denom = sum(x * x for x in xs)
-    scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / denom if denom else 1.0
+    scale = round(min(max(sum(x * y for x, y in zip(xs, ys, strict=True)) / denom if denom else 1.0, 0.25), 8.0), 4)
     firsts = [min(g, key=lambda q: q.batch) for g in by_variant.values()]
+    # the intercept: what each variant's smallest batch peaked at over its idle RSS that its activations and
+    # KV cache do not explain (a fit through the origin alone left it out and under-booked every batch)
+    first_forward = [p.peak_rss_bytes - p.idle_rss_bytes - scale * p.activation_bytes - p.kv_bytes for p in firsts]
     return {
         "runtime_bytes": float(max(p.load_rss_bytes - p.weight_bytes for p in firsts)),
         "replica_overhead_bytes": float(max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))),
         "weight_factor": 1.0,
-        "activation_scale": round(min(max(scale, 0.25), 8.0), 4),
+        "activation_scale": scale,
+        "first_forward_bytes": float(max(0, int(sum(first_forward) / len(first_forward)))),
     }
 
 
@@ -277,7 +311,9 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
     """Fit the coefficients to measured points, per runtime.
 
     Activation scale: least squares of the peak growth over each variant's smallest batch (less the KV
-    cache growth, for decoder LMs) against the modelled activation growth. Replica overhead: mean of (replica idle RSS - plain-process load RSS).
+    cache growth, for decoder LMs) against the modelled activation growth. First-forward bytes: the mean
+    of what the smallest batch's peak holds over the idle RSS beyond its scaled activations and KV cache.
+    Replica overhead: mean of (replica idle RSS - plain-process load RSS).
     Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
     (libraries and allocator share, conservative) and weight factor 1. The top-level coefficients come
     from the torch points; every other runtime gets its own entry; a runtime with no points keeps its
@@ -298,6 +334,7 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
         replica_overhead_bytes=int(top["replica_overhead_bytes"]),
         weight_factor=1.0,
         activation_scale=top["activation_scale"],
+        first_forward_bytes=int(top["first_forward_bytes"]),
         source=source,
         calibration_points=[p.to_dict() for p in points],
         runtimes=runtimes,
