@@ -9,9 +9,9 @@ predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
 
 The replica overhead, the first-forward bytes, the activation scale and a fallback for unmeasured load
 RSS are calibrated from real measurements (fresh replicas serving batches of 2-3 sizes, see
-``tightfit.serve.calibrate``), per runtime: a torch replica and an ONNX Runtime replica differ in libraries and in allocator behaviour. The
-activation and KV-cache shapes come from the model's config, with a pruned variant's widths from its
-manifest. Everything here is pure arithmetic.
+``tightfit.serve.calibrate``), per runtime: a torch replica and an ONNX Runtime replica differ in libraries
+and in allocator behaviour. The activation and KV-cache shapes come from the model's config, with a pruned
+variant's widths from its manifest. Everything here is pure arithmetic.
 """
 
 from __future__ import annotations
