@@ -44,12 +44,12 @@ def _run(*args: str) -> tuple[int, str]:
 
 
 def test_compare_prints_table_front_and_best(store: str) -> None:
-    code, out = _run("--tracking-uri", store, "--experiment", "cli", "--budget", "500MiB")
+    code, out = _run("--tracking-uri", store, "--experiment", "cli", "--budget", "530MiB")
     assert code == 0, out
     for name in ("fp32", "int8", "pruned", "int4"):
         assert name in out
     assert "best under the limits: int8" in out
-    assert "memory: peak_rss_serve_bytes 600.0 MiB > budget 500.0 MiB" in out
+    assert "memory: peak_rss_serve_bytes 600.0 MiB > budget 530.0 MiB" in out
     assert "failed: needs a GPU" in out
     rows = {line.split("│")[2].strip(): line for line in out.splitlines() if line.count("│") > 10}
     assert rows["int8"].split("│")[1].strip() == "★"
