@@ -23,6 +23,7 @@ as such (``TimingResult.probe_ms``, ``Footprint.extra["measure_probe_ms"]``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -150,18 +151,18 @@ def machine_busy_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-_PROBE: dict[str, Any] = {}
+@functools.cache
+def _probe_operands() -> tuple[Any, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.random((64, 64), dtype=np.float32), rng.random((64, 64), dtype=np.float32)
 
 
 def probe_ms() -> float:
     """Milliseconds for a fixed reference workload (40 float32 64x64 matmuls, numpy, this thread), the
     median of 5 tries: a machine slowed by its host takes proportionally longer."""
-    import numpy as np
-
-    if not _PROBE:
-        rng = np.random.default_rng(0)
-        _PROBE["a"], _PROBE["b"] = (rng.random((64, 64), dtype=np.float32) for _ in range(2))
-    a, b = _PROBE["a"], _PROBE["b"]
+    a, b = _probe_operands()
     tries = []
     for _ in range(5):
         started = time.perf_counter()

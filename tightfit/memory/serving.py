@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tightfit.errors import ConfigError
+from tightfit.errors import ConfigError, VariantError
 from tightfit.names import RUNTIME_ONNXRUNTIME, RUNTIME_TORCH
 
 
@@ -69,13 +69,12 @@ class ArchInfo:
         if not config_path.exists():
             raise ConfigError(f"{path} has no config.json; cannot read the model's shape for the memory model")
         arch = cls.from_config(json.loads(config_path.read_text()), kind=kind)
-        manifest_path = Path(path) / "manifest.json"
-        if not manifest_path.exists():
-            return arch
+        from tightfit.runtime.manifest import read_manifest  # torch-free, read on demand
+
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError:
-            return arch  # not a variant manifest: the config alone describes the model
+            manifest = read_manifest(path)
+        except VariantError:
+            return arch  # no variant manifest (an HF model directory): the config alone describes the model
         shapes = manifest.get("layer_shapes") or []
         changes: dict[str, Any] = {}
         if shapes:  # the peak is one layer's intermediates at a time: the widest layer sets it
