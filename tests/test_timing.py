@@ -40,12 +40,13 @@ def test_the_same_profile_twice_agrees_within_15_percent(small_variant: Path) ->
     """A latency the profiler does not flag as noisy is reproducible: two profiles of one variant taken at the
     same machine speed agree within 15 % on p50. A pair where a figure was flagged (other work shared the
     cores) or where the reference workload says the machine itself ran at another speed (a VM's host busy
-    for seconds) is measured again; every flag must rest on evidence the profile recorded."""
+    for seconds: on CI a pair under 10 % apart in machine speed read b32 16 % apart) is measured again, up to 6
+    pairs of about 2 s each; every flag must rest on evidence the profile recorded."""
     from tightfit.device import cpu_threads
     from tightfit.measure.profile import measure_variant
 
     pairs, reasons = [], []
-    for _ in range(4):
+    for _ in range(6):
         first, second = (measure_variant(small_variant, None, memory_subprocess=False, timing=REPEAT_PLAN, threads=1)
                          for _ in range(2))
         for fp in (first, second):
@@ -58,14 +59,17 @@ def test_the_same_profile_twice_agrees_within_15_percent(small_variant: Path) ->
             assert fp.extra["measure_probe_ms"] > 0
         pairs.append((first, second))
         speeds = sorted(fp.extra["measure_probe_ms"] for fp in (first, second))
-        if speeds[1] / speeds[0] > 1.10:
+        if speeds[1] / speeds[0] > 1.05:
             reasons.append(f"machine speed changed: reference workload {speeds[0]:.3f} vs {speeds[1]:.3f} ms")
             continue
         trusted = [m for m in ("latency_ms_b1_p50", "latency_ms_b32_p50")
                    if not (first.is_noisy(m) or second.is_noisy(m))]
         for metric in trusted:
             a, b = getattr(first, metric), getattr(second, metric)
-            assert abs(a - b) / min(a, b) <= 0.15, (metric, a, b, first.extra, second.extra)
+            assert abs(a - b) / min(a, b) <= 0.15, (metric, a, b, speeds, [
+                {k: fp.extra[k] for k in ("measure_other_cores", "measure_probe_ms", f"{metric[:-4]}_cpu_share")}
+                | {"cv": getattr(fp, f"{metric[:-4]}_cv"), "rounds": fp.extra[f"{metric[:-4]}_round_p50"]}
+                for fp in (first, second)])
         if len(trusted) == 2:
             return
         reasons.append(f"flagged noisy: {first.noise or '-'} / {second.noise or '-'}")
