@@ -26,6 +26,7 @@ from tightfit.spec import VariantSpec
         ("int4_weight_only|int8_dynamic", "causal_lm", r"pick one Linear quantizer"),
         ("prune_structured:heads=1.0", "classifier", r"heads is the fraction to remove and must be in \[0, 1\)"),
         ("drop_layers:keep_every=1", "classifier", r"keep_every must be >= 2"),
+        ("drop_layers:keep=4,keep_every=3", "classifier", r"drop_layers takes keep_every or keep, not both"),
         ("distill:alpha=2", "classifier", r"alpha weighs KD against CE"),
         ("prune_unstructured:amount=0.5", "classifier", r"has no parameter\(s\) \['amount'\]; its parameters: sparsity"),
         ("int8_dynamic|prune_structured", "classifier", r"cannot come after 'int8_dynamic' \(precision\)"),
@@ -75,7 +76,7 @@ STEP_CHOICES = {
     "structure": ["prune_unstructured:sparsity=0.3", "prune_unstructured:sparsity=0.9",
                   "prune_structured:heads=0.5,ffn=0.5,calib_batches=1,batch_size=4",
                   "prune_structured:heads=0.25,ffn=0,scope=global,calib_batches=1,batch_size=4",
-                  "drop_layers:keep_every=2", "drop_layers:keep_every=4", "prune_vocab", "prune_vocab:max_size=500"],
+                  "drop_layers:keep_every=2", "drop_layers:keep_every=4", "drop_layers:keep=2", "prune_vocab", "prune_vocab:max_size=500"],
     "recovery": ["distill:steps=1,batch_size=4,max_length=16"],
     "precision": ["bf16", "int8_dynamic", "int8_weight_only", "int8_embeddings", "fp16", "int4_weight_only"],
     "runtime": ["compile"],
@@ -103,7 +104,7 @@ def test_random_chains_apply_or_fail_clearly(tiny_bert, minilm, rt_data, chain):
         out, notes = apply_chain(model, spec, kind="classifier", tokenizer=minilm.tokenizer, data=rt_data,
                                  teacher=tiny_bert, device="cpu")
     except ConfigError as exc:  # e.g. a second drop_layers on a 1-layer model: still a clear message
-        assert "keep_every" in str(exc)
+        assert "keep_every=" in str(exc) or "keep=" in str(exc)
         return
     enc = minilm.tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
     with torch.inference_mode():
@@ -111,3 +112,22 @@ def test_random_chains_apply_or_fail_clearly(tiny_bert, minilm, rt_data, chain):
     assert logits.shape == (2, 2)
     assert torch.isfinite(logits.float()).all()
     assert ("compile" in notes) == ("compile" in chain)
+
+
+def test_drop_layers_keeps_n_layers_spread_evenly_ending_with_the_last(tiny_bert):
+    """``keep=n`` keeps n layers (the last always); ``keep=3`` of 6 is the same student as ``keep_every=2``."""
+    import copy
+
+    from tightfit.compress.prune import DropLayersConfig, kept_layer_indices
+
+    assert kept_layer_indices(6, DropLayersConfig(keep=4)) == [1, 2, 4, 5]
+    assert kept_layer_indices(6, DropLayersConfig(keep=3)) == kept_layer_indices(6, DropLayersConfig()) == [1, 3, 5]
+    assert kept_layer_indices(4, DropLayersConfig(keep=1)) == [3]
+    with pytest.raises(ConfigError, match="keep=4 would keep all 4 layers"):
+        kept_layer_indices(4, DropLayersConfig(keep=4))
+    before = [layer.attention.self.query.weight.clone() for layer in tiny_bert.base_model.encoder.layer]
+    out, _ = apply_chain(copy.deepcopy(tiny_bert), VariantSpec.parse("drop_layers:keep=3"), kind="classifier")
+    kept = out.base_model.encoder.layer
+    assert out.config.num_hidden_layers == len(kept) == 3
+    for layer, index in zip(kept, kept_layer_indices(4, DropLayersConfig(keep=3)), strict=True):
+        assert torch.equal(layer.attention.self.query.weight, before[index])

@@ -56,13 +56,33 @@ class StructuredConfig:
 
 @dataclass(frozen=True)
 class DropLayersConfig:
-    """``keep_every``: keep every k-th encoder layer (k >= 2; 6 layers with k=2 keep 3)."""
+    """``keep_every``: keep every k-th encoder layer (k >= 2; 6 layers with k=2 keep 3). ``keep``: keep this
+    many layers, spread evenly and ending with the last (6 layers with keep=4 keep layers 1, 2, 4, 5; keep=3
+    is keep_every=2); 0 leaves the choice to ``keep_every``."""
 
     keep_every: int = 2
+    keep: int = 0
 
     def __post_init__(self) -> None:
         if int(self.keep_every) < 2:
             raise ConfigError(f"keep_every must be >= 2 (1 keeps every layer), got {self.keep_every}")
+        if int(self.keep) < 0:
+            raise ConfigError(f"keep must be >= 1 layer (0: use keep_every), got {self.keep}")
+        if int(self.keep) and int(self.keep_every) != 2:
+            raise ConfigError("drop_layers takes keep_every or keep, not both; e.g. drop_layers:keep=4")
+
+
+def kept_layer_indices(layers: int, config: DropLayersConfig) -> list[int]:
+    """The encoder layers ``drop_layers`` keeps, in order."""
+    if int(config.keep):
+        n = int(config.keep)
+        if n >= layers:
+            raise ConfigError(f"keep={n} would keep all {layers} layers; use fewer than {layers}")
+        return [int((i + 1) * layers / n + 0.5) - 1 for i in range(n)]
+    k = int(config.keep_every)
+    if k > layers:
+        raise ConfigError(f"keep_every={k} would drop all {layers} layers; use at most {layers}")
+    return list(range(k - 1, layers, k))
 
 
 @dataclass(frozen=True)
@@ -222,16 +242,13 @@ def prune_structured(model: Any, config: StructuredConfig, ctx: ApplyContext) ->
     config=DropLayersConfig,
     stage=STAGE_STRUCTURE,
     kinds=("classifier",),
-    description="keep every k-th encoder layer (a shallower student; follow with distill)",
+    description="keep every k-th encoder layer, or keep=n evenly spread (a shallower student; follow with distill)",
 )
 def drop_layers(model: Any, config: DropLayersConfig, ctx: ApplyContext) -> Any:
     import torch
 
     layers = _require_encoder(model, "drop_layers")
-    k = int(config.keep_every)
-    if k > len(layers):
-        raise ConfigError(f"keep_every={k} would drop all {len(layers)} layers; use at most {len(layers)}")
-    kept = [layers[i] for i in range(k - 1, len(layers), k)]
+    kept = [layers[i] for i in kept_layer_indices(len(layers), config)]
     for new_index, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
