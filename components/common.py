@@ -40,18 +40,18 @@ def stopwatch(into: dict[str, float], key: str = ELAPSED) -> Iterator[None]:
 
 
 def quiet() -> None:
-    """Quiet, bounded library logs inside a component process."""
+    """Quiet, bounded library logs inside a component process. Through the environment, so a task that never
+    needs transformers (tracking, selection, deploy) does not pay for importing it; where the task body runs
+    in a process that has already imported it, its verbosity is set directly."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    try:
-        import transformers
-
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
         transformers.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
 
 
 def log_stats(artifact: Any, figures: dict[str, Any]) -> None:
