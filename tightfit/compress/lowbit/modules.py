@@ -24,6 +24,10 @@ from torch import nn
 
 GEMM_ROWS = 16
 """Above this many activation rows (tokens) int8 weights are dequantized once for a float GEMM."""
+INT8PACK_K_MULTIPLE = 16
+"""``_weight_int8pack_mm`` on CPU (torch 2.13) needs an input width that is a multiple of 16: at 24 or 40 it
+crashes the process with a segmentation fault (4 rows) or returns NaN (1 row). Other widths (a
+structurally pruned layer) take the dequantized GEMM."""
 
 
 class Int4Linear(nn.Module):
@@ -99,7 +103,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous()
-        if flat.shape[0] > GEMM_ROWS:  # prefill: one dequantized GEMM beats the row-wise int8 kernel
+        if flat.shape[0] > GEMM_ROWS or self.in_features % INT8PACK_K_MULTIPLE:
+            # prefill: one dequantized GEMM beats the row-wise int8 kernel (which also refuses odd widths)
             y = torch.nn.functional.linear(flat, self.qdata.to(flat.dtype) * self.scale[:, None])
         else:  # 64-byte aligned: a table mapped from safetensors is aligned once at load (compress.variant)
             y = torch._weight_int8pack_mm(flat, self.qdata, self.scale)
