@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -150,6 +151,48 @@ def test_drop_layers_then_distill_moves_student_towards_teacher(finetuned_minilm
         tokenizer=teacher.tokenizer, data=rt_data, teacher=teacher.model,
     )
     assert kl_to_teacher(distilled) < 0.7 * before
+
+
+def test_hidden_state_term_maps_student_layers_onto_the_layers_drop_layers_keeps():
+    """A dropped-layer student starts aligned: layer j of a keep=n student is teacher layer map(j)."""
+    from tightfit.compress.distill import teacher_layer_for
+    from tightfit.compress.prune import DropLayersConfig, kept_layer_indices
+
+    for n in range(1, 6):
+        assert [teacher_layer_for(j, n, 6) for j in range(n)] == kept_layer_indices(6, DropLayersConfig(keep=n))
+    assert [teacher_layer_for(j, 3, 6) for j in range(3)] == kept_layer_indices(6, DropLayersConfig(keep_every=2))
+    assert [teacher_layer_for(j, 6, 6) for j in range(6)] == list(range(6))
+
+
+def test_hidden_state_distillation_pulls_the_student_layers_towards_the_teacher(finetuned_minilm_dir, rt_data, texts):
+    from tightfit.compress.distill import hidden_state_loss
+    from tightfit.compress.training import tokenize_batch
+
+    teacher = _fresh(finetuned_minilm_dir)
+    student, _ = apply_chain(_fresh(finetuned_minilm_dir).model,
+                             VariantSpec.parse("drop_layers:keep=4|prune_structured:heads=0.5,ffn=0.75,calib_batches=1"),
+                             kind="classifier", tokenizer=teacher.tokenizer, data=rt_data)
+    inputs = tokenize_batch(teacher.tokenizer, list(texts))
+
+    def distance(model) -> float:
+        with torch.no_grad():
+            s = model(**inputs, output_hidden_states=True).hidden_states
+            t = teacher.model(**inputs, output_hidden_states=True).hidden_states
+        return float(hidden_state_loss(s, t, inputs["attention_mask"]))
+
+    before = distance(student)
+    assert before > 0.05, "pruning and dropping layers moved the student's layers away from the teacher's"
+
+    def distilled(hidden: float) -> float:
+        model, _ = apply_chain(
+            copy.deepcopy(student), VariantSpec.parse(f"distill:steps=20,batch_size=16,lr=0.0002,hidden={hidden}"),
+            kind="classifier", tokenizer=teacher.tokenizer, data=rt_data, teacher=teacher.model,
+        )
+        return distance(model)
+
+    logits_only, with_states = distilled(0.0), distilled(1.0)
+    assert with_states < 0.9 * before, (before, logits_only, with_states)
+    assert with_states < 0.9 * logits_only, (before, logits_only, with_states)
 
 
 def test_distill_without_teacher_or_data_is_a_clear_error(finetuned_minilm_dir):

@@ -28,6 +28,7 @@ from tightfit.spec import VariantSpec
         ("drop_layers:keep_every=1", "classifier", r"keep_every must be >= 2"),
         ("drop_layers:keep=4,keep_every=3", "classifier", r"drop_layers takes keep_every or keep, not both"),
         ("distill:alpha=2", "classifier", r"alpha weighs KD against CE"),
+        ("distill:hidden=-1", "classifier", r"hidden weighs the hidden-state term and must be in \[0, 100\]"),
         ("prune_unstructured:amount=0.5", "classifier", r"has no parameter\(s\) \['amount'\]; its parameters: sparsity"),
         ("int8_dynamic|prune_structured", "classifier", r"cannot come after 'int8_dynamic' \(precision\)"),
         ("compile|int8_dynamic", "classifier", r"cannot come after 'compile' \(runtime\)"),

@@ -1,4 +1,10 @@
-"""Distillation: recover a pruned or shallower student's accuracy from the teacher's softened logits.
+"""Distillation: recover a pruned or shallower student's accuracy from the teacher's softened logits and,
+optionally, from the teacher's hidden states layer by layer (``hidden`` > 0).
+
+A shallower student (``drop_layers``) keeps teacher layers at the same evenly spaced places that
+``teacher_layer_for`` maps to, so its layer j starts out computing what teacher layer ``map(j)`` did; the
+hidden-state term (1 - cosine per token, as DistilBERT's cosine loss, layer-mapped as TinyBERT) keeps it
+there while the logits term trains the whole.
 
 A single-process loop behind the registry function; the Ray Train worker loop (``tightfit.train.loop``)
 uses the same ``distillation_loss``.
@@ -18,7 +24,7 @@ from tightfit.progress import Reporter
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DistillConfig", "distill", "distill_loop", "distillation_loss"]
+__all__ = ["DistillConfig", "distill", "distill_loop", "distillation_loss", "hidden_state_loss", "teacher_layer_for"]
 
 
 def distillation_loss(
@@ -37,9 +43,34 @@ def distillation_loss(
     return alpha * kl + (1.0 - alpha) * ce
 
 
+def teacher_layer_for(student_layer: int, student_layers: int, teacher_layers: int) -> int:
+    """The teacher layer a student layer learns from: evenly spaced, last to last (the layers
+    ``drop_layers:keep=n`` and ``keep_every`` keep, so a dropped-layer student starts aligned)."""
+    return int((student_layer + 1) * teacher_layers / student_layers + 0.5) - 1
+
+
+def hidden_state_loss(student_hidden: Any, teacher_hidden: Any, attention_mask: Any) -> Any:
+    """Mean over the student's layers and the real (unpadded) tokens of ``1 - cos(student, teacher)``.
+
+    ``*_hidden`` are a model's ``hidden_states`` (embeddings first, then one tensor per layer); a cosine
+    ignores the scale of the residual stream, which differs between layers and shrinks with pruning.
+    """
+    import torch.nn.functional as F
+
+    n_student, n_teacher = len(student_hidden) - 1, len(teacher_hidden) - 1
+    mask = attention_mask.to(student_hidden[-1].dtype)
+    total = 0.0
+    for j in range(n_student):
+        t = teacher_hidden[teacher_layer_for(j, n_student, n_teacher) + 1].detach()
+        cos = F.cosine_similarity(student_hidden[j + 1].float(), t.float(), dim=-1)
+        total = total + ((1.0 - cos) * mask).sum() / mask.sum()
+    return total / n_student
+
+
 @dataclass(frozen=True)
 class DistillConfig:
-    """KD schedule: ``steps`` (0 = ``epochs`` over the train split), temperature, alpha (KD weight), lr."""
+    """KD schedule: ``steps`` (0 = ``epochs`` over the train split), temperature, alpha (KD weight), lr,
+    and ``hidden``, the weight of the layer-mapped hidden-state term (0 = logits only)."""
 
     epochs: float = 1.0
     steps: int = 0
@@ -48,6 +79,7 @@ class DistillConfig:
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int = 64
+    hidden: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or (self.steps == 0 and not float(self.epochs) > 0):
@@ -56,6 +88,8 @@ class DistillConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ConfigError(f"alpha weighs KD against CE and must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= float(self.hidden) <= 100.0:
+            raise ConfigError(f"hidden weighs the hidden-state term and must be in [0, 100], got {self.hidden}")
         if not 0 < float(self.lr) < 1:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
         if self.batch_size < 1 or self.max_length < 8:
@@ -71,7 +105,8 @@ class DistillConfig:
     config=DistillConfig,
     stage=STAGE_RECOVERY,
     kinds=("classifier",),
-    description="train the student on the teacher's softened logits (KL at temperature T) plus CE",
+    description="train the student on the teacher's softened logits (KL at temperature T) plus CE, "
+    "and optionally its hidden states layer by layer (hidden=)",
 )
 def distill(model: Any, config: DistillConfig, ctx: ApplyContext) -> Any:
     if ctx.teacher is None or ctx.data is None or ctx.tokenizer is None:
@@ -84,6 +119,7 @@ def distill(model: Any, config: DistillConfig, ctx: ApplyContext) -> Any:
         model, ctx.teacher, ctx.tokenizer, ctx.data.train, steps=steps, batch_size=config.batch_size,
         lr=float(config.lr), temperature=float(config.temperature), alpha=float(config.alpha),
         seed=ctx.seed, max_length=config.max_length, progress=ctx.extra.get("progress") or False,
+        hidden=float(config.hidden),
     )
 
 
@@ -102,16 +138,24 @@ def distill_loop(
     max_length: int = 64,
     progress: Reporter | bool = False,
     freeze_embeddings: bool = True,
+    hidden: float = 0.0,
 ) -> Any:
-    """Train ``student`` on ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE``."""
+    """Train ``student`` on ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE``, plus
+    ``hidden * hidden_state_loss`` when ``hidden`` > 0."""
     import torch
 
     teacher.eval()
+    with_states = hidden > 0
 
     def kd(m: Any, inputs: dict[str, Any], labels: Any) -> Any:
         with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits.float()
-        return distillation_loss(m(**inputs).logits.float(), teacher_logits, labels, temperature, alpha)
+            taught = teacher(**inputs, output_hidden_states=with_states)
+        out = m(**inputs, output_hidden_states=with_states)
+        loss = distillation_loss(out.logits.float(), taught.logits.float(), labels, temperature, alpha)
+        if with_states:
+            loss = loss + hidden * hidden_state_loss(out.hidden_states, taught.hidden_states,
+                                                     inputs["attention_mask"])
+        return loss
 
     return train_loop(
         student, tokenizer, train_frame, kd, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
