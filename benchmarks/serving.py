@@ -120,6 +120,7 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
         record_timing(record, time_forward(runner.forward, inputs, QUICK_PLAN, threads=THREADS))
         mem = measure_memory(path, seq_len=64, batch=32, threads=THREADS)  # what selection ranks by, as in a sweep
         record.peak_rss_load_bytes, record.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
+        record.seq_len = 64
         records.append(record)
         print(f"  {name}: accuracy {record.accuracy:.3f}, serving RSS {record.peak_rss_serve_bytes >> 20} MiB, "
               f"b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
@@ -276,6 +277,7 @@ def summarize_ladder(runs: dict[str, dict[float, list[LoadResult]]]) -> dict[str
 def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]) -> dict[str, Any]:
     """Calibrate on some variants and batches in fresh replicas; judge the model's own prediction on
     variants and batch sizes it never saw, against the measured replica peak (never against the cap)."""
+    from tightfit.memory.replica import measured_forward_of
     from tightfit.memory.serving import fit_serving_model, prediction_error
     from tightfit.serve.calibrate import measure_replica
 
@@ -291,7 +293,8 @@ def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]
         for point in measure_replica(record, base_url=base, batch_sizes=protocol["heldout_batches"]):
             predicted = model.predict(point.weight_bytes, point.arch, batch=point.batch, seq_len=point.seq_len,
                                       dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes,
-                                      runtime=point.runtime).total  # each runtime its own coefficients
+                                      runtime=point.runtime,  # each runtime its own coefficients
+                                      measured=measured_forward_of(record)).total  # the variant's own profile
             error = prediction_error(predicted, point.peak_rss_bytes)
             judged.append({"variant": record.variant, "batch": point.batch, "held_out_variant": record in held_variants,
                            "measured_peak_bytes": point.peak_rss_bytes, "predicted_peak_bytes": predicted,

@@ -8,6 +8,7 @@ from tightfit.errors import ConfigError
 from tightfit.memory.serving import (
     ArchInfo,
     CalibrationPoint,
+    MeasuredForward,
     ServingMemoryModel,
     activation_dtype_bytes,
     activation_elements,
@@ -55,6 +56,40 @@ def test_prediction_grows_with_batch_and_halves_activations_in_bf16():
 def test_activation_dtype_from_the_chain():
     assert activation_dtype_bytes("bf16") == 2
     assert activation_dtype_bytes("prune_structured:heads=0.5|int8_dynamic") == 4
+
+
+def test_a_variant_whose_profiled_forward_outgrew_the_model_is_booked_by_its_measurement():
+    """torchao's dynamic int8 holds quantized copies of every activation: where the variant's own profile
+    (load and serve peaks of one fresh process at batch 32) grew more than the calibrated terms book, the
+    activations follow that growth and scale with the batch; where it grew less (fp32: the load peak hides
+    the forward), the calibrated model stands."""
+    model = ServingMemoryModel(activation_scale=0.25, first_forward_bytes=30 * MIB)
+    arch = ArchInfo()
+    at32 = activation_elements(arch, 32, 64) * 4
+    heavy = MeasuredForward(load_rss_bytes=520 * MIB, serve_rss_bytes=520 * MIB + 134 * MIB, batch=32, seq_len=64)
+    plain = model.predict(56 * MIB, arch, batch=40, seq_len=64, load_rss_bytes=520 * MIB)
+    booked = model.predict(56 * MIB, arch, batch=40, seq_len=64, load_rss_bytes=520 * MIB, measured=heavy)
+    per_element = (134 * MIB - 30 * MIB) / at32
+    assert booked.activations == pytest.approx(per_element * activation_elements(arch, 40, 64) * 4, rel=1e-6)
+    assert booked.total - plain.total == booked.activations - plain.activations > 60 * MIB
+    at32_pred = model.predict(56 * MIB, arch, batch=32, seq_len=64, load_rss_bytes=520 * MIB, measured=heavy)
+    assert at32_pred.total == pytest.approx(520 * MIB + model.replica_overhead_bytes + 134 * MIB, abs=2)  # its profile
+    light = MeasuredForward(load_rss_bytes=555 * MIB, serve_rss_bytes=557 * MIB, batch=32, seq_len=64)
+    assert model.predict(90 * MIB, arch, batch=40, seq_len=64, load_rss_bytes=555 * MIB, measured=light) == \
+        model.predict(90 * MIB, arch, batch=40, seq_len=64, load_rss_bytes=555 * MIB)
+
+
+def test_measured_forward_comes_from_a_classifier_profile_only():
+    from tightfit.footprint import Footprint
+    from tightfit.memory.replica import measured_forward_of
+
+    record = Footprint(variant="v", chain="int8_dynamic", kind="classifier", seq_len=64,
+                       peak_rss_load_bytes=500 * MIB, peak_rss_serve_bytes=640 * MIB)
+    assert measured_forward_of(record) == MeasuredForward(500 * MIB, 640 * MIB, 32, 64)
+    assert measured_forward_of(Footprint(variant="v", chain="fp32", kind="classifier", seq_len=64)) is None
+    lm = Footprint(variant="lm", chain="int4_weight_only", kind="causal_lm", seq_len=64,
+                   peak_rss_load_bytes=500 * MIB, peak_rss_serve_bytes=900 * MIB)
+    assert measured_forward_of(lm) is None  # an LM's serve peak holds its KV cache, counted on its own
 
 
 def test_fit_recovers_known_coefficients():

@@ -10,7 +10,7 @@ from pathlib import Path
 from tightfit.assets import BUILTIN_MODELS, resolve_model_path
 from tightfit.errors import ConfigError
 from tightfit.footprint import Footprint
-from tightfit.memory.serving import ArchInfo, ServingMemoryModel, activation_dtype_bytes
+from tightfit.memory.serving import ArchInfo, MeasuredForward, ServingMemoryModel, activation_dtype_bytes
 from tightfit.names import RUNTIME_TORCH
 
 DEFAULT_HEADROOM = 0.08  # of a replica's budget kept free (allocator slack, sampling gaps)
@@ -28,6 +28,7 @@ class Candidate:
     arch: ArchInfo
     weight_bytes: int
     load_rss_bytes: int | None = None
+    measured: MeasuredForward | None = None
 
 
 def load_rss_of(record: Footprint) -> int | None:
@@ -35,6 +36,22 @@ def load_rss_of(record: Footprint) -> int | None:
     extra = record.extra or {}
     value = extra.get("serving_load_rss_bytes") or record.peak_rss_load_bytes
     return int(value) if value else None
+
+
+PROFILE_SERVE_BATCH = 32
+"""The batch ``tightfit.measure.profile`` serves in its fresh memory process (``peak_rss_serve_bytes``)."""
+
+
+def measured_forward_of(record: Footprint) -> MeasuredForward | None:
+    """A classifier's forward as its profile measured it (load and serve peaks of one fresh process at
+    batch 32 x ``seq_len``); None where either figure is missing. An LM's serve peak is a generation with
+    its KV cache, which the model counts on its own."""
+    if record.kind != "classifier" or not (record.peak_rss_load_bytes and record.peak_rss_serve_bytes
+                                           and record.seq_len):
+        return None
+    return MeasuredForward(load_rss_bytes=int(record.peak_rss_load_bytes),
+                           serve_rss_bytes=int(record.peak_rss_serve_bytes), batch=PROFILE_SERVE_BATCH,
+                           seq_len=int(record.seq_len))
 
 
 def weight_bytes_of(record: Footprint) -> int | None:
@@ -80,7 +97,8 @@ def resolve_candidates(
         except ConfigError as exc:
             rejected[record.variant] = str(exc)
             continue
-        out.append(Candidate(record=record, source=source, arch=arch, weight_bytes=weights, load_rss_bytes=load_rss_of(record)))
+        out.append(Candidate(record=record, source=source, arch=arch, weight_bytes=weights,
+                             load_rss_bytes=load_rss_of(record), measured=measured_forward_of(record)))
     return out, rejected
 
 
@@ -128,6 +146,6 @@ def replica_need_bytes(
     peak = (model or ServingMemoryModel()).predict(
         weights, arch, batch=1, seq_len=tokens, dtype_bytes=activation_dtype_bytes(record.chain),
         new_tokens=max_new_tokens if arch.kind == "causal_lm" else 0, load_rss_bytes=load_rss_of(record),
-        runtime=record.runtime,
+        runtime=record.runtime, measured=measured_forward_of(record),
     ).total
     return math.ceil(peak / (1 - headroom)) + 1  # the planner floors budget x (1 - headroom)

@@ -7,6 +7,11 @@ predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
                  process, ``Footprint.peak_rss_load_bytes``)
                + activations(batch, seq_len) (+ the KV cache for causal LMs)
 
+Where the profiler measured a variant serving a batch in that fresh process (``MeasuredForward``) and its
+forward cost more than the calibrated terms book, the activations follow that measurement instead, scaled
+with the modelled activations: torchao's dynamic int8 quantizes every activation into extra buffers, so its
+forward at batch 32 adds 134 MiB where fp32's calibrated terms book 45 MiB.
+
 The replica overhead, the first-forward bytes, the activation scale and a fallback for unmeasured load
 RSS are calibrated from real measurements (fresh replicas serving batches of 2-3 sizes, see
 ``tightfit.serve.calibrate``), per runtime: a torch replica and an ONNX Runtime replica differ in libraries
@@ -124,6 +129,21 @@ def kv_cache_bytes(arch: ArchInfo, sequences: int, tokens_per_sequence: int, dty
 
 
 @dataclass(frozen=True)
+class MeasuredForward:
+    """One fresh plain process's figures for a variant (the profiler's): RSS after loading, and the peak
+    after serving ``batch`` sequences of ``seq_len`` tokens. Their difference is the variant's own forward."""
+
+    load_rss_bytes: int
+    serve_rss_bytes: int
+    batch: int
+    seq_len: int
+
+    @property
+    def growth_bytes(self) -> int:
+        return self.serve_rss_bytes - self.load_rss_bytes
+
+
+@dataclass(frozen=True)
 class Prediction:
     """A predicted replica peak and its parts, in bytes."""
 
@@ -201,14 +221,22 @@ class ServingMemoryModel:
         new_tokens: int = 0,
         load_rss_bytes: int | None = None,
         runtime: str = RUNTIME_TORCH,
+        measured: MeasuredForward | None = None,
     ) -> Prediction:
         """Predicted peak of a replica serving ``batch`` sequences of ``seq_len`` tokens (+ ``new_tokens``)
-        on ``runtime`` (its coefficients, see ``coefficients``)."""
+        on ``runtime`` (its coefficients, see ``coefficients``). ``measured``: the variant's own forward
+        from its profile; where it cost more than the calibrated terms book, the activations scale it."""
         if batch < 1 or seq_len < 1:
             raise ConfigError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
         c = self.coefficients(runtime)
         total_len = seq_len + max(0, new_tokens)
         acts = c["activation_scale"] * activation_elements(arch, batch, total_len) * dtype_bytes
+        if measured is not None:
+            at = activation_elements(arch, measured.batch, measured.seq_len) * dtype_bytes
+            booked = c["first_forward_bytes"] + c["activation_scale"] * at
+            if at > 0 and measured.growth_bytes > booked:  # the variant's kernels hold more than the model's
+                per_element = (measured.growth_bytes - c["first_forward_bytes"]) / at
+                acts = max(acts, per_element * activation_elements(arch, batch, total_len) * dtype_bytes)
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
         base = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
         weights = min(int(weight_bytes), base)
