@@ -101,6 +101,7 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
     interleaved rounds), peak RSS loading and serving batch 32 in a fresh process, load RSS with the replica's
     loader. Every variant runs through its own runner (torch or ONNX Runtime), as its replica runs it."""
     from tightfit import load_variant
+    from tightfit.footprint import SERVE_PROFILE_BATCH
     from tightfit.measure.memory import measure_memory
     from tightfit.measure.profile import record_timing, time_forward
     from tightfit.measure.quality import evaluate
@@ -118,7 +119,7 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
         record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier", runner=runner)["accuracy"]
         inputs = {b: runner.encode([texts[i % len(texts)] for i in range(b)], max_length=64) for b in (1, 32)}
         record_timing(record, time_forward(runner.forward, inputs, QUICK_PLAN, threads=THREADS))
-        mem = measure_memory(path, seq_len=64, batch=32, threads=THREADS)  # what selection ranks by, as in a sweep
+        mem = measure_memory(path, seq_len=64, batch=SERVE_PROFILE_BATCH, threads=THREADS)  # as a profile does
         record.peak_rss_load_bytes, record.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         record.seq_len = 64
         records.append(record)

@@ -142,9 +142,11 @@ def _fresh_process_point(variant_dir, batch: int, seq_len: int) -> CalibrationPo
 
 @pytest.mark.slow
 def test_a_held_out_variant_and_batch_are_predicted_within_15_percent(finetuned_minilm_dir, tmp_path, monkeypatch):
-    """Fitted on fp32 at batches 8 and 64, the model predicts int8 (never seen) at batch 32 (never seen),
-    measured in a fresh process: within 15 %, and closer than the load RSS alone (activations matter here:
-    128 tokens x 32 sequences are about a fifth of the peak)."""
+    """Fitted on fp32 at batches 8 and 64, the model predicts int8 (never seen) at 32 x 128 tokens (never
+    seen) from int8's own profile (a fresh process at 32 x 64 tokens, as the profiler measures every
+    variant), against another fresh process: within 15 %, and closer than the load RSS alone (activations
+    matter here: 128 tokens x 32 sequences are about a fifth of the peak). Without the profile's forward
+    the model books fp32's activations for torchao's int8 and was 17 % under in about 1 run in 7."""
     from tightfit.compress import build_variant
     from tightfit.spec import VariantSpec
 
@@ -154,9 +156,12 @@ def test_a_held_out_variant_and_batch_are_predicted_within_15_percent(finetuned_
     assert model.replica_overhead_bytes < 16 * MIB  # a plain process: nothing on top of the load RSS
     int8 = build_variant(finetuned_minilm_dir, VariantSpec.parse("int8_dynamic", name="int8"), tmp_path / "int8",
                          progress=False)
+    profile = _fresh_process_point(int8, 32, 64)
+    measured = MeasuredForward(profile.load_rss_bytes, profile.peak_rss_bytes, batch=32, seq_len=64)
     held = _fresh_process_point(int8, 32, seq_len)
     predicted = model.predict(held.weight_bytes, held.arch, batch=32, seq_len=seq_len, dtype_bytes=held.dtype_bytes,
-                              load_rss_bytes=held.load_rss_bytes).total
+                              load_rss_bytes=profile.load_rss_bytes, measured=measured).total
     error = prediction_error(predicted, held.peak_rss_bytes)
-    assert error <= 0.15, (predicted >> 20, held.peak_rss_bytes >> 20, model.activation_scale)
-    assert abs(predicted - held.peak_rss_bytes) < abs(held.load_rss_bytes - held.peak_rss_bytes)
+    detail = (predicted >> 20, held.peak_rss_bytes >> 20, profile.load_rss_bytes >> 20, profile.peak_rss_bytes >> 20)
+    assert error <= 0.15, detail
+    assert abs(predicted - held.peak_rss_bytes) < abs(held.load_rss_bytes - held.peak_rss_bytes), detail

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SERVE_PROFILE_BATCH = 32
+"""The batch a profile serves in its fresh memory process: ``peak_rss_serve_bytes`` is that batch's peak."""
+
 
 @dataclass
 class Footprint:

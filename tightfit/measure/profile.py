@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tightfit.compress.variant import load_variant
-from tightfit.footprint import Footprint
+from tightfit.footprint import SERVE_PROFILE_BATCH, Footprint
 from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
 from tightfit.measure.runners import graph_counts, runner_tokens_per_s
@@ -241,8 +241,8 @@ def measure_variant(
 
             mem = measure_lm_memory(path)  # the KV cache included
         else:
-            mem = measure_memory(path, seq_len=seq_len, batch=32, compiled=compiled and not quick, device=dev,
-                                 threads=runner.threads)
+            mem = measure_memory(path, seq_len=seq_len, batch=SERVE_PROFILE_BATCH, compiled=compiled and not quick,
+                                 device=dev, threads=runner.threads)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes, fp.cold_start_s = mem.get("gpu_peak_bytes"), mem.get("cold_start_s")
         for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tightfit.assets import BUILTIN_MODELS, resolve_model_path
 from tightfit.errors import ConfigError
-from tightfit.footprint import Footprint
+from tightfit.footprint import SERVE_PROFILE_BATCH, Footprint
 from tightfit.memory.serving import ArchInfo, MeasuredForward, ServingMemoryModel, activation_dtype_bytes
 from tightfit.names import RUNTIME_TORCH
 
@@ -38,10 +38,6 @@ def load_rss_of(record: Footprint) -> int | None:
     return int(value) if value else None
 
 
-PROFILE_SERVE_BATCH = 32
-"""The batch ``tightfit.measure.profile`` serves in its fresh memory process (``peak_rss_serve_bytes``)."""
-
-
 def measured_forward_of(record: Footprint) -> MeasuredForward | None:
     """A classifier's forward as its profile measured it (load and serve peaks of one fresh process at
     batch 32 x ``seq_len``); None where either figure is missing. An LM's serve peak is a generation with
@@ -50,7 +46,7 @@ def measured_forward_of(record: Footprint) -> MeasuredForward | None:
                                            and record.seq_len):
         return None
     return MeasuredForward(load_rss_bytes=int(record.peak_rss_load_bytes),
-                           serve_rss_bytes=int(record.peak_rss_serve_bytes), batch=PROFILE_SERVE_BATCH,
+                           serve_rss_bytes=int(record.peak_rss_serve_bytes), batch=SERVE_PROFILE_BATCH,
                            seq_len=int(record.seq_len))
 
 
