@@ -1,12 +1,14 @@
-"""Does distillation's hidden-state term (``distill:hidden=w``) help the 4-layer lean student?
+"""What recovers the 4-layer lean student's accuracy: longer distillation, or the hidden-state term
+(``distill:hidden=w``)?
 
-Builds the same student with the logits-only loss and with the layer-mapped hidden-state term at two
-weights, in parallel processes (1 thread each), from the compression benchmark's cached fine-tuned
-baseline (run ``benchmarks/compression.py`` first), and scores each on the validation split (where a
-weight would be chosen) and the whole test split. Accuracy only: no timing, so a busy machine does not
-change the figures. Writes ``benchmarks/results/distill_hidden.json``.
+Builds the same student (``drop_layers:keep=4|prune_structured:heads=0.5,ffn=0.75|prune_vocab|distill``)
+once per ``steps:hidden`` pair, in parallel processes (1 thread each), from the compression benchmark's
+cached fine-tuned baseline (run ``benchmarks/compression.py`` first), and scores each on the validation
+split (where a setting would be chosen) and the whole test split. Accuracy only: no timing, so a busy
+machine does not change the figures. A rerun reuses the students already built. Writes
+``benchmarks/results/distill_student.json``.
 
-    python benchmarks/distill_hidden.py [--steps 840] [--weights 0,1,3]
+    python benchmarks/distill_student.py [--runs 840:0,840:1,840:3,1680:0,2520:0]
 """
 
 from __future__ import annotations
@@ -58,26 +60,30 @@ def build_and_score(base: str, out: str, chain: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=840, help="distillation steps (batch 32)")
-    parser.add_argument("--weights", default="0,1,3", help="hidden-state weights to compare (0 = logits only)")
+    parser.add_argument("--runs", default="840:0,840:1,840:3,1680:0,2520:0",
+                        help="comma-separated steps:hidden pairs (batch 32; hidden 0 = logits only)")
+    parser.add_argument("--jobs", type=int, default=2, help="students built at once (1 thread each)")
     args = parser.parse_args(argv)
     from tightfit.assets import cache_dir
 
     base = cache_dir() / "bench-compression" / "baseline-ft280"
     if not base.is_dir():
         raise SystemExit(f"no cached baseline at {base}: run benchmarks/compression.py first")
-    weights = [float(w) for w in args.weights.split(",")]
-    chains = [STUDENT + (f"distill:steps={args.steps},hidden={w:g}" if w else f"distill:steps={args.steps}")
-              for w in weights]
-    outs = [str(cache_dir() / "bench-distill-hidden" / f"hidden-{w:g}") for w in weights]
+    try:
+        runs = [(int(a), float(b)) for a, b in (item.split(":") for item in args.runs.split(","))]
+    except ValueError:
+        raise SystemExit(f"--runs takes steps:hidden pairs like 840:0,1680:1, got {args.runs!r}") from None
+    chains = [STUDENT + (f"distill:steps={steps},hidden={w:g}" if w else f"distill:steps={steps}")
+              for steps, w in runs]
+    outs = [str(cache_dir() / "bench-distill-student" / f"steps-{steps}-hidden-{w:g}") for steps, w in runs]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(chains), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         rows = list(pool.map(build_and_score, [str(base)] * len(chains), outs, chains))
-    write_results("distill_hidden", {
-        "student": STUDENT + "distill", "distill_steps": args.steps,
-        "rows": [{"hidden": w, **row} for w, row in zip(weights, rows, strict=True)],
-    }, protocol={"command": "python benchmarks/distill_hidden.py " + " ".join(argv or sys.argv[1:]),
-                 "threads_per_build": 1, "parallel_builds": len(chains)})
+    write_results("distill_student", {
+        "student": STUDENT + "distill", "teacher": "fp32 baseline-ft280 of benchmarks/compression.py",
+        "rows": [{"steps": steps, "hidden": w, **row} for (steps, w), row in zip(runs, rows, strict=True)],
+    }, protocol={"command": "python benchmarks/distill_student.py " + " ".join(argv or sys.argv[1:]),
+                 "threads_per_build": 1, "parallel_builds": max(1, args.jobs)})
 
 
 if __name__ == "__main__":
