@@ -230,13 +230,13 @@ class ServingMemoryModel:
             raise ConfigError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
         c = self.coefficients(runtime)
         total_len = seq_len + max(0, new_tokens)
-        acts = c["activation_scale"] * activation_elements(arch, batch, total_len) * dtype_bytes
+        modelled = activation_elements(arch, batch, total_len) * dtype_bytes
+        acts = c["activation_scale"] * modelled
         if measured is not None:
             at = activation_elements(arch, measured.batch, measured.seq_len) * dtype_bytes
             booked = c["first_forward_bytes"] + c["activation_scale"] * at
             if at > 0 and measured.growth_bytes > booked:  # the variant's kernels hold more than the model's
-                per_element = (measured.growth_bytes - c["first_forward_bytes"]) / at
-                acts = max(acts, per_element * activation_elements(arch, batch, total_len) * dtype_bytes)
+                acts = max(acts, (measured.growth_bytes - c["first_forward_bytes"]) / at * modelled)
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
         base = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
         weights = min(int(weight_bytes), base)
