@@ -1,14 +1,14 @@
-"""What recovers the 4-layer lean student's accuracy: longer distillation, or the hidden-state term
-(``distill:hidden=w``)?
+"""What recovers the 4-layer lean student's accuracy: longer distillation, a higher learning rate, or the
+hidden-state term (``distill:hidden=w``)?
 
 Builds the same student (``drop_layers:keep=4|prune_structured:heads=0.5,ffn=0.75|prune_vocab|distill``)
-once per ``steps:hidden`` pair, in parallel processes (1 thread each), from the compression benchmark's
+once per ``steps:hidden[:lr]`` run (lr defaults to distill's 1e-4), in parallel processes (1 thread each), from the compression benchmark's
 cached fine-tuned baseline (run ``benchmarks/compression.py`` first), and scores each on the validation
 split (where a setting would be chosen) and the whole test split. Accuracy only: no timing, so a busy
 machine does not change the figures. A rerun reuses the students already built. Writes
 ``benchmarks/results/distill_student.json``.
 
-    python benchmarks/distill_student.py [--runs 840:0,840:1,840:3,1680:0,2520:0]
+    python benchmarks/distill_student.py [--runs 840:0,840:1,840:3,1680:0,2520:0,2520:0:3e-4]
 """
 
 from __future__ import annotations
@@ -58,10 +58,18 @@ def build_and_score(base: str, out: str, chain: str) -> dict[str, Any]:
     return row
 
 
+def _run(item: str) -> tuple[int, float, float]:
+    """``steps:hidden[:lr]`` -> (steps, hidden weight, lr or 0 for distill's default)."""
+    steps, hidden, *lr = item.split(":")
+    if len(lr) > 1:
+        raise ValueError(item)
+    return int(steps), float(hidden), float(lr[0]) if lr else 0.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="840:0,840:1,840:3,1680:0,2520:0",
-                        help="comma-separated steps:hidden pairs (batch 32; hidden 0 = logits only)")
+                        help="comma-separated steps:hidden[:lr] runs (batch 32; hidden 0 = logits only; lr 1e-4)")
     parser.add_argument("--jobs", type=int, default=2, help="students built at once (1 thread each)")
     args = parser.parse_args(argv)
     from tightfit.assets import cache_dir
@@ -70,18 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     if not base.is_dir():
         raise SystemExit(f"no cached baseline at {base}: run benchmarks/compression.py first")
     try:
-        runs = [(int(a), float(b)) for a, b in (item.split(":") for item in args.runs.split(","))]
+        runs = [_run(item) for item in args.runs.split(",")]
     except ValueError:
-        raise SystemExit(f"--runs takes steps:hidden pairs like 840:0,1680:1, got {args.runs!r}") from None
-    chains = [STUDENT + (f"distill:steps={steps},hidden={w:g}" if w else f"distill:steps={steps}")
-              for steps, w in runs]
-    outs = [str(cache_dir() / "bench-distill-student" / f"steps-{steps}-hidden-{w:g}") for steps, w in runs]
+        raise SystemExit(f"--runs takes steps:hidden[:lr] runs like 840:0,1680:1,2520:0:3e-4, got {args.runs!r}") from None
+    chains = [STUDENT + f"distill:steps={steps}" + (f",hidden={w:g}" if w else "") + (f",lr={lr:g}" if lr else "")
+              for steps, w, lr in runs]
+    outs = [str(cache_dir() / "bench-distill-student" / (f"steps-{steps}-hidden-{w:g}" + (f"-lr-{lr:g}" if lr else "")))
+            for steps, w, lr in runs]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         rows = list(pool.map(build_and_score, [str(base)] * len(chains), outs, chains))
     write_results("distill_student", {
         "student": STUDENT + "distill", "teacher": "fp32 baseline-ft280 of benchmarks/compression.py",
-        "rows": [{"steps": steps, "hidden": w, **row} for (steps, w), row in zip(runs, rows, strict=True)],
+        "rows": [{"steps": steps, "hidden": w, "lr": lr or 1e-4, **row}
+                 for (steps, w, lr), row in zip(runs, rows, strict=True)],
     }, protocol={"command": "python benchmarks/distill_student.py " + " ".join(argv or sys.argv[1:]),
                  "threads_per_build": 1, "parallel_builds": max(1, args.jobs)})
 
