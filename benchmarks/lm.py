@@ -7,7 +7,7 @@ SmolLM2, then measures all of them on the same held-out text, the Rotten Tomatoe
 
 - quality, once per variant (deterministic, cached beside the variant so a rerun resumes): perplexity of the split as one token stream (128-token
   windows, stride 64) and zero-shot sentiment accuracy (answer log-likelihood after a prompt);
-- weight bytes (packed data + scales, the tied embedding/head once);
+- weight bytes (packed data + scales, the tied embedding/head once; an ONNX graph's initializers);
 - speed, interleaved round by round (every variant once per round, each in a fresh process; medians and
   min/max): time to first token (64-token prompt, batch 1) and decode tokens/s at batch 1 and 8;
 - peak serving RSS: a fresh process per variant and round loads it and generates 32 tokens at batch 8.
@@ -44,12 +44,15 @@ FULL = {
     "int4-g32-int8-head": "int4_weight_only:group_size=32|int8_embeddings",
     "int4-awq-g32-int8-head": "int4_awq:group_size=32,calib_chunks=16|int8_embeddings",
     "int4-mixed-g32-int8-head": "mixed_int4:keep=0.1,group_size=32|int8_embeddings",
+    # the lean runtime: ONNX Runtime, 4-bit MatMulNBits + a 4-bit embedding table, the KV cache in the graph
+    "ort-int4-g32": "onnx_int4:block_size=32",
 }
 QUICK = {
     "fp32": "fp32",
     "int4-g32": "int4_weight_only:group_size=32",
     "int4-g64": "int4_weight_only:group_size=64",
     "int4-awq-g64": "int4_awq:group_size=64,calib_chunks=4,search=10",
+    "ort-int4-g32": "onnx_int4:block_size=32",
 }
 GOALS = {"weight_ratio": 0.30, "perplexity_ratio": 1.05, "task_accuracy_drop_points": 1.0, "decode_speedup_b1": 2.0,
          "rss_ratio": 0.5, "calibration_recovery": 0.5}
@@ -252,12 +255,22 @@ def _quality(path: Path, name: str, chain: str, build_s: float, texts: list[str]
         row = dict(json.loads(cache.read_text()))
     else:
         variant = load_variant(path, device="cpu")
-        ids = token_stream(variant.tokenizer, texts, ppl_tokens)
+        model, tokenizer = variant.model, variant.tokenizer
+        if model is None:  # an ONNX decoder: scored through its runner by the same code, on the same token ids
+            from transformers import AutoTokenizer
+
+            from tightfit.measure.runners import RunnerLM, graph_weight_bytes
+
+            model, tokenizer = RunnerLM(variant.runner), AutoTokenizer.from_pretrained(str(path))
+            weights = graph_weight_bytes(path / variant.manifest["weights"]["file"])
+        else:
+            weights = weight_bytes(model)
+        ids = token_stream(tokenizer, texts, ppl_tokens)
         started = time.perf_counter()
         formats = variant.manifest.get("extra", {}).get("layer_formats")
-        row = {"name": name, "chain": chain, "weight_bytes": weight_bytes(variant.model),
-               "perplexity": stream_perplexity(variant.model, ids), "ppl_tokens": len(ids),
-               "task_accuracy": zero_shot_accuracy(variant.model, variant.tokenizer, frame["text"].astype(str).tolist(),
+        row = {"name": name, "chain": chain, "runtime": variant.runtime, "weight_bytes": weights,
+               "perplexity": stream_perplexity(model, ids), "ppl_tokens": len(ids),
+               "task_accuracy": zero_shot_accuracy(model, tokenizer, frame["text"].astype(str).tolist(),
                                                    frame["label"].astype(int).tolist(), task),
                "quality_s": round(time.perf_counter() - started, 1),
                "layer_formats": formats and _count_formats(formats)}
@@ -297,8 +310,20 @@ def time_one(path: str, new_tokens: int, threads: int) -> None:
     quiet_transformers()
     texts = load_dataset("rotten_tomatoes", seed=0).test["text"].astype(str).tolist()
     variant = load_variant(Path(path), device="cpu")
-    ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=new_tokens, repeats=3)
-    _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=new_tokens, repeats=1)
+    if variant.model is None:  # an ONNX decoder: its runner's greedy loop on the same prompt ids
+        from transformers import AutoTokenizer
+
+        from tightfit.measure.lm import prompts
+        from tightfit.measure.runners import runner_generation_speed
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ttft, b1 = runner_generation_speed(variant.runner, prompts(tokenizer, texts, 1).numpy(),
+                                           new_tokens=new_tokens, repeats=3)
+        _, b8 = runner_generation_speed(variant.runner, prompts(tokenizer, texts, 8).numpy(),
+                                        new_tokens=new_tokens, repeats=1)
+    else:
+        ttft, b1 = generation_speed(variant.model, variant.tokenizer, texts, batch=1, new_tokens=new_tokens, repeats=3)
+        _, b8 = generation_speed(variant.model, variant.tokenizer, texts, batch=8, new_tokens=new_tokens, repeats=1)
     print(json.dumps({"ttft_ms": ttft, "decode_tok_s_b1": b1, "decode_tok_s_b8": b8}), flush=True)
 
 

@@ -190,8 +190,9 @@ def test_onnx_variants_use_the_cuda_provider_where_a_gpu_is(onnx_variants, held_
 
 def test_decoders_export_with_positions_and_pack_into_4_bits(tmp_path):
     """A small decoder of SmolLM2's architecture and tokenizer (2 layers, width 64): ``onnx`` reproduces the
-    torch logits of a left-padded batch and its greedy continuations; ``onnx_int4`` packs every projection
-    into MatMulNBits, keeps the logits close and is smaller on disk."""
+    torch logits of a left-padded batch and its greedy continuations (decoded against the graph's KV cache);
+    ``onnx_int4`` packs every projection and the embedding table into 4 bits, keeps the logits close and is
+    smaller on disk."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -221,7 +222,10 @@ def test_decoders_export_with_positions_and_pack_into_4_bits(tmp_path):
     for chain, min_cosine in (("onnx", 0.9999), ("onnx_int4", 0.98)):
         out = build_variant(tmp_path / "tiny", VariantSpec.parse(chain, name=chain), tmp_path / chain, progress=False)
         variant = load_variant(out, threads=1)
-        assert variant.kind == "causal_lm" and variant.manifest["onnx"]["inputs"][-1] == "position_ids"
+        assert variant.kind == "causal_lm" and variant.manifest["onnx"]["inputs"][-2:] == ["position_ids",
+                                                                                         "logits_to_keep"]
+        assert variant.manifest["onnx"]["kv_cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 16}
+        assert len(variant.runner.past) == 2 * 2  # the graph carries its KV cache: a key and a value per layer
         enc = variant.runner.encode(prompts, max_length=32, pad_to_max=False)
         assert enc["input_ids"][0, 0] == tokenizer.pad_token_id  # left-padded, like the torch replica
         logits = variant.runner.forward(**enc)
@@ -233,7 +237,19 @@ def test_decoders_export_with_positions_and_pack_into_4_bits(tmp_path):
         assert ppl == pytest.approx(torch_ppl, rel=1e-3 if chain == "onnx" else 0.05)
         sizes[chain] = variant.manifest["files"]["model.onnx"]["bytes"]
     assert variant.manifest["onnx"]["matmuls_packed"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + head
+    assert variant.manifest["onnx"]["gathers_packed"] == 1  # the embedding table, 4-bit too
     assert sizes["onnx_int4"] < 0.7 * sizes["onnx"]
+
+    # profiled like a torch LM: generation speed, the cache's bytes, perplexity and the task, and the peak RSS
+    # of a fresh serving process that never imports torch
+    from tightfit.data import load_dataset
+    from tightfit.measure import measure_variant
+
+    fp = measure_variant(out, load_dataset("rotten_tomatoes", seed=0), quick=True)
+    assert fp.runtime == RUNTIME_ONNXRUNTIME and fp.decode_tok_s_b1 > 0 and fp.decode_tok_s_b8 > 0 and fp.ttft_ms > 0
+    assert fp.kv_cache_bytes_per_token == 2 * 2 * 2 * 16 * 4  # layers x (key, value) x kv heads x head dim x fp32
+    assert fp.weight_bytes < sizes["onnx_int4"] and np.isfinite(fp.perplexity) and 0 <= fp.task_accuracy <= 1
+    assert fp.peak_rss_serve_bytes > fp.extra["rss_imports_bytes"] > 0 and fp.extra["imported_torch"] is False
 
 
 def test_an_onnx_variant_round_trips_through_an_mlflow_pyfunc_model(onnx_variants, held_out, tmp_path):

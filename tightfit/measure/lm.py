@@ -29,6 +29,7 @@ from tightfit.errors import VariantError
 from tightfit.footprint import Footprint
 from tightfit.measure.quality import stream_perplexity, token_stream, zero_shot_accuracy, zero_shot_task
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.names import RUNTIME_ONNXRUNTIME
 
 if TYPE_CHECKING:
     from tightfit.data import DatasetSplits
@@ -146,6 +147,42 @@ def measure_lm(
     return fp
 
 
+def measure_lm_onnx(
+    fp: Footprint, runner: Any, tokenizer: Any, data: DatasetSplits | None, graph: Path, *, quick: bool = False,
+    protocol: LmProtocol | None = None,
+) -> Footprint:
+    """``measure_lm`` for an ONNX decoder: the same figures, prompts and quality code, through its runner
+    (``tokenizer``: the variant's own tokenizer files loaded with transformers, for the shared prompt ids)."""
+    from tightfit.measure.runners import (
+        RunnerLM,
+        graph_weight_bytes,
+        kv_bytes_per_token,
+        runner_generation_speed,
+    )
+
+    proto = protocol or (LmProtocol.quick() if quick else LmProtocol())
+    texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
+    fp.weight_bytes = graph_weight_bytes(graph)
+    fp.kv_cache_bytes_per_token = kv_bytes_per_token(runner)
+    for batch in (1, SERVE_BATCH):
+        ids = prompts(tokenizer, texts, batch).numpy()
+        ttft, tok_s = runner_generation_speed(runner, ids, new_tokens=proto.new_tokens,
+                                              repeats=proto.repeats if batch == 1 else max(1, proto.repeats // 2))
+        if batch == 1:
+            fp.ttft_ms, fp.decode_tok_s_b1 = ttft, tok_s
+        else:
+            fp.decode_tok_s_b8 = tok_s
+    if data is not None:
+        model = RunnerLM(runner)
+        fp.perplexity = stream_perplexity(model, token_stream(tokenizer, texts, proto.ppl_tokens))
+        rows = data.test.head(proto.task_rows)
+        task = zero_shot_task(data.name, list(data.label_names))
+        fp.task_accuracy = zero_shot_accuracy(model, tokenizer, rows["text"].astype(str).tolist(),
+                                              rows["label"].astype(int).tolist(), task)
+        fp.extra.update({"ppl_tokens": proto.ppl_tokens, "task_rows": len(rows), "task_prompt": task.prompt})
+    return fp
+
+
 def logical_params(model: Any) -> int:
     """Parameters as the profiler counts them (every state-dict entry), with a packed module's weight
     counted by its logical shape (its packed buffers hide it)."""
@@ -197,8 +234,35 @@ def describe_formats(fp: Footprint, model: Any, manifest: dict[str, Any]) -> Foo
     return fp
 
 
+def _serve_once_onnx(variant_dir: str, batch: int, new_tokens: int, threads: int) -> dict[str, Any]:
+    """``_serve_once`` for an ONNX decoder: what its replica imports (ONNX Runtime, tokenizers, numpy; never
+    torch), load, greedy generation against the KV cache at ``batch``; RSS at each point."""
+    import numpy as np
+    import onnxruntime  # noqa: F401  (the runtime, counted apart from the model)
+
+    from tightfit.runtime import load_onnx_runner
+
+    after_imports, now_imports = peak_rss_bytes(), current_rss_bytes()
+    runner = load_onnx_runner(Path(variant_dir), threads=threads, device="cpu")
+    runner.generate_ids(np.array([[1, 2, 3]], dtype=np.int64), np.ones((1, 3), dtype=np.int64), 1)  # warm-up
+    after_load, now_load = peak_rss_bytes(), current_rss_bytes()
+    texts = ["a movie review that is long enough to fill several tokens of the prompt, and then some more"] * 4
+    enc = runner.encode(texts, max_length=PROMPT_TOKENS, pad_to_max=False)
+    stream = enc["input_ids"][enc["attention_mask"].astype(bool)]  # the real tokens, row after row
+    ids = np.resize(stream, (batch, PROMPT_TOKENS)).astype(np.int64)  # the same prompt shape as a torch variant
+    runner.generate_ids(ids, np.ones_like(ids), new_tokens, stop_at_eos=False)
+    return {"rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": peak_rss_bytes(),
+            "rss_now_imports_bytes": now_imports, "rss_now_load_bytes": now_load,
+            "rss_now_serve_bytes": current_rss_bytes(), "serve_batch": batch, "serve_new_tokens": new_tokens,
+            "serve_prompt_tokens": PROMPT_TOKENS, "gpu_peak_bytes": None, "imported_torch": "torch" in sys.modules}
+
+
 def _serve_once(variant_dir: str, batch: int, new_tokens: int, threads: int) -> dict[str, Any]:
     """In the fresh process: imports, load, greedy generation at ``batch``; RSS at each point."""
+    from tightfit.runtime.manifest import read_manifest, runtime_of
+
+    if runtime_of(read_manifest(variant_dir)) == RUNTIME_ONNXRUNTIME:
+        return _serve_once_onnx(variant_dir, batch, new_tokens, threads)
     import torch
 
     torch.set_num_threads(threads)

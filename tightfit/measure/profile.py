@@ -17,7 +17,7 @@ from tightfit.compress.variant import load_variant
 from tightfit.footprint import SERVE_PROFILE_BATCH, Footprint
 from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
-from tightfit.measure.runners import graph_counts, runner_tokens_per_s
+from tightfit.measure.runners import graph_counts
 from tightfit.measure.timing import FULL_PLAN, QUICK_PLAN, TimingPlan, TimingResult, time_rounds
 
 if TYPE_CHECKING:
@@ -226,17 +226,20 @@ def measure_variant(
 
         measure_lm(fp, model, tokenizer, data, quick=quick, forward=forward_for(model, compiled))
         describe_formats(fp, model, manifest)
-    elif variant.kind == "causal_lm":  # an ONNX decoder: generation speed through its runner
-        new_tokens = 4 if quick else 16
-        for batch in (1, 8):
-            fp.extra[f"tokens_per_s_b{batch}"] = runner_tokens_per_s(runner, texts, batch, new_tokens)
-    if data is not None and not (variant.kind == "causal_lm" and model is not None):
+    elif variant.kind == "causal_lm":  # an ONNX decoder: the same LM figures, through its runner
+        from transformers import AutoTokenizer
+
+        from tightfit.measure.lm import measure_lm_onnx
+
+        measure_lm_onnx(fp, runner, AutoTokenizer.from_pretrained(str(path)), data,
+                        path / manifest["weights"]["file"], quick=quick)
+    if data is not None and variant.kind != "causal_lm":
         frame = data.test.head(eval_rows or (200 if quick else len(data.test)))
         quality = evaluate(model, tokenizer, frame, variant.kind, batch_size=32, max_length=seq_len, runner=runner)
         fp.accuracy, fp.f1_macro, fp.perplexity = quality.get("accuracy"), quality.get("f1_macro"), quality.get("perplexity")
         fp.extra["eval_rows"] = len(frame)
     if memory_subprocess:
-        if variant.kind == "causal_lm" and dev == "cpu" and model is not None:  # serving an LM is generating
+        if variant.kind == "causal_lm" and dev == "cpu":  # serving an LM is generating
             from tightfit.measure.lm import measure_lm_memory
 
             mem = measure_lm_memory(path)  # the KV cache included

@@ -12,7 +12,8 @@ from typing import Any
 
 from tightfit.errors import ConfigError
 
-EMBEDDING_INPUTS = {"Gather": (0,), "GatherElements": (0,), "EmbedLayerNormalization": (2, 3, 4),
+EMBEDDING_INPUTS = {"Gather": (0,), "GatherElements": (0,), "GatherBlockQuantized": (0, 2, 3),
+                    "EmbedLayerNormalization": (2, 3, 4),
                     "QEmbedLayerNormalization": (2, 3, 4)}
 
 
@@ -24,7 +25,6 @@ def graph_counts(path: Path, manifest: dict[str, Any], seq_len: int) -> tuple[in
     bytes, except that embedding tables contribute only the ``seq_len`` rows a sequence gathers.
     """
     import onnx
-    from onnx import numpy_helper
 
     params = (manifest.get("onnx") or {}).get("source_params") or [None, None]
     model = onnx.load(str(path))
@@ -32,21 +32,18 @@ def graph_counts(path: Path, manifest: dict[str, Any], seq_len: int) -> tuple[in
               if i < len(node.input)}
     total = 0
     for init in model.graph.initializer:
-        array = numpy_helper.to_array(init)
-        size = int(array.nbytes)
-        if init.name in tables and array.ndim >= 1 and array.shape[0] > 0:
-            size = size * min(int(array.shape[0]), seq_len) // int(array.shape[0])
+        size, rows = stored_bytes(init), int(init.dims[0]) if init.dims else 0
+        if init.name in tables and rows > 0:
+            size = size * min(rows, seq_len) // rows
         total += size
     return params[0], params[1], total
 
 
-def runner_tokens_per_s(runner: Any, texts: list[str], batch: int, new_tokens: int) -> float:
-    """Greedy generation speed through a runner (new tokens per second over the batch)."""
-    chosen = [texts[i % len(texts)] for i in range(batch)]
-    started = time.perf_counter()
-    out = runner.generate(chosen, max_new_tokens=new_tokens, max_length=16)
-    produced = sum(int(o["new_tokens"]) for o in out) or batch * new_tokens
-    return produced / (time.perf_counter() - started)
+def stored_bytes(init: Any) -> int:
+    """Bytes an ONNX initializer holds as stored: 4-bit tensors packed two to a byte (numpy unpacks them)."""
+    from onnx import numpy_helper
+
+    return len(init.raw_data) if init.raw_data else int(numpy_helper.to_array(init).nbytes)
 
 
 def runner_perplexity(runner: Any, texts: list[str], *, batch_size: int = 16, max_length: int = 64) -> float:
@@ -72,3 +69,68 @@ def runner_perplexity(runner: Any, texts: list[str], *, batch_size: int = 16, ma
     if total_tokens == 0:
         raise ConfigError("perplexity needs texts with at least two tokens")
     return math.exp(total_loss / total_tokens)
+
+
+def graph_weight_bytes(path: Path) -> int:
+    """Bytes of every initializer of an ONNX graph (packed weights, scales, the embedding table once)."""
+    import onnx
+
+    return sum(stored_bytes(init) for init in onnx.load(str(path)).graph.initializer)
+
+
+def kv_bytes_per_token(runner: Any) -> int:
+    """Bytes an ONNX decoder's KV cache grows by per token of one sequence, from its graph's cache inputs
+    (``[batch, kv_heads, past, head_dim]`` fp32 per layer, key and value)."""
+    return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in runner.past)
+
+
+class RunnerLM:
+    """An ONNX decoder's runner behind the part of a torch causal LM that the LM quality measures call
+    (``model(input_ids=..., attention_mask=..., position_ids=..., logits_to_keep=...).logits`` and
+    ``parameters()``), so perplexity and the zero-shot task score it with the very code that scores torch
+    variants (``measure.quality``). For the measuring process, which has torch; a replica never builds one."""
+
+    def __init__(self, runner: Any) -> None:
+        import torch
+
+        self.runner, self._device = runner, torch.zeros(0)
+
+    def parameters(self) -> Any:
+        yield self._device  # where the inputs go: the CPU (the runner copies them into its session)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None,
+                 logits_to_keep: int = 0) -> Any:
+        from types import SimpleNamespace
+
+        import numpy as np
+        import torch
+
+        ids = input_ids.cpu().numpy().astype(np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy().astype(np.int64)
+        positions = None if position_ids is None else position_ids.cpu().numpy().astype(np.int64)
+        logits = self.runner.logits(ids, mask, positions, int(logits_to_keep))
+        return SimpleNamespace(logits=torch.from_numpy(np.ascontiguousarray(logits)))
+
+
+def runner_generation_speed(runner: Any, ids: Any, *, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(time to first token in ms, decode tokens/s) of greedy generation from prompt ``ids`` (numpy,
+    ``[batch, length]``, no padding) through a runner, as ``measure.lm.generation_speed`` times a torch
+    model: medians over ``repeats`` after a warm-up, decode = (n tokens - 1 token) time, EOS ignored."""
+    import statistics
+
+    import numpy as np
+
+    mask = np.ones_like(ids)
+
+    def run(n: int) -> float:
+        started = time.perf_counter()
+        runner.generate_ids(ids, mask, n, stop_at_eos=False)
+        return time.perf_counter() - started
+
+    run(2)  # warm-up: kernels, the arena
+    first, full = [], []
+    for _ in range(repeats):
+        first.append(run(1))
+        full.append(run(new_tokens))
+    t1, tn = statistics.median(first), statistics.median(full)
+    return 1000.0 * t1, len(ids) * (new_tokens - 1) / max(tn - t1, 1e-9)

@@ -101,6 +101,8 @@ class OrtRunner(Runner):
         self.providers = list(self.session.get_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        # a decoder graph with its KV cache (past.{i}.key/value in, present.* out); older graphs have none
+        self.past = [i for i in self.session.get_inputs() if i.name.startswith("past.")]
         if kind == "causal_lm":
             tokenizer.padding_side = "left"
 
@@ -108,14 +110,30 @@ class OrtRunner(Runner):
         return self.tokenizer.encode(list(texts), max_length=max_length, pad_to_max=pad_to_max)
 
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self.logits(input_ids, attention_mask)
+
+    def logits(self, input_ids: Any, attention_mask: Any, position_ids: Any = None, logits_to_keep: int = 0) -> Any:
+        """Logits of a whole sequence (a decoder's: of its last ``logits_to_keep`` positions when > 0), with
+        an empty KV cache; positions count real tokens unless given."""
+        return self._run(input_ids, attention_mask, position_ids, logits_to_keep, None)[0]
+
+    def _run(self, input_ids: Any, attention_mask: Any, position_ids: Any, keep: int, past: list[Any] | None) -> Any:
+        """One session run: (logits, *present) for a decoder with a cache, (logits,) otherwise."""
         import numpy as np
 
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         if "position_ids" in self.input_names:  # decoders: positions count real tokens (left padding)
-            feeds["position_ids"] = np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
-        return self.session.run([self.output_name], {k: feeds[k] for k in self.input_names})[0]
+            feeds["position_ids"] = position_ids if position_ids is not None else np.maximum(
+                np.cumsum(attention_mask, axis=-1) - 1, 0)[:, -input_ids.shape[1]:]
+        if "logits_to_keep" in self.input_names:
+            feeds["logits_to_keep"] = np.array(keep if keep > 0 else input_ids.shape[1], dtype=np.int64)
+        if self.past:
+            empty = [np.zeros((len(input_ids), i.shape[1], 0, i.shape[3]), dtype=np.float32) for i in self.past]
+            feeds.update(zip((i.name for i in self.past), past if past is not None else empty, strict=True))
+            return self.session.run(None, {k: feeds[k] for k in self.input_names})
+        return self.session.run([self.output_name], {k: feeds[k] for k in self.input_names})
 
     def to_numpy(self, logits: Any) -> Any:
         return logits
@@ -124,30 +142,41 @@ class OrtRunner(Runner):
         return self.tokenizer.count_tokens(text)
 
     def generate(self, texts: list[str], *, max_new_tokens: int, max_length: int) -> list[dict[str, Any]]:
-        """Greedy decoding without a KV cache (the exported graph has none): every new token re-runs the
-        sequence, so cost grows with the square of the length; meant for short continuations."""
-        import numpy as np
-
+        """Greedy decoding of left-padded prompts, stopping at EOS."""
         if self.kind != "causal_lm":
             return super().generate(texts, max_new_tokens=max_new_tokens, max_length=max_length)
         enc = self.encode(list(texts), max_length=max_length, pad_to_max=False)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id or 0
-        done = np.zeros(len(texts), dtype=bool)
-        new: list[list[int]] = [[] for _ in texts]
+        new = self.generate_ids(enc["input_ids"], enc["attention_mask"], max_new_tokens)
+        return [{"text": self.tokenizer.decode(row), "new_tokens": len(row)} for row in new]
+
+    def generate_ids(self, ids: Any, mask: Any, max_new_tokens: int, *, stop_at_eos: bool = True) -> list[list[int]]:
+        """The new token ids of greedy decoding (EOS not included). With the graph's KV cache each new token
+        runs one position against the cache; a graph without one re-runs the whole sequence every token."""
+        import numpy as np
+
+        eos = self.tokenizer.eos_token_id if stop_at_eos else None
+        pad = self.tokenizer.pad_token_id or 0
+        done = np.zeros(len(ids), dtype=bool)
+        new: list[list[int]] = [[] for _ in range(len(ids))]
+        positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+        step_ids, past = ids, None
         for _ in range(max_new_tokens):
-            nxt = self.forward(ids, mask)[:, -1, :].argmax(axis=-1).astype(np.int64)
-            nxt = np.where(done, pad, nxt)
+            out = self._run(step_ids, mask, positions[:, -step_ids.shape[1]:], 1, past)
+            nxt = np.where(done, pad, out[0][:, -1, :].argmax(axis=-1).astype(np.int64))
             for i in np.flatnonzero(~done):
-                if int(nxt[i]) != eos:
+                if eos is None or int(nxt[i]) != eos:
                     new[i].append(int(nxt[i]))
             if eos is not None:
                 done |= nxt == eos
-            ids = np.concatenate([ids, nxt[:, None]], axis=1)
-            mask = np.concatenate([mask, np.ones((len(texts), 1), dtype=np.int64)], axis=1)
+            mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
+            positions = np.concatenate([positions, positions[:, -1:] + 1], axis=1)
+            if self.past:
+                step_ids, past = nxt[:, None], list(out[1:])
+            else:
+                step_ids = np.concatenate([step_ids, nxt[:, None]], axis=1)
             if done.all():
                 break
-        return [{"text": self.tokenizer.decode(row), "new_tokens": len(row)} for row in new]
+        return new
 
 
 def load_onnx_runner(path: Path, manifest: dict[str, Any] | None = None, *, device: str | None = None,

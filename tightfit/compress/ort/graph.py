@@ -6,7 +6,6 @@
   which the fusion cannot read), so pruned students with a different head count per layer fuse too.
 - ``quantize_dynamic_int8``: int8 weights, activations quantized per batch at run time (``quantize_dynamic``).
 - ``quantize_static_int8``: QDQ int8 with activation ranges calibrated on batches from the train split.
-- ``quantize_int4``: 4-bit block-wise weight-only ``MatMulNBits`` (decoders).
 
 No torch here: the passes read and write ``.onnx`` files.
 """
@@ -150,25 +149,3 @@ def quantize_static_int8(
         )
     return {"quantization": "int8_static", "format": "QDQ", "activations": "uint8", "weights": "int8",
             "per_channel": per_channel, "calibration": method, "calibration_batches": len(feeds)}
-
-
-def quantize_int4(src: Path, dst: Path, *, block_size: int, symmetric: bool, accuracy_level: int) -> dict[str, Any]:
-    """4-bit block-wise weight-only quantization of every MatMul with a constant weight (``MatMulNBits``);
-    activations stay fp32. Embedding tables and the output projection tied to them stay fp32."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
-    model = onnx.load(str(src))
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level)
-    with quiet_ort():
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    packed = sum(1 for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits")
-    if packed == 0:
-        raise UnsupportedError("onnx_int4 found no MatMul with a constant weight to pack into 4 bits")
-    return {"quantization": "int4_weight_only", "op": "MatMulNBits", "block_size": block_size,
-            "symmetric": symmetric, "accuracy_level": accuracy_level, "matmuls_packed": packed}
