@@ -58,7 +58,7 @@ def test_the_packed_graph_matches_on_a_grid_weight_where_ort_rtn_does_not(tmp_pa
     x = rng.standard_normal((2, 5, K)).astype(np.float32)
     expected = _run(tmp_path / "fp32.onnx", x)
     info = quantize_int4(tmp_path / "fp32.onnx", tmp_path / "int4.onnx", block_size=BLOCK, accuracy_level=0,
-                         head_bits=4, embeddings=False)
+                         head_bits=4, embedding_bits=32)
     assert info["matmuls_packed"] == 1
     assert "MatMulNBits" in {n.op_type for n in onnx.load(str(tmp_path / "int4.onnx")).graph.node}
     error = np.abs(_run(tmp_path / "int4.onnx", x) - expected).max() / np.abs(expected).max()

@@ -4,8 +4,8 @@ ONNX graph that ONNX Runtime runs (``...|prune_vocab|distill|onnx_int8_dynamic``
 - ``onnx``: export (dynamic batch and sequence) + ORT's transformer fusions, fp32.
 - ``onnx_int8_dynamic``: the same, then ORT dynamic int8 (weights int8 per output channel by default).
 - ``onnx_int8_static``: the same, then ORT static int8 (QDQ) calibrated on batches of the train split.
-- ``onnx_int4``: decoders: 4-bit affine blocks in ``MatMulNBits`` (``ort.int4``), the head at 8 bits, the
-  embedding table at 4, the KV cache in the graph.
+- ``onnx_int4``: decoders: 4-bit affine blocks in ``MatMulNBits`` (``ort.int4``), the head and the
+  embedding table at 8 bits, the KV cache in the graph.
 
 Each returns an ``OnnxExport`` that ``save_variant`` writes as ``model.onnx``; the variant then loads with
 ONNX Runtime and ``tokenizers`` only (``tightfit.runtime``).
@@ -64,13 +64,13 @@ class OnnxInt8StaticConfig:
 @dataclass(frozen=True)
 class OnnxInt4Config:
     """``block_size``: weights per 4-bit block (16-256, a power of two); ``accuracy_level`` 4 computes in int8
-    on CPU (fastest), 0 in fp32; ``head_bits``: the output head's bits (8 or 4); ``embeddings``: pack the
-    embedding table to 4 bits as well."""
+    on CPU (fastest), 0 in fp32; ``head_bits``: the output head's bits (8 or 4); ``embedding_bits``: the
+    embedding table's (8, 4, or 32 to keep it as exported)."""
 
     block_size: int = 32
     accuracy_level: int = 4
     head_bits: int = 8
-    embeddings: bool = True
+    embedding_bits: int = 8
 
     def __post_init__(self) -> None:
         size = int(self.block_size)
@@ -80,6 +80,8 @@ class OnnxInt4Config:
             raise ConfigError(f"accuracy_level is 0-4, got {self.accuracy_level}")
         if int(self.head_bits) not in (4, 8):
             raise ConfigError(f"head_bits is 4 or 8, got {self.head_bits}")
+        if int(self.embedding_bits) not in (4, 8, 32):
+            raise ConfigError(f"embedding_bits is 4, 8 or 32, got {self.embedding_bits}")
 
 
 def _export(model: Any, ctx: ApplyContext, *, fused: bool, attention: bool = True) -> tuple[OnnxExport, Path]:
@@ -174,6 +176,6 @@ def to_onnx_int4(model: Any, config: OnnxInt4Config, ctx: ApplyContext) -> OnnxE
     out = root / "int4.onnx"
     export.info.update(quantize_int4(export.onnx_path, out, block_size=int(config.block_size),
                                      accuracy_level=int(config.accuracy_level), head_bits=int(config.head_bits),
-                                     embeddings=bool(config.embeddings)))
+                                     embedding_bits=int(config.embedding_bits)))
     export.onnx_path = out
     return export
