@@ -138,13 +138,19 @@ def measure_lm(
     _, fp.decode_tok_s_b8 = generation_speed(model, tokenizer, texts, batch=SERVE_BATCH, new_tokens=proto.new_tokens,
                                              repeats=max(1, proto.repeats // 2))
     if data is not None:
-        fp.perplexity = stream_perplexity(model, token_stream(tokenizer, texts, proto.ppl_tokens), forward=forward)
-        rows = data.test.head(proto.task_rows)
-        task = zero_shot_task(data.name, list(data.label_names))
-        fp.task_accuracy = zero_shot_accuracy(model, tokenizer, rows["text"].astype(str).tolist(),
-                                              rows["label"].astype(int).tolist(), task)
-        fp.extra.update({"ppl_tokens": proto.ppl_tokens, "task_rows": len(rows), "task_prompt": task.prompt})
+        _quality(fp, model, tokenizer, texts, data, proto, forward)
     return fp
+
+
+def _quality(fp: Footprint, model: Any, tokenizer: Any, texts: list[str], data: DatasetSplits, proto: LmProtocol,
+             forward: Callable[..., Any] | None = None) -> None:
+    """Stream perplexity and zero-shot task accuracy into ``fp`` (torch LMs and ``RunnerLM`` alike)."""
+    fp.perplexity = stream_perplexity(model, token_stream(tokenizer, texts, proto.ppl_tokens), forward=forward)
+    rows = data.test.head(proto.task_rows)
+    task = zero_shot_task(data.name, list(data.label_names))
+    fp.task_accuracy = zero_shot_accuracy(model, tokenizer, rows["text"].astype(str).tolist(),
+                                          rows["label"].astype(int).tolist(), task)
+    fp.extra.update({"ppl_tokens": proto.ppl_tokens, "task_rows": len(rows), "task_prompt": task.prompt})
 
 
 def measure_lm_onnx(
@@ -164,22 +170,13 @@ def measure_lm_onnx(
     texts = (data.test["text"].astype(str).tolist() if data is not None else []) or ["a short example input text"]
     fp.weight_bytes = graph_weight_bytes(graph)
     fp.kv_cache_bytes_per_token = kv_bytes_per_token(runner)
-    for batch in (1, SERVE_BATCH):
-        ids = prompts(tokenizer, texts, batch).numpy()
-        ttft, tok_s = runner_generation_speed(runner, ids, new_tokens=proto.new_tokens,
-                                              repeats=proto.repeats if batch == 1 else max(1, proto.repeats // 2))
-        if batch == 1:
-            fp.ttft_ms, fp.decode_tok_s_b1 = ttft, tok_s
-        else:
-            fp.decode_tok_s_b8 = tok_s
+    fp.ttft_ms, fp.decode_tok_s_b1 = runner_generation_speed(
+        runner, prompts(tokenizer, texts, 1).numpy(), new_tokens=proto.new_tokens, repeats=proto.repeats)
+    _, fp.decode_tok_s_b8 = runner_generation_speed(
+        runner, prompts(tokenizer, texts, SERVE_BATCH).numpy(), new_tokens=proto.new_tokens,
+        repeats=max(1, proto.repeats // 2))
     if data is not None:
-        model = RunnerLM(runner)
-        fp.perplexity = stream_perplexity(model, token_stream(tokenizer, texts, proto.ppl_tokens))
-        rows = data.test.head(proto.task_rows)
-        task = zero_shot_task(data.name, list(data.label_names))
-        fp.task_accuracy = zero_shot_accuracy(model, tokenizer, rows["text"].astype(str).tolist(),
-                                              rows["label"].astype(int).tolist(), task)
-        fp.extra.update({"ppl_tokens": proto.ppl_tokens, "task_rows": len(rows), "task_prompt": task.prompt})
+        _quality(fp, RunnerLM(runner), tokenizer, texts, data, proto)
     return fp
 
 

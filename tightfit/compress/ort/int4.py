@@ -29,6 +29,23 @@ MS_DOMAIN = "com.microsoft"
 EMBEDDING_BLOCK = 16  # the embedding table's 4-bit blocks: perplexity 63.2 against 63.6 at 32, for 3.5 MB more
 
 
+def _uses(model: Any) -> dict[str, int]:
+    """How many node inputs read each name (so a rewrite can drop the initializers it left unread)."""
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return uses
+
+
+def _replace_nodes(model: Any, nodes: list[Any], uses: dict[str, int]) -> None:
+    """Put ``nodes`` in place of the graph's nodes and drop the initializers no node reads any more."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for init in [i for i in model.graph.initializer if uses.get(i.name, 1) == 0]:
+        model.graph.initializer.remove(init)
+
+
 def affine_blocks(weight: Any, block_size: int) -> tuple[Any, Any, Any]:
     """``weight`` (``[K, N]``, K a multiple of ``block_size``) as 4-bit blocks along K: (packed ``uint8
     [N, blocks, block_size/2]``, two values a byte with the even row in the low nibble; scales ``float32
@@ -49,14 +66,12 @@ def affine_blocks(weight: Any, block_size: int) -> tuple[Any, Any, Any]:
 def pack_matmuls(model: Any, *, block_size: int, accuracy_level: int, exclude: set[str]) -> int:
     """Rewrite (in place) every MatMul with a constant ``[K, N]`` weight, K a multiple of ``block_size``
     and not in ``exclude``, into ``MatMulNBits`` + the block-offset side product; returns how many."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = _uses(model)
     nodes, packed, sums = [], 0, {}  # sums: one block-summing matrix per (K, block) shape
     summed: dict[str, str] = {}  # one block sum per input: q, k and v (gate and up) read the same x
     for node in model.graph.node:
@@ -71,8 +86,6 @@ def pack_matmuls(model: Any, *, block_size: int, accuracy_level: int, exclude: s
                                         numpy_helper.from_array(scales, f"{base}_scales"),
                                         numpy_helper.from_array(offsets, f"{base}_offsets")])
         if k not in sums:
-            import numpy as np
-
             sums[k] = f"block_sum_{k}x{k // block_size}"
             ones = np.kron(np.eye(k // block_size, dtype=np.float32), np.ones((block_size, 1), dtype=np.float32))
             model.graph.initializer.append(numpy_helper.from_array(ones, sums[k]))
@@ -90,11 +103,7 @@ def pack_matmuls(model: Any, *, block_size: int, accuracy_level: int, exclude: s
         ]
         uses[weight.name] -= 1
         packed += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    unused = [init for init in model.graph.initializer if uses.get(init.name, 1) == 0]
-    for init in unused:
-        model.graph.initializer.remove(init)
+    _replace_nodes(model, nodes, uses)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return packed
@@ -108,10 +117,7 @@ def pack_embeddings_int8(model: Any) -> int:
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = _uses(model)
     nodes, packed = [], 0
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
@@ -134,10 +140,7 @@ def pack_embeddings_int8(model: Any) -> int:
         ]
         uses[table.name] -= 1
         packed += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for init in [i for i in model.graph.initializer if uses.get(i.name, 1) == 0]:
-        model.graph.initializer.remove(init)
+    _replace_nodes(model, nodes, uses)
     return packed
 
 
