@@ -110,6 +110,12 @@ def _is_current(target: Path, chain: str, source: Path) -> bool:
     return bool(built["chain"] == chain and built["created"] >= read_manifest(source)["created"])
 
 
+def _distill_steps(chain: str) -> int:
+    """The distillation steps a chain asks for (0 without ``distill``): how long its build takes."""
+    found = re.search(r"\bdistill:steps=(\d+)", chain)
+    return int(found.group(1)) if found else 0
+
+
 def build_all(
     root: Path, base: Path, specs: list[Any], data: Any, jobs: int, threads: int
 ) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
@@ -129,24 +135,44 @@ def build_all(
         parents = [p for p in specs if p.steps and p.name != spec.name and spec.chain.startswith(p.chain + "|")]
         parent = max(parents, key=lambda p: len(p.chain), default=None)
         plan[spec.name] = (parent.name, spec.chain[len(parent.chain) + 1 :]) if parent else (None, spec.chain)
+    dirs.update({name: root / base.name / name for name in plan})  # in the rows' order, whatever the build order
     seconds: dict[str, float] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
         for wave in (False, True):  # first the variants built from the baseline, then their children
             futures = {}
-            for name, (parent, chain) in plan.items():
+            # the longest distillation first, so the slowest build never waits for a free worker at the end
+            for name, (parent, chain) in sorted(plan.items(), key=lambda item: -_distill_steps(item[1][1])):
                 if (parent is not None) != wave:
                     continue
                 source = base if parent is None else dirs[parent]
-                target = root / base.name / name
-                dirs[name] = target
+                target = dirs[name]
                 if _is_current(target, chain, source):
                     continue
                 futures[name] = pool.submit(_build_one, str(source), chain, name, str(target), data, threads)
             for name, future in futures.items():
                 seconds[name] = future.result()
                 print(f"built {name} in {seconds[name]} s", flush=True)
-    return dirs, chains, seconds
+                _record_build(root / base.name, name, seconds[name])
+    return dirs, chains, _recorded_builds(root / base.name, dirs)
+
+
+def _record_build(folder: Path, name: str, seconds: float) -> None:
+    """Keep each build's seconds beside the cache, so a later run that reuses it still reports them."""
+    import json
+
+    path = folder / "build_seconds.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[name] = seconds
+    path.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+def _recorded_builds(folder: Path, dirs: dict[str, Path]) -> dict[str, float]:
+    import json
+
+    path = folder / "build_seconds.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    return {name: known[name] for name in dirs if name in known}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=3, help="variants built in parallel processes")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of every runtime (torch and ONNX Runtime; 1 is steadier on a busy machine)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build (or resume building) the baseline and variants, then stop: measure later, on a "
+                             "quiet machine, in a run whose build step finds everything cached")
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all; --quick: the lean rows)")
     args = parser.parse_args(argv)
     full = {"train_steps": 280, "distill_steps": 840, "eval_rows": 0, "rounds": 5, "mem_rounds": 3}
@@ -193,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     if only:
         specs = [s for s in specs if s.name in only or s.name == "fp32"]
     dirs, chains, build_seconds = build_all(root, base, specs, data, args.jobs, args.threads)
+    if args.build_only:
+        print(f"built {len(dirs)} variants under {root / base.name} (seconds: {build_seconds})")
+        return
     frame = data.test if args.eval_rows <= 0 else data.test.head(args.eval_rows)
     rows = measure_rows(dirs, chains, data, frame, args)
     variants = summarise(rows)
