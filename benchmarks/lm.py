@@ -44,7 +44,8 @@ FULL = {
     "int4-g32-int8-head": "int4_weight_only:group_size=32|int8_embeddings",
     "int4-awq-g32-int8-head": "int4_awq:group_size=32,calib_chunks=16|int8_embeddings",
     "int4-mixed-g32-int8-head": "mixed_int4:keep=0.1,group_size=32|int8_embeddings",
-    # the lean runtime: ONNX Runtime, 4-bit MatMulNBits + a 4-bit embedding table, the KV cache in the graph
+    # the lean runtime: ONNX Runtime, 4-bit MatMulNBits (affine blocks), int8 head and embedding rows, the KV cache
+    # in the graph
     "ort-int4-g32": "onnx_int4:block_size=32",
 }
 QUICK = {

@@ -47,3 +47,25 @@ def onnx_variants(finetuned_minilm_dir, rt_full):
             if not (dirs[name] / MANIFEST).exists():
                 build_variant(base, VariantSpec.parse(chain, name=name), dirs[name], data=rt_full, progress=False)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def smollm2_ort_int4_dir():
+    """SmolLM2 exported with its KV cache and packed by ``onnx_int4:block_size=32`` (4-bit affine blocks on
+    MatMulNBits, int8 head and embedding rows), built once and cached (file-locked) under
+    $TIGHTFIT_CACHE/test-models."""
+    import fcntl
+
+    from tightfit.assets import cache_dir, smollm2_path
+    from tightfit.compress import build_variant
+    from tightfit.compress.variant import MANIFEST
+    from tightfit.spec import VariantSpec
+
+    target = cache_dir() / "test-models" / f"smollm2-ort-int4-{ONNX_FIXTURE_VERSION}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / MANIFEST).exists():
+            spec = VariantSpec.parse("onnx_int4:block_size=32", name="ort-int4-g32")
+            build_variant(smollm2_path(), spec, target, progress=False)
+    return target

@@ -56,6 +56,8 @@ def test_prediction_grows_with_batch_and_halves_activations_in_bf16():
 def test_activation_dtype_from_the_chain():
     assert activation_dtype_bytes("bf16") == 2
     assert activation_dtype_bytes("prune_structured:heads=0.5|int8_dynamic") == 4
+    assert activation_dtype_bytes("int4_weight_only:group_size=32") == 2  # torchao computes in bf16
+    assert activation_dtype_bytes("onnx_int4:block_size=32") == 4  # ONNX Runtime in fp32, its KV cache too
 
 
 def test_a_variant_whose_profiled_forward_outgrew_the_model_is_booked_by_its_measurement():

@@ -1,5 +1,6 @@
-"""The packaged SmolLM2 config end to end with kfp.local: no fine-tune, a 4-bit variant chosen under a memory
-budget that the fp32 model cannot meet, registered, and a Serve plan that counts the KV cache."""
+"""The packaged SmolLM2 config end to end with kfp.local: no fine-tune, a 4-bit variant (torch or ONNX Runtime)
+chosen under a memory budget that the fp32 model cannot meet, registered, and a Serve plan that counts the KV
+cache."""
 
 from __future__ import annotations
 
@@ -41,20 +42,28 @@ def test_smollm2_quick_profile_chooses_a_4bit_variant_under_a_budget_fp32_cannot
         for metric in (names.PERPLEXITY, names.TASK_ACCURACY, names.TTFT_MS, names.DECODE_TOK_S_B1,
                        names.DECODE_TOK_S_B8, names.KV_CACHE_BYTES_PER_TOKEN, names.WEIGHT_BYTES):
             assert getattr(record, metric) is not None, (record.variant, metric)
-    assert chosen.int4_weight_fraction is not None and chosen.int4_weight_fraction > 0.7
-    assert chosen.extra["layer_formats"] == {"int4:g32": 210, "bf16": ["lm_head"]}
-    assert chosen.perplexity is not None and fp32.perplexity is not None
-    assert chosen.perplexity <= 1.15 * fp32.perplexity
+    torch_int4, ort_int4 = records["int4-g32"], records["ort-int4-g32"]
+    assert torch_int4.int4_weight_fraction is not None and torch_int4.int4_weight_fraction > 0.7
+    assert torch_int4.extra["layer_formats"] == {"int4:g32": 210, "bf16": ["lm_head"]}
+    # the same 4-bit blocks on ONNX Runtime: a serving process without torch, well under torch's int4 one
+    assert ort_int4.runtime == names.RUNTIME_ONNXRUNTIME and ort_int4.extra["imported_torch"] is False
+    assert ort_int4.peak_rss_serve_bytes is not None and torch_int4.peak_rss_serve_bytes is not None
+    assert ort_int4.peak_rss_serve_bytes < 0.8 * torch_int4.peak_rss_serve_bytes
+    for record in (chosen, torch_int4, ort_int4):
+        assert record.perplexity is not None and fp32.perplexity is not None
+        assert record.perplexity <= 1.15 * fp32.perplexity, record.variant
 
     # registered, with the per-variant figures in MLflow
     client = MlflowClient(summary.tracking_uri)
     version = client.get_model_version_by_alias(config.tracking.registered_model, config.tracking.alias)
     run = client.get_run(version.run_id)
     assert run.data.tags[names.TAG_VARIANT] == summary.chosen
-    assert run.data.metrics[names.DECODE_TOK_S_B1] > 0 and run.data.metrics[names.INT4_WEIGHT_FRACTION] > 0.7
-    assert "layer_formats" in json.loads(run.data.tags[names.TAG_FOOTPRINT_EXTRA])
+    assert run.data.metrics[names.DECODE_TOK_S_B1] > 0 and run.data.tags[names.TAG_RUNTIME] == chosen.runtime
+    torch_run = client.search_runs([run.info.experiment_id], f"tags.`{names.TAG_VARIANT}` = 'int4-g32'")[0]
+    assert torch_run.data.metrics[names.INT4_WEIGHT_FRACTION] > 0.7
+    assert "layer_formats" in json.loads(torch_run.data.tags[names.TAG_FOOTPRINT_EXTRA])
 
-    # the Serve plan of the chosen variant counts its KV cache (bf16) within the budget
+    # the Serve plan of the chosen variant counts its KV cache (bf16 in torch's int4, fp32 on ONNX Runtime)
     assert summary.deploy_plan is not None
     plan = json.loads(summary.deploy_plan.read_text())
     assert plan["deployed"], plan

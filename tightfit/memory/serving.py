@@ -100,9 +100,12 @@ class ArchInfo:
 
 
 def activation_dtype_bytes(chain: str) -> int:
-    """Bytes per activation element (and KV-cache entry): bf16/fp16 and 4-bit variants (which compute in
-    bf16) use 2 bytes, the rest fp32."""
+    """Bytes per activation element (and KV-cache entry): bf16/fp16 and torch's 4-bit variants (which compute
+    in bf16) use 2 bytes, the rest fp32. ONNX Runtime graphs compute in fp32 whatever their weights (``onnx_int4``'s
+    MatMulNBits dequantizes into fp32 and its KV cache is fp32)."""
     lowered = chain.lower()
+    if "onnx" in lowered:
+        return 4
     return 2 if ("bf16" in lowered or "fp16" in lowered or "int4" in lowered) else 4
 
 
