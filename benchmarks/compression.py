@@ -123,7 +123,7 @@ def build_all(
     chain is built from that variant's directory (its parent), so shared prefixes such as a distilled
     student are trained once. Returns the dirs, the full chains and the build seconds."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
 
     dirs: dict[str, Path] = {"fp32": base}
@@ -150,7 +150,9 @@ def build_all(
                 if _is_current(target, chain, source):
                     continue
                 futures[name] = pool.submit(_build_one, str(source), chain, name, str(target), data, threads)
-            for name, future in futures.items():
+            names = {future: name for name, future in futures.items()}
+            for future in as_completed(names):  # recorded as each finishes, so a stopped build keeps its figures
+                name = names[future]
                 seconds[name] = future.result()
                 print(f"built {name} in {seconds[name]} s", flush=True)
                 _record_build(root / base.name, name, seconds[name])
