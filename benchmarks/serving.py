@@ -589,10 +589,15 @@ def main_lean(quick: bool) -> None:
 
     work = cache_dir("bench-serving")
     work.mkdir(parents=True, exist_ok=True)
+    from _common import MONITOR, machine_info
+
     figures = lean_runtime_figures(work, quick=quick)
+    # the lean section carries its own machine and conditions; the file's top-level ones stay those of the run
+    # that measured the rest (an earlier run, perhaps on another machine)
+    figures["lean"] = {**figures["lean"], "machine": machine_info(), "conditions": MONITOR.conditions()}
     path = Path(__file__).resolve().parent / "results" / "serving.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
-    existing = {k: v for k, v in existing.items() if k not in ("benchmark", "machine")}
+    existing = {k: v for k, v in existing.items() if k != "benchmark"}
     write_results("serving", {**existing, **figures})
     for key in ("serve_replica_floor_bytes", "replica_peak_rss_bytes", "replicas_per_node_ratio"):
         print(f"{key}: {figures[key]}")
