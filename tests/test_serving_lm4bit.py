@@ -17,16 +17,12 @@ PROMPTS = ["The capital of France is", "Once upon a time, a small robot"]
 
 
 def test_int4_variant_generates_over_http_within_a_budget_fp32_cannot_fit(smollm2_int4_dir):
-    import ray
-    from ray import serve
 
     from tightfit.errors import BudgetError
     from tightfit.memory.replica import footprint_for_source
     from tightfit.memory.serving import ArchInfo, kv_cache_bytes
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
-    from tightfit.serve.replica import generate, load_for_serving
-    from tightfit.settings import start_local_ray
 
     options = ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8)
     fp32 = with_load_rss([footprint_for_source("smollm2")])[0]
@@ -39,20 +35,8 @@ def test_int4_variant_generates_over_http_within_a_budget_fp32_cannot_fit(smollm
     # the KV cache of the planned batch: 48 prompt + 16 new tokens per sequence, bf16 (the int4 model computes in bf16)
     assert primary.kv_cache_bytes == kv_cache_bytes(arch, primary.max_batch_size, 48 + 16, 2) > 0
     assert plan.predicted_peak_bytes <= BUDGET
-    port = free_port()
-    start_local_ray(num_cpus=2)
-    try:
-        url = serve_until_healthy(plan, port, timeout_s=180)
-        response = requests.post(f"{url}/v1/generate", json={"texts": PROMPTS, "max_new_tokens": 8}, timeout=300)
-        assert response.status_code == 200, response.text
-        served = [r["text"] for r in response.json()["results"]]
-        assert served == [r["text"] for r in generate(load_for_serving(primary), PROMPTS, 8)]
-        assert "Paris" in served[0]
-        stats = requests.get(f"{url}/v1/stats", timeout=10).json()
-        assert stats["peak_rss_bytes"] <= BUDGET
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    stats = _serve_and_compare(plan)
+    assert stats["peak_rss_bytes"] <= BUDGET
 
 
 LEAN_BUDGET = 640 * 2**20  # ORT int4 replica: ~0.56 GiB planned (Serve + ORT ~0.39 GiB, 135 MiB of weights, an fp32
@@ -61,16 +45,12 @@ LEAN_BUDGET = 640 * 2**20  # ORT int4 replica: ~0.56 GiB planned (Serve + ORT ~0
 
 def test_onnx_int4_decoder_serves_over_http_within_a_budget_torch_int4_cannot_fit(smollm2_int4_dir,
                                                                                   smollm2_ort_int4_dir):
-    import ray
-    from ray import serve
 
     from tightfit.errors import BudgetError
     from tightfit.memory.replica import footprint_for_source
     from tightfit.memory.serving import ArchInfo, kv_cache_bytes
     from tightfit.serve.calibrate import with_load_rss
     from tightfit.serve.plan import ServeOptions, plan_serving
-    from tightfit.serve.replica import generate, load_for_serving
-    from tightfit.settings import start_local_ray
 
     options = ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8)
     torch_int4 = with_load_rss([footprint_for_source(str(smollm2_int4_dir), kind="causal_lm", name="int4-g32")])[0]
@@ -84,6 +64,20 @@ def test_onnx_int4_decoder_serves_over_http_within_a_budget_torch_int4_cannot_fi
     # the graph's KV cache is fp32: 48 prompt + 16 new tokens per sequence at 4 bytes an entry
     assert primary.kv_cache_bytes == kv_cache_bytes(arch, primary.max_batch_size, 48 + 16, 4) > 0
     assert plan.predicted_peak_bytes <= LEAN_BUDGET
+    stats = _serve_and_compare(plan)
+    assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True}
+    assert stats["peak_rss_bytes"] <= LEAN_BUDGET
+
+
+def _serve_and_compare(plan) -> dict:
+    """Serve ``plan`` on a private Ray (127.0.0.1), check the served continuations equal in-process greedy
+    generation of the planned variant, and return the replica's ``/v1/stats``."""
+    import ray
+    from ray import serve
+
+    from tightfit.serve.replica import generate, load_for_serving
+    from tightfit.settings import start_local_ray
+
     port = free_port()
     start_local_ray(num_cpus=2)
     try:
@@ -91,11 +85,9 @@ def test_onnx_int4_decoder_serves_over_http_within_a_budget_torch_int4_cannot_fi
         response = requests.post(f"{url}/v1/generate", json={"texts": PROMPTS, "max_new_tokens": 8}, timeout=300)
         assert response.status_code == 200, response.text
         served = [r["text"] for r in response.json()["results"]]
-        assert served == [r["text"] for r in generate(load_for_serving(primary), PROMPTS, 8)]
+        assert served == [r["text"] for r in generate(load_for_serving(plan.primary), PROMPTS, 8)]
         assert "Paris" in served[0]
-        stats = requests.get(f"{url}/v1/stats", timeout=10).json()
-        assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True}
-        assert stats["peak_rss_bytes"] <= LEAN_BUDGET
+        return dict(requests.get(f"{url}/v1/stats", timeout=10).json())
     finally:
         serve.shutdown()
         ray.shutdown()
