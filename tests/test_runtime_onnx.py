@@ -16,7 +16,6 @@ from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.runtime import TextTokenizer
 from tightfit.spec import VariantSpec
 
-HELD_OUT_ROWS = 800
 POINT = 0.01 + 1e-9  # one accuracy point (and float slack)
 
 
@@ -31,8 +30,11 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def held_out(rt_full):
-    """Test-split reviews (never seen by the fine-tuned fixture) and their labels."""
-    frame = rt_full.test.head(HELD_OUT_ROWS)
+    """The whole test split (2,551 reviews, never seen by the fine-tuned fixture) and its labels. The short
+    fixture leaves small margins, so int8 flips about 2 % of its answers, in both directions; on a slice of 800
+    rows the net of those flips wanders past a point by chance (one CPU read 14 gained vs 3 lost there, 26 vs
+    18 on the whole split), on 2,551 rows its spread is about a quarter of a point."""
+    frame = rt_full.test
     return frame["text"].astype(str).tolist(), frame["label"].to_numpy()
 
 
@@ -40,7 +42,7 @@ def held_out(rt_full):
 def torch_logits(onnx_variants, held_out):
     texts, _ = held_out
     return {"fp32": load_variant(onnx_variants["fp32"]).classify_logits(texts),
-            "student": load_variant(onnx_variants["student"]).classify_logits(texts[:400])}
+            "student": load_variant(onnx_variants["student"]).classify_logits(texts)}
 
 
 @pytest.mark.parametrize(("name", "min_cosine"), [("onnx", 0.9999), ("onnx_int8_dynamic", 0.99),
@@ -68,7 +70,6 @@ def test_pruned_distilled_student_exports_with_its_vocabulary_remap(onnx_variant
     """prune_structured|prune_vocab|distill|onnx_int8_dynamic: pruned heads fuse layer by layer, the id remap
     of the pruned vocabulary is in the graph, and the student's predictions survive int8."""
     texts, labels = held_out
-    texts, labels = texts[:400], labels[:400]
     student = load_variant(onnx_variants["student"])
     lean = load_variant(onnx_variants["student-int8"])
     shapes = student.manifest["layer_shapes"]
