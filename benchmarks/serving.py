@@ -460,20 +460,29 @@ def lean_variant_dirs(work: Path, quick: bool) -> dict[str, str]:
     return dirs
 
 
-def _replica_floor(base_url: str) -> int:
-    """Peak RSS of a Ray Serve replica that imports nothing of tightfit (a FastAPI-less echo deployment)."""
+def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
+    """Peak RSS of a Ray Serve replica that imports nothing of tightfit (a FastAPI-less echo deployment);
+    with ``keep_pandas_out``, the same replica with the setup hook tightfit's replicas carry
+    (``tightfit.serve.process``: Serve's import of pandas and pyarrow kept out)."""
     import requests
     from ray import serve
 
-    @serve.deployment(name="Floor", num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+    from tightfit.serve.schema import replica_runtime_env
+
+    options: dict[str, Any] = {"num_cpus": 0.1, **(replica_runtime_env() if keep_pandas_out else {})}
+
+    @serve.deployment(name="Floor", num_replicas=1, ray_actor_options=options)
     class Floor:
-        async def __call__(self, request: Any) -> dict[str, int]:
-            return {"pid": os.getpid()}
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            return {"pid": os.getpid(), "pandas": sys.modules.get("pandas") is not None}
 
     floor_app: Any = Floor
     serve.run(floor_app.bind(), name="floor", route_prefix="/floor")
     try:
-        pid = int(requests.get(f"{base_url}/floor", timeout=60).json()["pid"])
+        first = requests.get(f"{base_url}/floor", timeout=60).json()
+        pid = int(first["pid"])
+        if keep_pandas_out and first["pandas"]:
+            raise RuntimeError("the setup hook did not keep pandas out of the replica (a Ray that renamed its hook?)")
         for _ in range(50):
             requests.get(f"{base_url}/floor", timeout=30)
         return _vm_hwm(pid)
@@ -550,6 +559,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     try:
         floor = _replica_floor(base)
+        floor_no_pandas = _replica_floor(base, keep_pandas_out=True)
         lean_plan = plan_serving([records["lean"]], LEAN_BUDGET, ServeOptions(cpus_per_replica=THREADS, max_batch=32))
         serve.run(build_app(lean_plan), name="lean", route_prefix="/lean")
         health = requests.get(f"{base}/lean/healthz", timeout=60).json()
@@ -570,6 +580,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
     ratio = node["lean"]["started"] / max(1, node["torch-fp32"]["started"])
     return {
         "serve_replica_floor_bytes": int(floor),
+        "serve_replica_floor_no_pandas_bytes": int(floor_no_pandas),
         "replica_peak_rss_bytes": int(peak),
         "replicas_per_node_ratio": round(ratio, 3),
         "lean": {

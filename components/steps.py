@@ -84,13 +84,24 @@ def compress_step(baseline_dir: str, data_dir: str, variant: str, chain: str, ou
     A chain that cannot be built raises (``TightfitError`` with the reason): the component fails its task,
     so KFP neither caches it nor hands a half-built variant downstream.
     """
+    import os
+
+    import torch
+
     from tightfit.compress import build_variant
+    from tightfit.device import task_threads
+    from tightfit.settings import ENV_LOOP_THREADS
     from tightfit.spec import VariantSpec
 
     stats: dict[str, Any] = {}
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
+    threads = task_threads()  # a loop iteration beside another takes its share of the cores, not all of them
+    torch.set_num_threads(threads)
+    if os.environ.get(ENV_LOOP_THREADS):  # a kfp.local task process: its ONNX Runtime sessions share too
+        os.environ.setdefault("TIGHTFIT_THREADS", str(threads))
+    stats["threads"] = threads
     with stopwatch(stats):
         spec = VariantSpec.parse(chain, name=variant)
         build_variant(baseline_dir, spec, out, data=load_splits(data_dir), teacher=baseline_dir, progress=False)

@@ -228,20 +228,29 @@ def _records_in_order(selection: dict[str, Any], items: list[dict[str, Any]]) ->
 
 @contextlib.contextmanager
 def _task_environment(root: Path) -> Iterator[None]:
-    """Tasks inherit the environment: the tracking outbox and Ray/finetune files land in the run dir; the
-    warnings kfp.local gives for cluster-only task settings are dropped."""
-    previous_home = os.environ.get(settings.ENV_HOME)
-    os.environ[settings.ENV_HOME] = str(root)
+    """Tasks inherit the environment: the tracking outbox and Ray/finetune files land in the run dir, and
+    loop iterations that run at once share the cores (``TIGHTFIT_LOOP_THREADS``); the warnings kfp.local
+    gives for cluster-only task settings are dropped."""
+    from tightfit.pipelines.sweep import LOOP_PARALLELISM
+
+    from tightfit.device import cpu_threads
+
+    values = {settings.ENV_HOME: str(root),
+              # loop iterations run LOOP_PARALLELISM at once here: each takes its share of the cores
+              settings.ENV_LOOP_THREADS: str(max(1, cpu_threads() // LOOP_PARALLELISM))}
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             yield
     finally:
-        if previous_home is None:
-            os.environ.pop(settings.ENV_HOME, None)
-        else:
-            os.environ[settings.ENV_HOME] = previous_home
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _reporter(console: Any, show_logs: bool, quiet: bool, pipeline: str) -> Reporter:

@@ -5,6 +5,7 @@ others are selected, and cached reruns that redo only what failed or changed."""
 import contextlib
 import io
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -238,6 +239,12 @@ def test_fit_for_serving_quick_end_to_end(tmp_path: Path) -> None:
     assert chosen.variant in [r.variant for r in pareto_front(list(back.values()))]
     # The fine-tuned baseline learned something real: above chance on the held-out split.
     assert chosen.accuracy is not None and chosen.accuracy > 0.6
+    # Loop iterations run two at once here, so each compress task took its share of the cores, not all of
+    # them (two 2-thread distillations on 2 cores ran 3-9x slower than one at a time).
+    from tightfit.device import cpu_threads
+
+    loop_threads = {json.loads(f.read_text())["threads"] for f in runs_dir.rglob("for-loop-*/compress*/stats")}
+    assert loop_threads == {max(1, cpu_threads() // 2)}, loop_threads
 
     # The last lines: the next commands, with paths that exist.
     steps = _next_steps(text)

@@ -214,6 +214,8 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     assert stats["peak_rss_bytes"] <= BUDGET  # VmHWM: no spike between samples either
     assert stats["pid"] == pid_before  # no replica restart
     assert max(int(k) for k in stats["batches"]) > 1  # requests were really batched
+    # a torch replica serves without pandas (tightfit.serve.process keeps Serve's import of it out)
+    assert stats["runtime_modules"]["torch"] and not stats["runtime_modules"]["pandas"], stats["runtime_modules"]
     from ray import serve
 
     app = serve.status().applications["tightfit"]

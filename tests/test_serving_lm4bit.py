@@ -65,7 +65,8 @@ def test_onnx_int4_decoder_serves_over_http_within_a_budget_torch_int4_cannot_fi
     assert primary.kv_cache_bytes == kv_cache_bytes(arch, primary.max_batch_size, 48 + 16, 4) > 0
     assert plan.predicted_peak_bytes <= LEAN_BUDGET
     stats = _serve_and_compare(plan)
-    assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True}
+    assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True,
+                                      "pandas": False}
     assert stats["peak_rss_bytes"] <= LEAN_BUDGET
 
 

@@ -94,5 +94,6 @@ def test_an_onnx_replica_imports_no_torch_and_answers_like_the_torch_variant(onn
     assert sum(a == b for a, b in zip(served["ort-int8"], expected, strict=True)) >= 0.95 * len(texts)
     stats = requests.get(f"{url}/v1/stats", timeout=30).json()
     assert set(stats["loaded_variants"]) == {"ort-fp32", "ort-int8"}
-    assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True}
+    assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True,
+                                      "pandas": False}
     assert stats["peak_rss_bytes"] <= onnx_served["plan"].budget_bytes

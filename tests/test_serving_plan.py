@@ -123,6 +123,29 @@ def test_serve_config_validates_with_rays_schema(records):
     assert deployments["TightfitServer"].ray_actor_options.memory == plan.predicted_peak_bytes
     assert deployments["TightfitIngress"].ray_actor_options.num_cpus == 0
     assert schema.applications[0].import_path == "tightfit.ray_jobs.serve:app_builder"
+    for deployment in deployments.values():  # both replica kinds keep pandas out (tightfit.serve.process)
+        hook = deployment.ray_actor_options.runtime_env["env_vars"]["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"]
+        assert hook == "tightfit.serve.process.keep_pandas_out"
+
+
+def test_the_replica_setup_hook_keeps_pandas_out_and_can_be_turned_off(monkeypatch):
+    """The hook Ray runs first in a replica's worker makes ``import pandas`` an ImportError (so Serve
+    skips its DataFrame encoder); ``TIGHTFIT_REPLICA_KEEP_PANDAS=1`` plans replicas without it."""
+    import subprocess
+    import sys
+
+    from tightfit.serve.process import SETUP_HOOK, replica_env_vars
+
+    module, func = SETUP_HOOK.rsplit(".", 1)
+    code = (f"from {module} import {func}; {func}()\n"
+            "try:\n    import pandas\nexcept ImportError:\n    print('kept out')\n"
+            "import tightfit.serve.replica, tightfit.serve.plan\nprint('serving modules import')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["kept", "out", "serving", "modules", "import"], out.stderr
+    monkeypatch.setenv("TIGHTFIT_REPLICA_KEEP_PANDAS", "1")
+    assert replica_env_vars() == {}
+    monkeypatch.delenv("TIGHTFIT_REPLICA_KEEP_PANDAS")
+    assert replica_env_vars() == {"__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": SETUP_HOOK}
 
 
 def test_rayservice_manifest_from_the_same_plan(records, kuberay_crd_dir):

@@ -175,3 +175,21 @@ def test_a_noisy_latency_is_judged_at_p99_and_reported() -> None:
     assert any("noisy" in n and "cv 0.30" in n and "load average 3.50" in n for n in selection.notes)
     # a noisy figure whose pessimistic end still meets the limit can be chosen
     assert select_variant([noisy], HardwareTarget(latency_ms=300)).chosen is not None
+
+
+def test_a_task_beside_others_takes_its_share_of_the_cores(monkeypatch) -> None:
+    """``task_threads``: the local runner's share where set (never above what the process may use), else every
+    core; ``cpu_threads`` never exceeds the affinity nor a cgroup CPU limit."""
+    from tightfit.device import cgroup_cpu_limit, cpu_threads, task_threads
+
+    affinity = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    assert cpu_threads() == (min(affinity, limit) if limit else affinity)
+    monkeypatch.delenv("TIGHTFIT_LOOP_THREADS", raising=False)
+    assert task_threads() == cpu_threads()
+    monkeypatch.setenv("TIGHTFIT_LOOP_THREADS", "1")
+    assert task_threads() == 1
+    monkeypatch.setenv("TIGHTFIT_LOOP_THREADS", str(cpu_threads() + 8))
+    assert task_threads() == cpu_threads()
+    monkeypatch.setenv("TIGHTFIT_LOOP_THREADS", "zero")
+    assert task_threads() == cpu_threads()

@@ -129,8 +129,10 @@ class TightfitServer:
             "evictions": self.pool.evictions,
             "batch_limits": self.batch_limits,
             "uptime_s": round(time.time() - self.started, 1),
-            # which runtimes this replica process has imported (a replica of ONNX variants has no torch)
-            "runtime_modules": {m: m in sys.modules for m in ("torch", "transformers", "onnxruntime")},
+            # which runtimes this replica process has imported (a replica of ONNX variants has no torch; no
+            # replica has pandas: tightfit.serve.process; a module kept out sits in sys.modules as None)
+            "runtime_modules": {m: sys.modules.get(m) is not None
+                                for m in ("torch", "transformers", "onnxruntime", "pandas")},
         }
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tightfit.serve.process import replica_env_vars
 from tightfit.units import format_bytes
 
 APP_NAME = "tightfit"
@@ -18,6 +19,13 @@ INGRESS_RUNTIME_BYTES = 192 * 2**20
 """What the ingress process holds besides request bodies: a Ray worker with FastAPI and Serve, no torch."""
 IMPORT_PATH = "tightfit.ray_jobs.serve:app_builder"
 AUTOSCALING_POLICY = "tightfit.serve.autoscale:memory_aware_policy"
+
+
+def replica_runtime_env() -> dict[str, Any]:
+    """``{"runtime_env": ...}`` for a replica's ``ray_actor_options``: its process keeps pandas out
+    (``tightfit.serve.process``); empty where that is turned off."""
+    env = replica_env_vars()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 @dataclass
@@ -115,7 +123,8 @@ class ServePlan:
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
-            "ray_actor_options": {"num_cpus": self.cpus_per_replica, "memory": self.predicted_peak_bytes},
+            "ray_actor_options": {"num_cpus": self.cpus_per_replica, "memory": self.predicted_peak_bytes,
+                                  **replica_runtime_env()},
             "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
             "health_check_period_s": 10.0,
             "health_check_timeout_s": 60.0,
@@ -140,7 +149,8 @@ class ServePlan:
             "num_replicas": 1,
             "max_ongoing_requests": held + 8,
             "max_queued_requests": held,
-            "ray_actor_options": {"num_cpus": 0, "memory": INGRESS_RUNTIME_BYTES + held * self.max_request_bytes},
+            "ray_actor_options": {"num_cpus": 0, "memory": INGRESS_RUNTIME_BYTES + held * self.max_request_bytes,
+                                  **replica_runtime_env()},
             "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
         }
 

@@ -1,0 +1,42 @@
+"""What a tightfit replica process keeps out: pandas (and pyarrow with it), about 80 MiB of every replica.
+
+Ray Serve's replica module imports pandas whenever it is installed (``ray.serve._private.utils``: ``try:
+import pandas``), only to encode a DataFrame that a deployment returns; pandas brings pyarrow. Measured on
+the 2-core reference machine, a Serve replica that imports nothing of ours holds about 225 MiB, of which
+pandas and pyarrow are about 80 MiB, more than the lean ONNX variant itself. tightfit's replicas answer
+JSON and never touch a DataFrame, so their processes keep pandas out.
+
+It has to happen before Ray loads the replica class, so it runs as Ray's worker setup hook: Ray's worker
+runs the function named by ``__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR`` before any actor code. Ray sets that
+variable itself only for a job-level ``worker_process_setup_hook``; a job-level hook would reach every
+worker (Ray Train's and Ray Data's need pandas), so the replicas' own ``runtime_env.env_vars`` set it
+(``REPLICA_ENV_VARS``). The variable is Ray's internal name (Ray 2.60): ``tests/test_serving_onnx.py``
+asserts that a replica's process has no pandas, so a Ray that renames it fails there, not silently.
+Set ``TIGHTFIT_REPLICA_KEEP_PANDAS=1`` to keep Serve's default (pandas imported).
+
+Standard library only: Ray imports this module in the bare worker, before anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SETUP_HOOK = "tightfit.serve.process.keep_pandas_out"
+RAY_SETUP_HOOK_ENV_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # ray._private.ray_constants
+KEPT_OUT = ("pandas",)  # pyarrow comes in through pandas; Serve's replica path imports neither otherwise
+KEEP_PANDAS_ENV = "TIGHTFIT_REPLICA_KEEP_PANDAS"
+
+
+def keep_pandas_out() -> None:
+    """Make ``import pandas`` fail with ImportError in this process (Serve falls back to no DataFrame
+    encoder). ``sys.modules[name] = None`` is Python's documented way to block an import."""
+    for name in KEPT_OUT:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+def replica_env_vars() -> dict[str, str]:
+    """The env vars a tightfit replica's ``runtime_env`` carries: the setup hook, unless turned off."""
+    if os.environ.get(KEEP_PANDAS_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        return {}
+    return {RAY_SETUP_HOOK_ENV_VAR: SETUP_HOOK}
