@@ -167,13 +167,13 @@ COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "act
 # ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
 # activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
-# plain ONNX process imports none of what Ray's worker and Serve bring (idle lean replicas 266 MiB over a
-# 101 MiB plain-process load: 165 MiB; torch's default of 130 MiB under-booked them by 8 %).
-# Recalibrate with `tightfit serve --calibrate`.
+# plain ONNX process imports none of what Ray's worker and Serve bring. With pandas kept out of the replica
+# (tightfit.serve.process), an idle lean replica held 229 MiB over a 106 MiB plain-process load: 123 MiB
+# (2026-11-27, AMD EPYC; 165 MiB with pandas). Recalibrate with `tightfit serve --calibrate`.
 # The first forward of an ORT replica adds about 1 MiB over its idle RSS whatever its batch (its arena grows
 # with the batch, covered by the activation scale).
 ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
-                                  "replica_overhead_bytes": 170 * 2**20, "first_forward_bytes": 0}
+                                  "replica_overhead_bytes": 128 * 2**20, "first_forward_bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,12 @@ class ServingMemoryModel:
     """
 
     # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
-    # torch 2.13); the replica overhead measured 50-160 MiB across variants and runs. Recalibrate with
-    # `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
+    # torch 2.13); the replica overhead measured 50-160 MiB across variants and runs then. With pandas kept
+    # out of the replica (tightfit.serve.process) an idle fp32 replica held 92 MiB over its plain-process load
+    # (2026-11-27, AMD EPYC; about 165 MiB with pandas). Recalibrate with `tightfit serve --calibrate FILE`
+    # (or `calibrate_serving_memory`) on other machines.
     runtime_bytes: int = 400 * 2**20
-    replica_overhead_bytes: int = 130 * 2**20
+    replica_overhead_bytes: int = 100 * 2**20
     weight_factor: float = 1.0
     activation_scale: float = 1.05
     first_forward_bytes: int = 30 * 2**20
