@@ -1,17 +1,18 @@
-"""What a tightfit replica process keeps out: pandas (and pyarrow with it), about 80 MiB of every replica.
+"""What a tightfit replica process keeps out: pandas, and pyarrow with it.
 
 Ray Serve's replica module imports pandas whenever it is installed (``ray.serve._private.utils``: ``try:
-import pandas``), only to encode a DataFrame that a deployment returns; pandas brings pyarrow. Measured on
-the 2-core reference machine, a Serve replica that imports nothing of ours holds about 225 MiB, of which
-pandas and pyarrow are about 80 MiB, more than the lean ONNX variant itself. tightfit's replicas answer
-JSON and never touch a DataFrame, so their processes keep pandas out.
+import pandas``), only to encode a DataFrame that a deployment returns; pandas brings pyarrow. tightfit's
+replicas answer JSON and never touch a DataFrame, so their processes keep pandas out. Measured 2026-11-27
+on the 2-core AMD machine: a bare Serve replica 206 MiB with pandas, 167 MiB without; an idle lean ONNX
+replica 282 MiB with, 223 MiB without; an idle torch fp32 replica 676 MiB with, 577 MiB without (the
+latter also trims its heap after loading).
 
 It has to happen before Ray loads the replica class, so it runs as Ray's worker setup hook: Ray's worker
 runs the function named by ``__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR`` before any actor code. Ray sets that
 variable itself only for a job-level ``worker_process_setup_hook``; a job-level hook would reach every
 worker (Ray Train's and Ray Data's need pandas), so the replicas' own ``runtime_env.env_vars`` set it
-(``REPLICA_ENV_VARS``). The variable is Ray's internal name (Ray 2.60): ``tests/test_serving_onnx.py``
-asserts that a replica's process has no pandas, so a Ray that renames it fails there, not silently.
+(``replica_env_vars``). The variable is Ray's internal name (Ray 2.60): the serving tests
+assert that a replica's process has no pandas, so a Ray that renames it fails there, not silently.
 Set ``TIGHTFIT_REPLICA_KEEP_PANDAS=1`` to keep Serve's default (pandas imported).
 
 Standard library only: Ray imports this module in the bare worker, before anything else.
