@@ -158,16 +158,13 @@ QUICK_SECTION = "quick_profile"
 def write_profile(figures: dict[str, Any], protocol: dict[str, Any], *, section: str | None) -> None:
     """Write this run's figures at the top level (``section`` None: the default pipeline) or under
     ``section`` with their own machine, conditions and protocol, keeping what the file holds for the other
-    profile. A file from before profiles were kept apart (its top level measured ``quick``) moves there."""
+    profile."""
     from _common import MONITOR, machine_info
 
     path = Path(__file__).resolve().parent / "results" / "pipeline.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
     existing.pop("benchmark", None)
     kept = existing.pop(QUICK_SECTION, None)
-    if existing.get("profile") == "quick":
-        kept = existing
-        existing = {}
     if section is None:
         write_results("pipeline", {**figures, **({QUICK_SECTION: kept} if kept else {})}, protocol=protocol)
         return
