@@ -111,6 +111,21 @@ def test_backpressure_and_replica_memory_come_from_the_plan(records):
     assert "fp32" in plan.describe() or "bf16" in plan.describe()
 
 
+def test_the_batch_wait_is_one_sequences_share_of_a_full_batch(records):
+    """Ray's batcher holds a batch that is not full for the whole wait: the plan waits about one sequence's
+    time at its full batch, never more than Ray's default 10 ms, and not at all without batching."""
+    for max_batch in (1, 8, 64):
+        plan = plan_serving(records, 1 * 2**30, ServeOptions(max_batch=max_batch), model=MODEL)
+        batch, batch_ms = plan.primary.max_batch_size, plan.primary.latency_ms_batch
+        wait_ms = plan.batch_wait_timeout_s * 1000
+        if batch == 1:
+            assert wait_ms == 0
+        else:
+            assert batch_ms is not None and 1 <= wait_ms <= 10
+            assert wait_ms == pytest.approx(min(10.0, max(1.0, batch_ms / batch)), abs=0.1)
+            assert wait_ms < batch_ms / 2  # a wait that is a fraction of one batch, not of the whole queue
+
+
 def test_serve_config_validates_with_rays_schema(records):
     from ray.serve.schema import ServeDeploySchema
 
