@@ -108,7 +108,7 @@ def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
 
 def _serve_full_batches(name: str, text: str, requests_each: int, replicas: int) -> dict[str, int]:
     """Full batches (``PACK_BATCH`` texts at the token cap) to every replica of app ``name`` through its
-    deployment handle, ``requests_each`` x ``replicas`` at once: what each packed replica holds when it
+    deployment handle, ``requests_each`` waves of ``replicas`` at once: what each packed replica holds when it
     serves the batch the plan booked for. Returns the answers by status."""
     from ray import serve
 
@@ -117,11 +117,12 @@ def _serve_full_batches(name: str, text: str, requests_each: int, replicas: int)
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
     raw = json.dumps({"texts": [text] * PACK_BATCH}).encode()
 
-    answers = [handle.handle.remote("classify", raw) for _ in range(requests_each * replicas)]  # all in flight
     statuses: dict[str, int] = {}
-    for answer in answers:
-        status = str(answer.result(timeout_s=300)[0])
-        statuses[status] = statuses.get(status, 0) + 1
+    for _ in range(requests_each):  # waves of one request per replica: the router's queue holds 2 x batch
+        answers = [handle.handle.remote("classify", raw) for _ in range(replicas)]
+        for answer in answers:
+            status = str(answer.result(timeout_s=300)[0])
+            statuses[status] = statuses.get(status, 0) + 1
     return statuses
 
 
