@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import threading
@@ -160,10 +159,3 @@ def write_results(name: str, figures: dict[str, Any], *, protocol: dict[str, Any
         print(f"note: other work was running (load average up to {conditions['load_avg_1m_max']}, other processes "
               f"{conditions['other_processes_cores_mean']:.2f} cores on average): figures are not from a quiet machine")
     return path
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (benchmark servers listen on loopback only)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

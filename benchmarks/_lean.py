@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import MONITOR, free_port, machine_info, write_results
+from _common import MONITOR, machine_info, write_results
 from _load import RssSampler, closed_loop
 
 from tightfit.settings import cache_dir, start_local_ray
+from tightfit.track.server import free_port
 
 THREADS = 1  # CPUs per replica, as in serving.py
 LEAN_NODE_MEMORY = 2 * 2**30
@@ -220,15 +221,16 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
         serve.delete("lean")
         calibrated = calibrate_serving_memory([records["lean"], records["torch-fp32"]], base_url=base,
                                               batch_sizes=CALIBRATION_BATCHES)
+        options = ServeOptions(cpus_per_replica=THREADS, max_batch=PACK_BATCH)
+        texts_at_cap = {name: text_of_tokens(dirs[name], options.tokens_for("classifier")) for name in dirs}
         node: dict[str, dict[str, Any]] = {"default_model": {}, "calibrated": {}}
         for how, model in (("default_model", None), ("calibrated", calibrated)):
             for name in ("lean", "torch-fp32"):
                 record = records[name]
-                plan = plan_serving([record], LEAN_NODE_MEMORY, ServeOptions(cpus_per_replica=THREADS, max_batch=PACK_BATCH),
-                                    model=model)
-                text = text_of_tokens(dirs[name], plan.primary.max_tokens)
+                plan = plan_serving([record], LEAN_NODE_MEMORY, options, model=model)
                 node[how][name] = {"variant": record.chain, "runtime": plan.primary.runtime,
-                                   **_packed_and_started(plan, f"pack-{how.replace('_', '-')}-{name}", timeout_s, text)}
+                                   **_packed_and_started(plan, f"pack-{how.replace('_', '-')}-{name}", timeout_s,
+                                                         texts_at_cap[name])}
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -147,17 +146,13 @@ def ray_fit_wall(workers: int, rows: int | None, epochs: int, tmp: Path) -> dict
             "samples_per_s_rank0": [m.value for m in sorted(speeds, key=lambda m: m.step)]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun_rate(procs: int, rows: int, epochs: int, tmp: Path) -> dict[str, Any]:
     """Plain DDP under ``torchrun`` (``procs`` x 1 thread): the last epoch's summed training-loop samples/s."""
+    from tightfit.track.server import free_port
+
     out = tmp / f"torchrun-{procs}-{time.time_ns()}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(procs),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), "--rows", str(rows),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(WORKER), "--rows", str(rows),
            "--epochs", str(epochs), "--global-batch", str(BATCH), "--lr", str(LR), "--max-length", str(MAX_LENGTH),
            "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")

@@ -44,11 +44,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _common import free_port, median, spread, write_results
+from _common import median, spread, write_results
 from _lean import lean_runtime_figures, main_lean
 from _load import LoadResult, RssSampler, run_open_loop
 
 from tightfit.settings import cache_dir, start_local_ray
+from tightfit.track.server import free_port
 
 BUDGET = 800 * 2**20
 THREADS = 1  # torch threads = CPUs per replica, every deployment
