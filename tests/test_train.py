@@ -206,3 +206,35 @@ def test_distillation_trains_a_smaller_student_from_the_teacher(baseline, tmp_pa
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.run_id)
     assert run.data.params[names.PARAM_TEACHER] == str(teacher.model_dir)
     assert result.run_name.startswith("distill-")
+
+
+def test_a_split_that_fits_the_object_store_is_tokenized_once_and_cached_in_order() -> None:
+    """A small split is materialized (its rows in the frame's order, the ids tokenize_batch gives); a split
+    whose tokens exceed CACHE_SHARE of the object store stays a lazy, streamed dataset."""
+    import numpy as np
+    import ray
+    from ray.data.dataset import MaterializedDataset
+
+    from tightfit.assets import resolve_model_path
+    from tightfit.data import load_dataset
+    from tightfit.settings import start_local_ray
+    from tightfit.train.support import CACHE_SHARE, ray_dataset, tokenize_batch, tokenized_bytes
+
+    data = load_dataset("rotten_tomatoes", seed=0)
+    model_dir = str(resolve_model_path("minilm")[0])
+    small = data.validation.iloc[:300]
+    start_local_ray(num_cpus=1, object_store_memory=80 * 2**20, log_to_driver=False)
+    try:
+        store = ray.cluster_resources()["object_store_memory"]
+        cached = ray_dataset(small, model_dir, 64, rows_per_block=32)
+        assert isinstance(cached, MaterializedDataset)
+        rows = cached.take_all()
+        expected = tokenize_batch(small, model_dir, 64)
+        assert np.array_equal(np.stack([r["input_ids"] for r in rows]), expected["input_ids"])
+        assert [int(r["labels"]) for r in rows] == expected["labels"].tolist()
+        assert not isinstance(ray_dataset(small, model_dir, 64, cache=False), MaterializedDataset)
+        # the whole train split at 512 tokens takes more than CACHE_SHARE of this 80 MiB store: it streams
+        assert tokenized_bytes(len(data.train), 512) > CACHE_SHARE * store
+        assert not isinstance(ray_dataset(data.train, model_dir, 512), MaterializedDataset)
+    finally:
+        ray.shutdown()

@@ -1,8 +1,8 @@
 """Distributed fine-tuning and distillation on Ray Train V2: ``FinetuneConfig`` -> ``run_finetune`` -> result.
 
 One library call behind every front door (CLI, the Ray job entrypoint, the Jobs API, a KubeRay RayJob):
-data goes through Ray Data (tokenized with ``map_batches``, split per worker, read with
-``iter_torch_batches``); the micro-batch comes from the training memory model and a per-worker budget;
+data goes through Ray Data (tokenized with ``map_batches`` and cached when it fits the object store, split per
+worker, read with ``iter_torch_batches``); the micro-batch comes from the training memory model and a per-worker budget;
 checkpoints are written every epoch and a failed worker restarts the group from the last one; every rank's
 figures go to MLflow through a driver-side ``UserCallback``; the final model is an HF-format directory.
 """
