@@ -3,7 +3,8 @@
 Every process runs 1 thread, loads the same MiniLM classifier and the same Rotten Tomatoes rows as the Ray
 Train runs (``tightfit.data.load_dataset``, fixed-length tokens), shards them with a seeded
 ``DistributedSampler``, and trains with the same step (AdamW, linear warm-up/decay, grad clip 1.0,
-micro-batch = global batch / processes). Per epoch it times the training loop only, as the Ray loop does;
+micro-batch = global batch / processes, each batch cut to its longest sequence as tightfit's loop cuts it:
+dynamic padding, what a user of ``DataCollatorWithPadding`` gets). Per epoch it times the training loop only, as the Ray loop does;
 rank 0 writes the summed samples/s of every epoch to ``--out``.
 
     python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port PORT \\
@@ -20,6 +21,13 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+
+def trimmed(ids: Any, mask: Any) -> tuple[Any, Any]:
+    """Ids and mask cut to the batch's longest sequence (the pad columns only cost compute)."""
+    longest = max(1, int(mask.sum(dim=1).max()))
+    return ids[:, :longest], mask[:, :longest]
 
 
 def main() -> None:
@@ -74,6 +82,7 @@ def main() -> None:
         torch.manual_seed(args.seed * 1000 + epoch * 10 + rank)
         started, seen = time.perf_counter(), 0
         for ids, mask, y in loader:
+            ids, mask = trimmed(ids, mask)
             logits = ddp(input_ids=ids, attention_mask=mask).logits.float()
             loss = torch.nn.functional.cross_entropy(logits, y)
             loss.backward()

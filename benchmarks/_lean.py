@@ -10,6 +10,8 @@ with a model calibrated on this node first (``per_node_calibrated``: ``calibrate
 variants, as docs/serving.md advises for a tight fit). Each packing is then checked: every started replica
 serves full batches at the token cap and its peak RSS (VmHWM) is set against what the plan booked for it
 (``max_peak_over_reservation``); a packing whose replicas outgrow their booking is not a packing to claim.
+Beside RSS, ``physical`` sums the replicas' PSS (shared library pages counted once, not once per replica):
+what the packed replicas hold of the node's physical memory.
 """
 
 from __future__ import annotations
@@ -44,6 +46,31 @@ def _vm_hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _proc_bytes(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
+    """The ``keys`` of a /proc status-style file (``Key:  N kB``), in bytes."""
+    found: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in keys:
+            found[key] = int(line.split()[1]) * 1024
+    return found
+
+
+def _physical(pids: list[int]) -> dict[str, Any]:
+    """What the replicas hold of the node's physical memory, beside their RSS: the sum of their proportional
+    set sizes (PSS: a page mapped by n processes counts 1/n in each, so the libraries every replica maps,
+    onnxruntime's, Ray's, Python's, count about once), and a peak estimate that adds each replica's heap freed
+    since its peak (VmHWM - VmRSS). RSS counts the shared pages once per replica; the planner books RSS."""
+    rows = [{**_proc_bytes(Path(f"/proc/{pid}/status"), ("VmRSS", "VmHWM", "RssAnon", "RssFile")),
+             **_proc_bytes(Path(f"/proc/{pid}/smaps_rollup"), ("Pss", "Pss_Anon", "Pss_File"))} for pid in pids]
+    pss = sum(r["Pss"] for r in rows)
+    peak = pss + sum(max(0, r["VmHWM"] - r["VmRSS"]) for r in rows)
+    return {"pss_sum_bytes": pss, "pss_file_sum_bytes": sum(r["Pss_File"] for r in rows),
+            "peak_pss_sum_estimate_bytes": peak, "within_node_memory": peak <= LEAN_NODE_MEMORY,
+            "replica_rss_file_bytes": sorted(r["RssFile"] for r in rows),
+            "replica_rss_anon_bytes": sorted(r["RssAnon"] for r in rows)}
 
 
 def lean_variant_dirs(work: Path, quick: bool) -> dict[str, str]:
@@ -174,12 +201,14 @@ def _packed_and_started(plan: Any, name: str, timeout_s: float, text: str) -> di
     idle = sorted(psutil.Process(pid).memory_info().rss for pid in pids)
     statuses = _serve_full_batches(name, text, 3, max(1, started)) if started else {}
     peaks = sorted(_vm_hwm(pid) for pid in pids)
+    physical = _physical(pids)
     serve.delete(name)
     return {"reservation_bytes": reservation, "free_memory_bytes": free, "packed": int(packed), "started": started,
             "replica_rss_bytes": idle, "rss_sum_bytes": int(sum(idle)),
             "full_batches": {"batch": PACK_BATCH, "statuses": statuses, "replica_peak_rss_bytes": peaks,
                              "peak_sum_bytes": int(sum(peaks)),
-                             "max_peak_over_reservation": round(max(peaks, default=0) / reservation, 4)}}
+                             "max_peak_over_reservation": round(max(peaks, default=0) / reservation, 4)},
+            "physical": physical}
 
 
 def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Ray Train fine-tuning benchmark against plain PyTorch -> benchmarks/results/finetune.json.
 
 Same model (MiniLM classifier), same data (Rotten Tomatoes, max_length 64), same step (AdamW, linear
-warm-up/decay, grad clip) everywhere; rounds interleave the runs so the machine's drift hits all alike.
+warm-up/decay, grad clip, each batch cut to its longest sequence as tightfit's loop cuts it) everywhere; rounds interleave the runs so the machine's drift hits all alike.
 
 - ``ray_overhead`` = wall(tightfit's Ray Train path, 1 worker x 1 thread) / wall(a plain loop, 1 thread) - 1,
   on the whole train split for 2 epochs (``--overhead-rows``/``--overhead-epochs``). The Ray wall covers
@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median, spread, write_results
+from _ddp_worker import trimmed
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -85,6 +86,7 @@ def plain_fit_wall(rows: int | None, epochs: int, out: Path) -> dict[str, Any]:
         model.train()
         epoch_start, seen = time.perf_counter(), 0
         for ids, mask, y in train:
+            ids, mask = trimmed(ids, mask)
             loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -96,6 +98,7 @@ def plain_fit_wall(rows: int | None, epochs: int, out: Path) -> dict[str, Any]:
         model.eval()
         with torch.no_grad():
             for ids, mask, y in val:
+                ids, mask = trimmed(ids, mask)
                 torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), y)
         ckpt = out / f"checkpoint_{epoch:03d}"
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -259,6 +262,10 @@ def main() -> None:
         "scaling_2v1": scaling_2v1,
         "torchrun_scaling_2v1": torchrun_2v1,
         "scaling_vs_torchrun": scaling_2v1 / torchrun_2v1,
+        # Ray's own samples/s over plain DDP's on the same cores and workers (medians): the rates behind the ratios
+        "rate_vs_torchrun": {
+            "1x1": median([r["samples_per_s"] for r in one]) / median([r["samples_per_s"] for r in tr_one]),
+            "2x1": median([r["samples_per_s"] for r in two]) / median([r["samples_per_s"] for r in tr_two])},
         "time_to_target_s": median(targets) if targets else None,
         "memory_prediction_error": median(mem_errors),
         "memory_prediction_error_max": max(mem_errors),
