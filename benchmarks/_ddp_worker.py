@@ -4,8 +4,8 @@ Every process runs 1 thread, loads the same MiniLM classifier and the same Rotte
 Train runs (``tightfit.data.load_dataset``, fixed-length tokens), shards them with a seeded
 ``DistributedSampler``, and trains with the same step (AdamW, linear warm-up/decay, grad clip 1.0,
 micro-batch = global batch / processes, each batch cut to its longest sequence as tightfit's loop cuts it:
-dynamic padding, what a user of ``DataCollatorWithPadding`` gets). Per epoch it times the training loop only, as the Ray loop does;
-rank 0 writes the summed samples/s of every epoch to ``--out``.
+dynamic padding, what a user of ``DataCollatorWithPadding`` gets). Per epoch it times the training loop only,
+as the Ray loop does; rank 0 writes the summed samples/s of every epoch to ``--out``.
 
     python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port PORT \\
         benchmarks/_ddp_worker.py --rows 1024 --epochs 2 --global-batch 64 --lr 2e-4 --out rates.json

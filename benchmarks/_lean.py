@@ -40,14 +40,6 @@ CALIBRATION_BATCHES = (1, PACK_BATCH, 16)
 STABLE_S = 45.0  # replicas counted once the running count has held this long
 
 
-def _vm_hwm(pid: int) -> int:
-    """Peak RSS (VmHWM) of a process on this host, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _proc_bytes(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
     """The ``keys`` of a /proc status-style file (``Key:  N kB``), in bytes."""
     found: dict[str, int] = {}
@@ -56,6 +48,11 @@ def _proc_bytes(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
         if key in keys:
             found[key] = int(line.split()[1]) * 1024
     return found
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak RSS (VmHWM) of a process on this host, from /proc."""
+    return _proc_bytes(Path(f"/proc/{pid}/status"), ("VmHWM",)).get("VmHWM", 0)
 
 
 def _physical(pids: list[int]) -> dict[str, Any]:
@@ -272,7 +269,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
         "serve_replica_floor_no_pandas_bytes": int(floor_no_pandas),
         "replica_peak_rss_bytes": int(peak),
         # the shipped model's packing; `max_peak_over_reservation` says whether each packing's bookings held
-        # its replicas' full-batch peaks (the calibrated one sat 0.5 % under them on 2026-11-27)
+        # its replicas' full-batch peaks (the calibrated one sat 0.5-1.3 % under them in the 2026-11-27/28 runs)
         "replicas_per_node_ratio": ratio("default_model"),
         "replicas_per_node_ratio_calibrated": ratio("calibrated"),
         "lean": {

@@ -1,7 +1,8 @@
 """Ray Train fine-tuning benchmark against plain PyTorch -> benchmarks/results/finetune.json.
 
 Same model (MiniLM classifier), same data (Rotten Tomatoes, max_length 64), same step (AdamW, linear
-warm-up/decay, grad clip, each batch cut to its longest sequence as tightfit's loop cuts it) everywhere; rounds interleave the runs so the machine's drift hits all alike.
+warm-up/decay, grad clip, each batch cut to its longest sequence as tightfit's loop cuts it) everywhere;
+rounds interleave the runs so the machine's drift hits all alike.
 
 - ``ray_overhead`` = wall(tightfit's Ray Train path, 1 worker x 1 thread) / wall(a plain loop, 1 thread) - 1,
   on the whole train split for 2 epochs (``--overhead-rows``/``--overhead-epochs``). The Ray wall covers
