@@ -104,7 +104,7 @@ def lean_variant_dirs(work: Path, quick: bool) -> dict[str, str]:
 def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
     """Peak RSS of a Ray Serve replica that imports nothing of tightfit (a FastAPI-less echo deployment);
     with ``keep_pandas_out``, the same replica with the setup hook tightfit's replicas carry
-    (``tightfit.serve.process``: Serve's import of pandas and pyarrow kept out)."""
+    (``tightfit.serve.process``: Ray's imports of pandas and pyarrow kept out)."""
     import requests
     from ray import serve
 
@@ -115,15 +115,16 @@ def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
     @serve.deployment(name="Floor", num_replicas=1, ray_actor_options=options)
     class Floor:
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pid": os.getpid(), "pandas": sys.modules.get("pandas") is not None}
+            return {"pid": os.getpid(), "kept": [m for m in ("pandas", "pyarrow") if sys.modules.get(m) is not None]}
 
     floor_app: Any = Floor
     serve.run(floor_app.bind(), name="floor", route_prefix="/floor")
     try:
         first = requests.get(f"{base_url}/floor", timeout=60).json()
         pid = int(first["pid"])
-        if keep_pandas_out and first["pandas"]:
-            raise RuntimeError("the setup hook did not keep pandas out of the replica (a Ray that renamed its hook?)")
+        if keep_pandas_out and first["kept"]:
+            raise RuntimeError(f"the setup hook did not keep {first['kept']} out of the replica (a Ray that renamed "
+                               "its hook?)")
         for _ in range(50):
             requests.get(f"{base_url}/floor", timeout=30)
         return _vm_hwm(pid)

@@ -66,7 +66,7 @@ def test_onnx_int4_decoder_serves_over_http_within_a_budget_torch_int4_cannot_fi
     assert plan.predicted_peak_bytes <= LEAN_BUDGET
     stats = _serve_and_compare(plan)
     assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True,
-                                      "pandas": False}
+                                      "pandas": False, "pyarrow": False}
     assert stats["peak_rss_bytes"] <= LEAN_BUDGET
 
 

@@ -95,5 +95,5 @@ def test_an_onnx_replica_imports_no_torch_and_answers_like_the_torch_variant(onn
     stats = requests.get(f"{url}/v1/stats", timeout=30).json()
     assert set(stats["loaded_variants"]) == {"ort-fp32", "ort-int8"}
     assert stats["runtime_modules"] == {"torch": False, "transformers": False, "onnxruntime": True,
-                                      "pandas": False}
+                                      "pandas": False, "pyarrow": False}
     assert stats["peak_rss_bytes"] <= onnx_served["plan"].budget_bytes

@@ -130,9 +130,9 @@ class TightfitServer:
             "batch_limits": self.batch_limits,
             "uptime_s": round(time.time() - self.started, 1),
             # which runtimes this replica process has imported (a replica of ONNX variants has no torch; no
-            # replica has pandas: tightfit.serve.process; a module kept out sits in sys.modules as None)
+            # replica has pandas or pyarrow: tightfit.serve.process; a module kept out sits in sys.modules as None)
             "runtime_modules": {m: sys.modules.get(m) is not None
-                                for m in ("torch", "transformers", "onnxruntime", "pandas")},
+                                for m in ("torch", "transformers", "onnxruntime", "pandas", "pyarrow")},
         }
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:
