@@ -167,13 +167,14 @@ COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "act
 # ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
 # activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
-# plain ONNX process imports none of what Ray's worker and Serve bring. With pandas kept out of the replica
-# (tightfit.serve.process), an idle lean replica held 229 MiB over a 106 MiB plain-process load: 123 MiB
-# (2026-11-27, AMD EPYC; 165 MiB with pandas). Recalibrate with `tightfit serve --calibrate`.
+# plain ONNX process imports none of what Ray's worker and Serve bring. With pandas and pyarrow kept out of
+# the replica (tightfit.serve.process), the calibrated replica overhead is 96 MiB (2026-11-28, AMD EPYC; 122
+# MiB with pyarrow, 165 MiB with pandas too), booked here with the same 6 MiB margin as before.
+# Recalibrate with `tightfit serve --calibrate`.
 # The first forward of an ORT replica adds about 1 MiB over its idle RSS whatever its batch (its arena grows
 # with the batch, covered by the activation scale).
 ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
-                                  "replica_overhead_bytes": 128 * 2**20, "first_forward_bytes": 0}
+                                  "replica_overhead_bytes": 102 * 2**20, "first_forward_bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,11 @@ class ServingMemoryModel:
     # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
     # torch 2.13); the replica overhead measured 50-160 MiB across variants and runs then. With pandas kept
     # out of the replica (tightfit.serve.process) an idle fp32 replica held 92 MiB over its plain-process load
-    # (2026-11-27, AMD EPYC; about 165 MiB with pandas). Recalibrate with `tightfit serve --calibrate FILE`
-    # (or `calibrate_serving_memory`) on other machines.
+    # (2026-11-27, AMD EPYC; about 165 MiB with pandas); keeping pyarrow out too took 24 MiB more from it
+    # (578 -> 554 MiB idle, 2026-11-28), so 68 MiB, booked with the same 8 MiB margin as before.
+    # Recalibrate with `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
     runtime_bytes: int = 400 * 2**20
-    replica_overhead_bytes: int = 100 * 2**20
+    replica_overhead_bytes: int = 76 * 2**20
     weight_factor: float = 1.0
     activation_scale: float = 1.05
     first_forward_bytes: int = 30 * 2**20
