@@ -1,0 +1,150 @@
+"""Where the 2-worker fine-tuning gap goes -> benchmarks/results/finetune_profile.json.
+
+``finetune.py`` measures Ray Train at 0.97x torchrun's samples/s with 1 worker and 0.87x with 2 on this
+2-core machine (``scaling_vs_torchrun`` 0.90). This script accounts for the CPU of every process on the
+machine while the two training processes run, for tightfit's Ray Train path and for ``torchrun``, same
+model, data and step (``finetune.ray_run`` and ``finetune.torchrun_rate``): a sampler process reads each
+process's CPU time from ``/proc`` every 0.5 s, and the intervals in which the two training processes together
+use more than 1.6 cores are the training intervals. Written per run: the cores the training processes got,
+the cores every other process took in those intervals (grouped by process name), and the samples/s.
+
+With both cores training, any CPU another process takes is taken from a training process, and DDP's
+all-reduce makes the other rank wait for it. The sampler's own CPU is reported apart (``sampler_cores``).
+
+    python benchmarks/finetune_profile.py [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median, write_results
+from finetune import SCALING_ROWS, ray_run, torchrun_rate
+
+TRAINING_PROCESS = re.compile(r"RayTrainWorker|^(?!.*torch\.distributed\.run).*_ddp_worker\.py")  # not torchrun itself
+BUSY_CORES = 1.6  # both training processes running: an interval counts as training above this
+SAMPLE_S = 0.5
+
+SAMPLER = r"""
+import json, os, sys, time
+tick = os.sysconf("SC_CLK_TCK")
+with open(sys.argv[1], "w") as out:
+    while True:
+        snap = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/cmdline") as f:
+                    name = f.read().replace("\0", " ").strip()[:120]
+            except OSError:
+                continue
+            snap[pid] = [name, (int(fields[11]) + int(fields[12])) / tick]
+        out.write(json.dumps({"t": time.time(), "p": snap}) + "\n")
+        out.flush()
+        time.sleep(float(sys.argv[2]))
+"""
+
+
+def _kind(name: str) -> str:
+    """A process's name for grouping: Ray's actor/worker title, else the program's base name."""
+    if name.startswith("ray::"):
+        return name.split()[0]
+    parts = name.split()
+    if not parts:
+        return "(kernel or unnamed)"
+    program = os.path.basename(parts[0])
+    if program.startswith("python") and len(parts) > 1:
+        script = next((p for p in parts[1:] if not p.startswith("-")), "")
+        return f"python {'/'.join(Path(script).parts[-2:])}"
+    return program
+
+
+def account(samples: list[dict[str, Any]], sampler_pid: int) -> dict[str, Any]:
+    """CPU per process kind in the intervals where the training processes run on > ``BUSY_CORES`` cores."""
+    busy_s, training, sampler = 0.0, 0.0, 0.0
+    others: dict[str, float] = {}
+    for before, after in itertools.pairwise(samples):
+        dt = after["t"] - before["t"]
+        used = {pid: cpu - before["p"].get(pid, [name, 0.0])[1] for pid, (name, cpu) in after["p"].items()}
+        names = {pid: name for pid, (name, _) in after["p"].items()}
+        train = sum(c for pid, c in used.items() if TRAINING_PROCESS.search(names[pid]))
+        if train / dt < BUSY_CORES:
+            continue
+        busy_s += dt
+        training += train
+        for pid, cpu in used.items():
+            if cpu <= 0 or TRAINING_PROCESS.search(names[pid]):
+                continue
+            if int(pid) == sampler_pid:
+                sampler += cpu
+                continue
+            kind = _kind(names[pid])
+            others[kind] = others.get(kind, 0.0) + cpu
+    per = max(busy_s, 1e-9)
+    return {
+        "training_intervals_s": round(busy_s, 1),
+        "training_processes_cores": round(training / per, 3),
+        "other_processes_cores": round(sum(others.values()) / per, 3),
+        "sampler_cores": round(sampler / per, 3),
+        "other_processes": {k: round(v / per, 4) for k, v in sorted(others.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def profiled(run: Any) -> dict[str, Any]:
+    """Run ``run()`` with the /proc sampler beside it; its result plus the CPU accounting."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        trace = Path(handle.name)
+    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(trace), str(SAMPLE_S)])
+    try:
+        result = run()
+    finally:
+        sampler.terminate()
+        sampler.wait(timeout=30)
+    samples = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    trace.unlink(missing_ok=True)
+    return {"samples_per_s": result["samples_per_s"], **account(samples, sampler.pid)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="256 rows, 1 round: proves the script, claims nothing")
+    args = parser.parse_args()
+    rows, rounds = (256, 1) if args.quick else (SCALING_ROWS, args.rounds)
+    runs: dict[str, list[dict[str, Any]]] = {"ray_2x1": [], "torchrun_2x1": []}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for round_no in range(rounds):
+            print(f"round {round_no + 1}/{rounds}: Ray 2x1, torchrun 2x1, each with the /proc sampler")
+            runs["ray_2x1"].append(profiled(lambda: ray_run(2, tmp, limit=rows)))
+            runs["torchrun_2x1"].append(profiled(lambda: torchrun_rate(2, rows, 2, tmp)))
+    figures = {
+        kind: {"other_processes_cores": median([r["other_processes_cores"] for r in found]),
+               "training_processes_cores": median([r["training_processes_cores"] for r in found]),
+               "samples_per_s": median([r["samples_per_s"] for r in found]), "runs": found}
+        for kind, found in runs.items()
+    }
+    path = write_results("finetune_profile", figures,
+                         protocol={"rows": rows, "epochs": 2, "rounds": rounds, "quick": args.quick,
+                                   "sample_s": SAMPLE_S, "busy_cores": BUSY_CORES})
+    for kind, found in figures.items():
+        print(f"{kind}: others {found['other_processes_cores']:.3f} cores, training "
+              f"{found['training_processes_cores']:.3f}, {found['samples_per_s']:.1f} samples/s")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
