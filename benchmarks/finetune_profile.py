@@ -10,6 +10,9 @@ the cores every other process took in those intervals (grouped by process name),
 
 With both cores training, any CPU another process takes is taken from a training process, and DDP's
 all-reduce makes the other rank wait for it. The sampler's own CPU is reported apart (``sampler_cores``).
+The sampler is itself such a process: each round also runs both without it (``unsampled``), so the file
+shows what a process waking twice a second costs each path. Only the unsampled rates compare with
+``finetune.py``'s.
 
     python benchmarks/finetune_profile.py [--rounds 2] [--quick]
 """
@@ -125,16 +128,20 @@ def main() -> None:
     args = parser.parse_args()
     rows, rounds = (256, 1) if args.quick else (SCALING_ROWS, args.rounds)
     runs: dict[str, list[dict[str, Any]]] = {"ray_2x1": [], "torchrun_2x1": []}
+    unsampled: dict[str, list[float]] = {"ray_2x1": [], "torchrun_2x1": []}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for round_no in range(rounds):
-            print(f"round {round_no + 1}/{rounds}: Ray 2x1, torchrun 2x1, each with the /proc sampler")
+            print(f"round {round_no + 1}/{rounds}: Ray 2x1, torchrun 2x1, each with the /proc sampler and without")
             runs["ray_2x1"].append(profiled(lambda: ray_run(2, tmp, limit=rows)))
+            unsampled["ray_2x1"].append(ray_run(2, tmp, limit=rows)["samples_per_s"])
             runs["torchrun_2x1"].append(profiled(lambda: torchrun_rate(2, rows, 2, tmp)))
+            unsampled["torchrun_2x1"].append(torchrun_rate(2, rows, 2, tmp)["samples_per_s"])
     figures = {
         kind: {"other_processes_cores": median([r["other_processes_cores"] for r in found]),
                "training_processes_cores": median([r["training_processes_cores"] for r in found]),
-               "samples_per_s": median([r["samples_per_s"] for r in found]), "runs": found}
+               "samples_per_s": median([r["samples_per_s"] for r in found]),
+               "unsampled_samples_per_s": median(unsampled[kind]), "unsampled_runs": unsampled[kind], "runs": found}
         for kind, found in runs.items()
     }
     path = write_results("finetune_profile", figures,
@@ -142,7 +149,8 @@ def main() -> None:
                                    "sample_s": SAMPLE_S, "busy_cores": BUSY_CORES})
     for kind, found in figures.items():
         print(f"{kind}: others {found['other_processes_cores']:.3f} cores, training "
-              f"{found['training_processes_cores']:.3f}, {found['samples_per_s']:.1f} samples/s")
+              f"{found['training_processes_cores']:.3f}, {found['samples_per_s']:.1f} samples/s sampled, "
+              f"{found['unsampled_samples_per_s']:.1f} without the sampler")
     print(f"wrote {path}")
 
 
