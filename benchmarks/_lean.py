@@ -108,6 +108,7 @@ def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
     import requests
     from ray import serve
 
+    from tightfit.serve.process import KEPT_OUT
     from tightfit.serve.schema import replica_runtime_env
 
     options: dict[str, Any] = {"num_cpus": 0.1, **(replica_runtime_env() if keep_pandas_out else {})}
@@ -115,7 +116,7 @@ def _replica_floor(base_url: str, *, keep_pandas_out: bool = False) -> int:
     @serve.deployment(name="Floor", num_replicas=1, ray_actor_options=options)
     class Floor:
         async def __call__(self, request: Any) -> dict[str, Any]:
-            return {"pid": os.getpid(), "kept": [m for m in ("pandas", "pyarrow") if sys.modules.get(m) is not None]}
+            return {"pid": os.getpid(), "kept": [m for m in KEPT_OUT if sys.modules.get(m) is not None]}
 
     floor_app: Any = Floor
     serve.run(floor_app.bind(), name="floor", route_prefix="/floor")

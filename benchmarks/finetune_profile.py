@@ -4,7 +4,7 @@
 2-core machine (``scaling_vs_torchrun`` 0.90). This script accounts for the CPU of every process on the
 machine while the two training processes run, for tightfit's Ray Train path and for ``torchrun``, same
 model, data and step (``finetune.ray_run`` and ``finetune.torchrun_rate``): a sampler process reads each
-process's CPU time from ``/proc`` every 0.5 s, and the intervals in which the two training processes together
+process's CPU time (psutil, as ``_common.LoadMonitor``) every 0.5 s, and the intervals in which the two training processes together
 use more than 1.6 cores are the training intervals. Written per run: the cores the training processes got,
 the cores every other process took in those intervals (grouped by process name), and the samples/s.
 
@@ -38,24 +38,18 @@ TRAINING_PROCESS = re.compile(r"RayTrainWorker|^(?!.*torch\.distributed\.run).*_
 BUSY_CORES = 1.6  # both training processes running: an interval counts as training above this
 SAMPLE_S = 0.5
 
-SAMPLER = r"""
-import json, os, sys, time
-tick = os.sysconf("SC_CLK_TCK")
+SAMPLER = """
+import json, sys, time
+import psutil
 with open(sys.argv[1], "w") as out:
     while True:
         snap = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{pid}/cmdline") as f:
-                    name = f.read().replace("\0", " ").strip()[:120]
-            except OSError:
-                continue
-            snap[pid] = [name, (int(fields[11]) + int(fields[12])) / tick]
-        out.write(json.dumps({"t": time.time(), "p": snap}) + "\n")
+        for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            times = proc.info["cpu_times"]
+            if times is not None:
+                name = " ".join(proc.info["cmdline"] or [])[:120]
+                snap[str(proc.info["pid"])] = [name, times.user + times.system]
+        out.write(json.dumps({"t": time.time(), "p": snap}) + "\\n")
         out.flush()
         time.sleep(float(sys.argv[2]))
 """

@@ -33,6 +33,7 @@ from ray.serve import metrics
 
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
 from tightfit.serve.ingress import TightfitIngress
+from tightfit.serve.process import KEPT_OUT
 from tightfit.serve.replica import (
     LoadedVariant,
     MultiplexedPool,
@@ -132,7 +133,7 @@ class TightfitServer:
             # which runtimes this replica process has imported (a replica of ONNX variants has no torch; no
             # replica has pandas or pyarrow: tightfit.serve.process; a module kept out sits in sys.modules as None)
             "runtime_modules": {m: sys.modules.get(m) is not None
-                                for m in ("torch", "transformers", "onnxruntime", "pandas", "pyarrow")},
+                                for m in ("torch", "transformers", "onnxruntime", *KEPT_OUT)},
         }
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:
