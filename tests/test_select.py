@@ -32,7 +32,7 @@ def rec(name: str, acc: float, disk_mib: float, rss_mib: float, b1: float, b32: 
         accuracy=acc,
         disk_bytes=int(disk_mib * MiB),
         peak_rss_serve_bytes=int(rss_mib * MiB),
-        peak_rss_load_bytes=int((rss_mib - 150) * MiB),  # a replica adds Ray's share to this
+        peak_rss_load_bytes=int((rss_mib - 120) * MiB),  # a replica adds Ray's share to this
         latency_ms_b1_p95=b1,
         latency_ms_b32_p95=b32 if b32 is not None else b1 * 20,
         **kw,

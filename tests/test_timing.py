@@ -105,18 +105,21 @@ def test_a_spread_above_the_threshold_is_remeasured_then_flagged() -> None:
     def steady() -> None:
         time.sleep(0.003)
 
-    plan = TimingPlan(rounds=3, repeats={1: 2, 32: 2}, warmup=0, retries=1)
+    # the steady call gets 3 passes a round: one late wake-up (a loaded CI runner) cannot move its median
+    plan = TimingPlan(rounds=3, repeats={1: 2, 32: 3}, warmup=0, retries=1)
     result = time_rounds({1: unsteady, 32: steady}, plan, threads=1, check_cpu_share=False)
     assert result.attempts == 2  # measured again once, still noisy
     assert result.noisy == [1]
     assert result.stats[1].cv > 0.10 and result.stats[32].cv < 0.10
     assert 0 < result.stats[32].cpu_share < 0.5  # a sleeping call holds no core: flagged as not measured alone
     assert len(result.stats[1].round_p50_ms) == 3 and len(result.stats[1].samples_ms) == 6
+    assert len(result.stats[32].samples_ms) == 9
 
-    calm = time_rounds({1: steady}, plan, threads=1, check_cpu_share=False)
-    assert calm.attempts == 1 and calm.noisy == []
+    calm_plan = TimingPlan(rounds=3, repeats={1: 3}, warmup=0, retries=2)
+    calm = time_rounds({1: steady}, calm_plan, threads=1, check_cpu_share=False)
+    assert calm.noisy == [] and calm.stats[1].cv < 0.10  # a late wake-up may cost a re-measurement, not a flag
     # the same steady call, judged as CPU work: it slept off its core, so it was not measured alone
-    assert time_rounds({1: steady}, plan, threads=1).noisy == [1]
+    assert time_rounds({1: steady}, calm_plan, threads=1).noisy == [1]
 
 
 def _spin() -> None:
