@@ -231,7 +231,7 @@ def lean_runtime_figures(work: Path, quick: bool = False) -> dict[str, Any]:
     records = {r.variant: r for r in with_load_rss(list(records.values()))}
     texts = [t for t in load_dataset("rotten_tomatoes", seed=0).test["text"].astype(str).tolist() if t.strip()][:400]
     port = free_port()
-    start_local_ray(num_cpus=2, _memory=LEAN_NODE_MEMORY)
+    start_local_ray(for_serving=True, num_cpus=2, _memory=LEAN_NODE_MEMORY)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     timeout_s = 240.0 if quick else 600.0

@@ -2,7 +2,9 @@
 same open-loop load -> benchmarks/results/serving.json.
 
 Deployments (one Ray, one 1-CPU replica each, torch on 1 thread, each reserving the same per-replica memory
-budget, behind real HTTP on 127.0.0.1), one function each:
+budget, behind real HTTP on 127.0.0.1; the Ray runs Serve as ``tightfit serve`` runs it, in Serve's
+throughput-optimized mode, ``tightfit.settings.SERVE_RAY_ENV``, so every deployment gets the same mode),
+one function each:
 - ``naive``: the fine-tuned fp32 model, no batching, Ray Serve's defaults (max_ongoing_requests 5, unbounded
   queue);
 - ``batched``: the same fp32 model written as Ray's batching guide shows: ``@serve.batch`` at
@@ -48,7 +50,7 @@ from _common import median, spread, write_results
 from _lean import lean_runtime_figures, main_lean
 from _load import LoadResult, RssSampler, run_open_loop
 
-from tightfit.settings import cache_dir, start_local_ray
+from tightfit.settings import SERVE_RAY_ENV, cache_dir, start_local_ray
 from tightfit.track.server import free_port
 
 BUDGET = 800 * 2**20
@@ -345,7 +347,7 @@ def main() -> None:
     records = measure_records(dirs, data, protocol["eval_rows"])
     texts = [t for t in data.test["text"].astype(str).tolist() if t.strip()][:400]
     port = free_port()
-    start_local_ray(num_cpus=4)  # logical CPUs: three deployments side by side on the machine's cores
+    start_local_ray(for_serving=True, num_cpus=4)  # logical CPUs: three deployments side by side on the machine's cores
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -398,6 +400,7 @@ def main() -> None:
     }
     load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
     protocol_out = {"quick": args.quick, **load, "client": "open-loop Poisson (aiohttp)",
+                    "serve_env": {key: os.environ.get(key) for key in SERVE_RAY_ENV},  # every deployment's Ray
                     "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])}
     write_results("serving", figures, protocol=protocol_out)  # kept if the lean section fails
     print("lean runtime: replica floor, lean replica under load, replicas per node ...")

@@ -337,7 +337,7 @@ def tiny_served(tiny_bert_dir):
 
     plan = plan_serving([footprint_for_source(str(tiny_bert_dir), name="tiny")], 1 * 2**30,
                         ServeOptions(max_batch=4, max_tokens=32))
-    start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2, for_serving=True)
     try:
         url = serve_until_healthy(plan, free_port(), timeout_s=120)
         yield {"url": url, "plan": plan}

@@ -114,6 +114,23 @@ def test_manifests_validate_against_kuberay_crds(kuberay_crd_dir: Path) -> None:
     assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
 
+
+def _pod_env(cluster_spec: dict[str, Any]) -> list[dict[str, str]]:
+    pods = [cluster_spec["headGroupSpec"]] + cluster_spec["workerGroupSpecs"]
+    return [{e["name"]: e.get("value", "") for e in p["template"]["spec"]["containers"][0]["env"]} for p in pods]
+
+
+def test_serving_pods_run_serve_in_its_throughput_mode_and_a_callers_env_wins() -> None:
+    """Every RayService pod runs Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (tightfit.settings.SERVE_RAY_ENV);
+    a RayJob's pods (training) do not carry it; a caller's pod env overrides it."""
+    service = kube.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG)
+    assert all(env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" for env in _pod_env(service["spec"]["rayClusterConfig"]))
+    assert all("RAY_SERVE_THROUGHPUT_OPTIMIZED" not in env for env in _pod_env(_job()["spec"]["rayClusterSpec"]))
+    default_mode = kube.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG,
+                                            pod={"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}})
+    assert {env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] for env in _pod_env(default_mode["spec"]["rayClusterConfig"])} == {"0"}
+
+
 def test_crd_validation_rejects_what_the_api_server_would(kuberay_crd_dir: Path) -> None:
     job = _job()
     container = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

@@ -31,7 +31,7 @@ def lm_served():
     record = with_load_rss([footprint_for_source("smollm2")])[0]
     plan = plan_serving([record], BUDGET, ServeOptions(max_tokens=48, max_new_tokens=16, max_batch=8))
     port = free_port()
-    start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2, for_serving=True)
     try:
         url = serve_until_healthy(plan, port, timeout_s=180)
         yield {"url": url, "plan": plan, "record": record, "port": port}

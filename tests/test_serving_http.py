@@ -72,7 +72,7 @@ def served(finetuned_minilm_dir, module_tmp):
     assert plan.max_models_per_replica == 2
     port = free_port()
     metrics_port = free_port()
-    start_local_ray(num_cpus=2, _metrics_export_port=metrics_port)
+    start_local_ray(num_cpus=2, for_serving=True, _metrics_export_port=metrics_port)
     log = io.StringIO()
     try:
         url = serve_until_healthy(plan, port, timeout_s=120, progress=LineReporter(log))
@@ -217,6 +217,7 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     # a torch replica serves without pandas and pyarrow (tightfit.serve.process keeps Ray's imports of them out)
     modules = stats["runtime_modules"]
     assert modules["torch"] and not modules["pandas"] and not modules["pyarrow"], modules
+    assert stats["serve_env"] == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}  # Serve's throughput-optimized mode
     from ray import serve
 
     app = serve.status().applications["tightfit"]

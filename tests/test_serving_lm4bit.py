@@ -80,7 +80,7 @@ def _serve_and_compare(plan) -> dict:
     from tightfit.settings import start_local_ray
 
     port = free_port()
-    start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2, for_serving=True)
     try:
         url = serve_until_healthy(plan, port, timeout_s=180)
         response = requests.post(f"{url}/v1/generate", json={"texts": PROMPTS, "max_new_tokens": 8}, timeout=300)

@@ -67,7 +67,7 @@ def onnx_served(onnx_variants):
                         ServeOptions(max_batch=8, pool_size=2, accuracy_tolerance=0.0))
     assert {v.name for v in plan.pool} == {"ort-fp32", "ort-int8"}, plan.rejected
     assert plan.primary.name == "ort-fp32" and all(v.runtime == RUNTIME_ONNXRUNTIME for v in plan.pool)
-    start_local_ray(num_cpus=2)  # every Ray service on 127.0.0.1
+    start_local_ray(num_cpus=2, for_serving=True)  # every Ray service on 127.0.0.1
     try:
         yield {"url": serve_until_healthy(plan, free_port(), timeout_s=120), "plan": plan}
     finally:

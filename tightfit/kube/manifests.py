@@ -13,7 +13,7 @@ schemas in `tightfit.kube.validate`; input checks in `tightfit.kube.checks` (all
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -25,7 +25,7 @@ from tightfit.kube.checks import (  # the quantity patterns and name limits are 
     _check_workers,
     _coerce,
 )
-from tightfit.settings import DEFAULT_IMAGE
+from tightfit.settings import DEFAULT_IMAGE, SERVE_RAY_ENV
 
 API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -332,12 +332,15 @@ def rayservice_manifest(
             "serve_config: expected a Serve config v2 mapping with a non-empty 'applications' list"
         )
     meta = _metadata(name, namespace, labels, "rayservice")
+    serve_pod = _pod(image, service_account, pod)
+    # Serve's throughput-optimized mode (tightfit.settings.SERVE_RAY_ENV); the caller's env wins
+    serve_pod = replace(serve_pod, env={**SERVE_RAY_ENV, **serve_pod.env})
     spec = {
         "serveConfigV2": yaml.safe_dump(_plain(serve_config), sort_keys=False),
         "rayClusterConfig": raycluster_spec(
             head=head,
             workers=workers,
-            pod=_pod(image, service_account, pod),
+            pod=serve_pod,
             cluster=cluster,
             labels=meta["labels"],
         ),

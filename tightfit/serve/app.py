@@ -46,6 +46,7 @@ from tightfit.serve.replica import (
     validate_request,
 )
 from tightfit.serve.schema import DEPLOYMENT_NAME, ServePlan
+from tightfit.settings import SERVE_RAY_ENV
 
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
@@ -134,6 +135,8 @@ class TightfitServer:
             # replica has pandas or pyarrow: tightfit.serve.process; a module kept out sits in sys.modules as None)
             "runtime_modules": {m: sys.modules.get(m) is not None
                                 for m in ("torch", "transformers", "onnxruntime", *KEPT_OUT)},
+            # the Serve mode this replica's process runs in (tightfit.settings.SERVE_RAY_ENV)
+            "serve_env": {key: os.environ.get(key) for key in SERVE_RAY_ENV},
         }
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:

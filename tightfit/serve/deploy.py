@@ -106,7 +106,7 @@ def start_serving(
                 if address:
                     ray.init(address=address)
                 else:
-                    settings.start_local_ray(num_cpus=num_cpus)
+                    settings.start_local_ray(num_cpus=num_cpus, for_serving=True)  # settings.SERVE_RAY_ENV
             except ConnectionError as exc:
                 raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     with reporter.step("replicas", f"start {plan.num_replicas} replica(s)", total=plan.num_replicas,

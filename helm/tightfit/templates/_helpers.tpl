@@ -98,6 +98,10 @@ One Ray pod template (tightfit.kube.manifests._pod_template). Call with
 {{- define "tightfit.rayPodTemplate" -}}
 {{- $root := .root }}
 {{- $env := dict "HOME" "/tmp" "RAY_USAGE_STATS_ENABLED" "0" "MLFLOW_DISABLE_TELEMETRY" "true" }}
+{{- if eq .component "rayservice" }}
+{{- /* Ray Serve's throughput-optimized mode (tightfit.settings.SERVE_RAY_ENV); ray.env overrides it */}}
+{{- $_ := set $env "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" }}
+{{- end }}
 {{- range $k, $v := $root.Values.ray.env }}
 {{- $_ := set $env $k (toString $v) }}
 {{- end }}
