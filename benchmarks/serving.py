@@ -24,8 +24,9 @@ p99 over every request sent (failures count as too slow) is within the SLO. Figu
   (goal >= 2, both within the SLO); ``rps_ratio_vs_naive`` likewise;
 - ``p99_ratio_at_equal_load``: tightfit's p99 / batched's p99 at the highest rate ``batched`` sustains
   (goal <= 1); the p99 of every deployment at every rate is in ``ladder``;
-- ``memory_prediction_error_heldout``: the memory model calibrated on some variants and batch sizes, judged
-  on configurations it never saw (a held-out variant, held-out batch sizes): |measured replica peak - the
+- ``memory_prediction_error_heldout``: the memory model calibrated on some variants and batch sizes (one per
+  torch precision family: fp32, bf16, the int8 student), judged on configurations it never saw (held-out
+  variants: torchao int8-dynamic and the ONNX student; held-out batch sizes): |measured replica peak - the
   model's own prediction| / measured, the worst held-out point (goal <= 0.10);
 - ``oom_kills`` (replica restarts) and ``max_rss_over_budget`` (tightfit's sampled peak RSS / budget, after a
   full-capacity probe).
@@ -68,7 +69,11 @@ FULL = {"rates": [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 160, 240, 3
                    # the same student on the lean runtime: ONNX Runtime's int8, no torch in its replica
                    "student-ort-int8":
                        "prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill:steps=400|onnx_int8_dynamic"},
-        "calibrate": ("fp32", "bf16"), "calibration_batches": (1, 16, 48), "heldout_batches": (24, 40),
+        # calibrated on one variant of each torch precision family (fp32, bf16, torchao int8): a torchao int8
+        # replica's forward grows 2.5-3x what fp32's does per activation byte (measured 2026-11-28), which a
+        # calibration on fp32 and bf16 alone cannot know; held out: int8-dynamic, the ONNX student, and fp32
+        # at batches it never saw
+        "calibrate": ("fp32", "bf16", "student-int8"), "calibration_batches": (1, 16, 48), "heldout_batches": (24, 40),
         "eval_rows": 0}  # 0: the whole test split (2,551 rows; 400 rows resolve accuracy to +-2 points)
 QUICK = {"rates": [5, 20], "seconds": 4.0, "max_requests": 200, "rounds": 1,
          "chains": {"int8-dynamic": "int8_dynamic"}, "calibrate": ("fp32",), "calibration_batches": (1, 16),
