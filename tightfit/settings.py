@@ -57,9 +57,10 @@ SERVE_RAY_ENV: Final = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 (Ray >= 2.55, Ray's "high throughput" guide): gRPC between deployments, user code and the router on each
 replica's main event loop, request logs buffered instead of a stderr line each, the garbage collector frozen
 after start-up. tightfit's app is two hops (ingress -> model replica) and a lean variant computes a request
-in about a millisecond, so on a small node Serve's own per-request work is most of the CPU: at 80 rps on the
-2-core AMD machine (2026-11-28) the app took 32 ms of CPU per request in Ray's default mode (proxy 8,
-ingress 10, model replica 9) and 21 ms in this one. It must be in the environment of Serve's controller,
+in about a millisecond, so on a small node Serve's own per-request work is most of the CPU. Measured side by
+side (``benchmarks/results/serve_mode.json``, 2-core AMD, 2026-11-28): the app sustained 90 rps within a
+500 ms p99 in this mode against 60 in Ray's default one (p99 224 vs 1,028+ ms at 80 rps), and took 24 ms of
+CPU per request at 40 rps against 28. It must be in the environment of Serve's controller,
 proxy and replicas: ``use_serve_ray_env`` puts it there before tightfit starts a local Ray, and the
 RayService pods carry it (``tightfit.kube.manifests``, the chart). A value already set wins:
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` keeps Ray's default mode."""
