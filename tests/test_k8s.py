@@ -114,7 +114,6 @@ def test_manifests_validate_against_kuberay_crds(kuberay_crd_dir: Path) -> None:
     assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
 
-
 def _pod_env(cluster_spec: dict[str, Any]) -> list[dict[str, str]]:
     pods = [cluster_spec["headGroupSpec"]] + cluster_spec["workerGroupSpecs"]
     return [{e["name"]: e.get("value", "") for e in p["template"]["spec"]["containers"][0]["env"]} for p in pods]
