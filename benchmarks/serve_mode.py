@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _common import median, spread, write_results
+from serving import SLO_MS
 
 MODES = {"default": "0", "throughput_optimized": "1"}
 VARIANT = "student-ort-int8"
-SLO_MS = 500.0
 FULL = {"rates": [40, 60, 70, 80, 90], "seconds": 20.0, "rounds": 2}
 QUICK = {"rates": [20], "seconds": 4.0, "rounds": 1}
 GROUPS = (("proxy", "ProxyActor"), ("ingress", "TightfitIngress"), ("replica", "TightfitServer"))

@@ -288,7 +288,7 @@ def summarize_ladder(runs: dict[str, dict[float, list[LoadResult]]], rounds: int
 
 
 def ladder_figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """The ratios the issue asks for, from ``summarize_ladder``'s summary."""
+    """The ratios the issue asks for, every rate's rows and the spread at the sustained rate, from a summary."""
     tf, batched, naive = summary["tightfit"], summary["batched"], summary["naive"]
     equal_rate = batched["max_sustained_rate"]
     p99_at_equal = None
@@ -300,6 +300,9 @@ def ladder_figures(summary: dict[str, Any]) -> dict[str, Any]:
         "rps_ratio_vs_naive": round(tf["rps_at_slo"] / naive["rps_at_slo"], 3) if naive["rps_at_slo"] else None,
         "p99_ratio_at_equal_load": p99_at_equal,
         "equal_load_rps": equal_rate,
+        "ladder": {name: s["by_rate"] for name, s in summary.items()},
+        "spread": {"rps_at_max_rate": {name: spread([r["achieved_rps"] for r in s["by_rate"][str(s["max_sustained_rate"])]["rounds"]])
+                                       for name, s in summary.items() if s["max_sustained_rate"] is not None}},
     }
 
 
@@ -317,9 +320,6 @@ def resummarize(path: Path) -> None:
     data.update(ladder_figures(summary))
     for name, s in summary.items():
         data["deployments"][name].update(max_sustained_rate=s["max_sustained_rate"], rps_at_slo=s["rps_at_slo"])
-    data["ladder"] = {name: s["by_rate"] for name, s in summary.items()}
-    data["spread"] = {"rps_at_max_rate": {name: spread([r["achieved_rps"] for r in s["by_rate"][str(s["max_sustained_rate"])]["rounds"]])
-                                          for name, s in summary.items() if s["max_sustained_rate"] is not None}}
     path.write_text(json.dumps(data, indent=2) + "\n")
     print({k: data[k] for k in ("rps_ratio_vs_batched", "rps_ratio_vs_naive", "p99_ratio_at_equal_load", "equal_load_rps")})
 
@@ -433,12 +433,9 @@ def main() -> None:
                                  "rss_over_budget": round(ladder["peak_rss"][d.name] / BUDGET, 4),
                                  "max_sustained_rate": summary[d.name]["max_sustained_rate"],
                                  "rps_at_slo": summary[d.name]["rps_at_slo"]} for d in deployments},
-        "ladder": {name: s["by_rate"] for name, s in summary.items()},
         "memory_heldout": {"points": memory["points"], "calibrated_on": list(protocol["calibrate"]),
                            "calibration_batches": list(protocol["calibration_batches"]),
                            "model": {k: v for k, v in model.to_dict().items() if k != "calibration_points"}},
-        "spread": {"rps_at_max_rate": {name: spread([r["achieved_rps"] for r in s["by_rate"][str(s["max_sustained_rate"])]["rounds"]])
-                                       for name, s in summary.items() if s["max_sustained_rate"] is not None}},
         "variants": [{"name": r.variant, "runtime": r.runtime, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
                       "latency_ms_b32_p95": r.latency_ms_b32_p95, "latency_ms_b32_cv": r.latency_ms_b32_cv,
                       "noise": r.noise, "disk_bytes": r.disk_bytes, "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
