@@ -10,6 +10,7 @@ from tightfit.compress import build_variant
 from tightfit.compress.variant import load_variant
 from tightfit.measure.profile import evaluate, measure_variant
 from tightfit.measure.quality import f1_macro
+from tightfit.settings import MODEL_THREAD_PREFIX
 from tightfit.spec import VariantSpec
 
 if os.environ.get("TIGHTFIT_THREADS"):
@@ -48,6 +49,8 @@ def test_measure_variant_fills_every_cpu_field(fp32_footprint, finetuned_minilm_
     assert fp.peak_rss_load_bytes >= fp.extra["rss_imports_bytes"] > 100e6
     assert fp.extra["rss_now_load_bytes"] - fp.extra["rss_now_imports_bytes"] > 60e6
     assert fp.peak_rss_serve_bytes >= fp.peak_rss_load_bytes
+    # loaded and served on a worker thread named like the replica's model thread (its malloc arena counts)
+    assert fp.extra["model_thread"].startswith(MODEL_THREAD_PREFIX)
     assert 0 < fp.latency_ms_b1_p50 <= fp.latency_ms_b1_p99
     assert fp.latency_ms_b32_p50 > fp.latency_ms_b1_p50
     assert fp.throughput_sps == pytest.approx(32_000 / fp.latency_ms_b32_p50)

@@ -28,6 +28,9 @@ LOCAL_ARTIFACT_DIR: Final = "mlartifacts"
 
 DEFAULT_IMAGE: Final = "ghcr.io/tightfit/tightfit:0.1.0-cpu"
 """The one container image of the components, Ray pods and the chart (the Dockerfile builds it)."""
+MODEL_THREAD_PREFIX: Final = "tightfit-model"
+"""Name prefix of the one thread that loads a variant and runs its forwards, in a Serve replica and in the
+profiler's fresh process alike (that thread's malloc arena is part of what a replica's memory is)."""
 
 
 def home_dir() -> Path:

@@ -8,6 +8,12 @@ RSS (VmHWM) after imports, after loading and after the batch, the current RSS at
 model's own share is ``rss_now_load - rss_now_imports``), the GPU peak where present, and whether torch
 was imported at all.
 
+The child loads and serves on one worker thread, as a replica does (``tightfit.serve.app`` runs its loads
+and forwards on a one-thread executor): glibc gives that thread its own malloc arena, so a forward there
+cannot reuse what loading freed on the main thread. A torchao int8 variant's forward grows 1.5-2x more on a
+worker thread (int8-dynamic at batch 32: 82-109 MiB against 36-84 on the main thread, 2026-11-28); bf16 and
+ONNX Runtime variants measure the same either way.
+
 The child runs this file as a script (``python -P .../memory.py VARIANT_DIR --seq-len 64 --batch 32``), so
 the measurement package's own imports (pandas, through quality scoring) do not inflate the figures.
 """
@@ -27,6 +33,7 @@ from tightfit.errors import VariantError
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.runtime.manifest import read_manifest, runtime_of
+from tightfit.settings import MODEL_THREAD_PREFIX
 
 PROBE_TEXT = "a movie review that is long enough to fill several tokens of the input"
 
@@ -58,9 +65,24 @@ def _load_runner(variant_dir: str, manifest: dict[str, Any], device: str | None,
 def _serve_once(
     variant_dir: str, seq_len: int, batch: int, compiled: bool, device: str | None, started: float | None
 ) -> dict[str, Any]:
+    """Import on the main thread, then load and serve on one worker thread (as the replica does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     manifest = read_manifest(variant_dir)
     _runtime_imports(manifest)
-    after_imports, current_imports, imported_at = peak_rss_bytes(), current_rss_bytes(), time.time()
+    imported = peak_rss_bytes(), current_rss_bytes(), time.time()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_PREFIX) as executor:
+        return executor.submit(_load_and_serve, variant_dir, manifest, seq_len, batch, compiled, device, started,
+                               imported).result()
+
+
+def _load_and_serve(
+    variant_dir: str, manifest: dict[str, Any], seq_len: int, batch: int, compiled: bool, device: str | None,
+    started: float | None, imported: tuple[int, int, float],
+) -> dict[str, Any]:
+    import threading
+
+    after_imports, current_imports, imported_at = imported
     threads = int(os.environ.get("TIGHTFIT_THREADS", "2"))
     runner = _load_runner(variant_dir, manifest, device, threads)
     after_load, current_load, loaded_at = peak_rss_bytes(), current_rss_bytes(), time.time()
@@ -82,6 +104,7 @@ def _serve_once(
         "gpu_peak_bytes": None, "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
         "rss_now_serve_bytes": current_rss_bytes(), "imported_torch": "torch" in sys.modules,
         "imported_transformers": "transformers" in sys.modules, "threads": threads, "device": str(runner.device),
+        "model_thread": threading.current_thread().name,
     }
     if cuda:
         import torch

@@ -46,7 +46,7 @@ from tightfit.serve.replica import (
     validate_request,
 )
 from tightfit.serve.schema import DEPLOYMENT_NAME, ServePlan
-from tightfit.settings import SERVE_RAY_ENV
+from tightfit.settings import MODEL_THREAD_PREFIX, SERVE_RAY_ENV
 
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
@@ -59,7 +59,7 @@ class TightfitServer:
     async def __init__(self, plan: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.plan = ServePlan.from_dict(plan)
         self.threads = max(1, int(self.plan.cpus_per_replica))
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tightfit-model")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_PREFIX)
         self.pool = MultiplexedPool(self.plan, lambda p: load_for_serving(p, self.threads), self.executor)
         self.started = time.time()
         self.batches: dict[int, int] = {}
