@@ -75,10 +75,11 @@ FULL = {"rates": [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 160, 240, 3
         # calibration on fp32 and bf16 alone cannot know; held out: int8-dynamic, the ONNX student, and fp32
         # at batches it never saw
         "calibrate": ("fp32", "bf16", "student-int8"), "calibration_batches": (1, 16, 48), "heldout_batches": (24, 40),
-        "eval_rows": 0}  # 0: the whole test split (2,551 rows; 400 rows resolve accuracy to +-2 points)
+        "eval_rows": 0,  # 0: the whole test split (2,551 rows; 400 rows resolve accuracy to +-2 points)
+        "memory_rounds": 3}  # fresh processes per variant profile, medians (as a full profile measures)
 QUICK = {"rates": [5, 20], "seconds": 4.0, "max_requests": 200, "rounds": 1,
          "chains": {"int8-dynamic": "int8_dynamic"}, "calibrate": ("fp32",), "calibration_batches": (1, 16),
-         "heldout_batches": (8,), "eval_rows": 100}
+         "heldout_batches": (8,), "eval_rows": 100, "memory_rounds": 1}
 
 
 # ------------------------------------------------------------------------------------------ variants
@@ -101,7 +102,7 @@ def build_variants(work: Path, chains: dict[str, str], data: Any) -> dict[str, P
     return dirs
 
 
-def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[Any]:
+def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int, memory_rounds: int = 1) -> list[Any]:
     """Footprints the planner reads, as a profile measures them: accuracy, latency (pinned thread,
     interleaved rounds), peak RSS loading and serving batch 32 in a fresh process, load RSS with the replica's
     loader. Every variant runs through its own runner (torch or ONNX Runtime), as its replica runs it."""
@@ -124,14 +125,17 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int) -> list[An
         record.accuracy = evaluate(variant.model, variant.tokenizer, test, "classifier", runner=runner)["accuracy"]
         inputs = {b: runner.encode([texts[i % len(texts)] for i in range(b)], max_length=64) for b in (1, 32)}
         record_timing(record, time_forward(runner.forward, inputs, QUICK_PLAN, threads=THREADS))
-        mem = measure_memory(path, seq_len=64, batch=SERVE_PROFILE_BATCH, threads=THREADS)  # as a profile does
+        mem = measure_memory(path, seq_len=64, batch=SERVE_PROFILE_BATCH, threads=THREADS,  # as a profile does
+                             rounds=memory_rounds)
         record.peak_rss_load_bytes, record.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         record.seq_len = 64
+        record.extra = {**(record.extra or {}), "rss_load_bytes_rounds": mem.get("rss_load_bytes_rounds"),
+                        "rss_serve_bytes_rounds": mem.get("rss_serve_bytes_rounds")}
         records.append(record)
         print(f"  {name}: accuracy {record.accuracy:.3f}, serving RSS {record.peak_rss_serve_bytes >> 20} MiB, "
               f"b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
               f"b32 p95 {record.latency_ms_b32_p95:.1f} ms, noise {record.noise or '-'}")
-    return with_load_rss(records)
+    return with_load_rss(records, rounds=memory_rounds)
 
 
 # ------------------------------------------------------------------------------------------ deployments
@@ -335,12 +339,14 @@ def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]
     seen = [by_name[n] for n in protocol["calibrate"]]
     points = []
     for record in seen:
-        points.extend(measure_replica(record, base_url=base, batch_sizes=protocol["calibration_batches"]))
+        points.extend(measure_replica(record, base_url=base, batch_sizes=protocol["calibration_batches"],
+                                      load_rounds=protocol["memory_rounds"]))
     model = fit_serving_model(points, source=f"calibrated on {', '.join(protocol['calibrate'])}")
     judged = []
     held_variants = [r for r in records if r.variant not in protocol["calibrate"]]
     for record in held_variants + seen[:1]:  # held-out variants, and a calibrated one at held-out batches
-        for point in measure_replica(record, base_url=base, batch_sizes=protocol["heldout_batches"]):
+        for point in measure_replica(record, base_url=base, batch_sizes=protocol["heldout_batches"],
+                                     load_rounds=protocol["memory_rounds"]):
             predicted = model.predict(point.weight_bytes, point.arch, batch=point.batch, seq_len=point.seq_len,
                                       dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes,
                                       runtime=point.runtime,  # each runtime its own coefficients
@@ -371,6 +377,37 @@ def full_capacity_probe(plan: Any, deployment: Deployment, base: str, pid: int) 
 # ------------------------------------------------------------------------------------------ main
 
 
+def main_memory(records: list[Any], protocol: dict[str, Any], *, quick: bool) -> None:
+    """``--memory-only``: the memory section of a full run alone (the same calibration and held-out
+    configurations, in a Ray of its own), written to ``serving_memory.json``."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    start_local_ray(for_serving=True, num_cpus=4)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        memory = heldout_memory_error(records, f"http://127.0.0.1:{port}", protocol)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    figures = {
+        "memory_prediction_error_heldout": memory["error"],
+        "memory_heldout": {"points": memory["points"], "calibrated_on": list(protocol["calibrate"]),
+                           "calibration_batches": list(protocol["calibration_batches"]),
+                           "model": {k: v for k, v in memory["model"].to_dict().items() if k != "calibration_points"}},
+        "variants": [{"name": r.variant, "runtime": r.runtime, "peak_rss_load_bytes": r.peak_rss_load_bytes,
+                      "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
+                      "load_rss_bytes_rounds": (r.extra or {}).get("rss_load_bytes_rounds"),
+                      "serve_rss_bytes_rounds": (r.extra or {}).get("rss_serve_bytes_rounds")} for r in records],
+    }
+    write_results("serving_memory", figures, protocol={
+        "quick": quick, "memory_rounds": protocol["memory_rounds"],
+        "serve_env": {key: os.environ.get(key) for key in SERVE_RAY_ENV},
+        "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:])})
+    print(f"memory_prediction_error_heldout: {figures['memory_prediction_error_heldout']}")
+
+
 def main() -> None:
     import ray
     import requests
@@ -382,6 +419,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced protocol: proves the script, claims nothing")
     parser.add_argument("--lean-only", action="store_true", help="only the lean-runtime section (issue 17)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the load ladder (full: 2, quick: 1)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory model's held-out judgement -> results/serving_memory.json")
     parser.add_argument("--resummarize", type=Path, default=None, metavar="RESULTS_JSON",
                         help="recompute the ladder's figures of a results file with the current rule, measure nothing")
     args = parser.parse_args()
@@ -399,7 +438,10 @@ def main() -> None:
     data = load_dataset("rotten_tomatoes", seed=0)
     print("building and measuring variants ...")
     dirs = build_variants(work, protocol["chains"], data)
-    records = measure_records(dirs, data, protocol["eval_rows"])
+    records = measure_records(dirs, data, protocol["eval_rows"], protocol["memory_rounds"])
+    if args.memory_only:
+        main_memory(records, protocol, quick=args.quick)
+        return
     texts = [t for t in data.test["text"].astype(str).tolist() if t.strip()][:400]
     port = free_port()
     start_local_ray(for_serving=True, num_cpus=4)  # logical CPUs: three deployments side by side on the machine's cores

@@ -138,6 +138,19 @@ def test_an_onnx_variant_loads_and_answers_without_torch(onnx_variants, held_out
     assert result["labels"] == here
 
 
+def test_memory_rounds_report_the_median_fresh_process_on_the_model_thread(onnx_variants):
+    """Three fresh processes: each figure is the median of the three, the per-round peaks are kept, and the
+    variant was loaded and served on the replica's model thread without importing torch."""
+    from tightfit.measure.memory import measure_memory
+    from tightfit.settings import MODEL_THREAD_PREFIX
+
+    mem = measure_memory(onnx_variants["onnx_int8_dynamic"], batch=8, rounds=3, threads=1)
+    assert mem["rounds"] == 3 and len(mem["rss_serve_bytes_rounds"]) == len(mem["rss_load_bytes_rounds"]) == 3
+    assert mem["rss_serve_bytes"] == sorted(mem["rss_serve_bytes_rounds"])[1]
+    assert mem["rss_load_bytes"] == sorted(mem["rss_load_bytes_rounds"])[1] <= mem["rss_serve_bytes"]
+    assert mem["model_thread"].startswith(MODEL_THREAD_PREFIX) and mem["imported_torch"] is False
+
+
 def test_chain_rules_for_runtime_steps():
     validate_chain(VariantSpec.parse("prune_structured:heads=0.5,ffn=0.5|prune_vocab|distill|onnx_int8_dynamic"))
     with pytest.raises(ConfigError, match="cannot be exported to ONNX"):

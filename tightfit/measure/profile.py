@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tightfit.compress.variant import load_variant
 from tightfit.footprint import SERVE_PROFILE_BATCH, Footprint
-from tightfit.measure.memory import measure_memory
+from tightfit.measure.memory import MEMORY_ROUNDS, measure_memory
 from tightfit.measure.quality import evaluate
 from tightfit.measure.runners import graph_counts
 from tightfit.measure.timing import FULL_PLAN, QUICK_PLAN, TimingPlan, TimingResult, time_rounds
@@ -245,11 +245,11 @@ def measure_variant(
             mem = measure_lm_memory(path)  # the KV cache included
         else:
             mem = measure_memory(path, seq_len=seq_len, batch=SERVE_PROFILE_BATCH, compiled=compiled and not quick,
-                                 device=dev, threads=runner.threads)
+                                 device=dev, threads=runner.threads, rounds=1 if quick else MEMORY_ROUNDS)
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes, fp.cold_start_s = mem.get("gpu_peak_bytes"), mem.get("cold_start_s")
         for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes",
-                    "imported_torch", "model_thread"):
+                    "imported_torch", "model_thread", "rounds", "rss_load_bytes_rounds", "rss_serve_bytes_rounds"):
             fp.extra[key] = mem.get(key)
     if dev == "cuda" and fp.gpu_peak_bytes is None and model is not None:
         fp.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tightfit.errors import BackendError
@@ -30,33 +32,45 @@ from tightfit.memory.serving import (
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.replica import classify, generate, load_for_serving
+from tightfit.settings import MODEL_THREAD_PREFIX
 
 CALIBRATION_APP = "tightfit-calibrate"
 
 
-def measure_load_rss(source: str, kind: str = "classifier", timeout_s: float = 300.0) -> tuple[int, int]:
+def measure_load_rss(
+    source: str, kind: str = "classifier", timeout_s: float = 300.0, rounds: int = 1
+) -> tuple[int, int]:
     """(RSS after importing torch + transformers, peak RSS after loading + a warm-up forward), in a
-    fresh plain process with the replica's own loader: what a replica holds before Ray's share."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tightfit.serve.calibrate", source, kind],
-        capture_output=True, text=True, timeout=timeout_s, check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise BackendError(f"measuring the load RSS of {source} failed: {proc.stderr.strip()[-400:]}")
-    data = json.loads(lines[-1])
-    return int(data["base"]), int(data["peak"])
+    fresh plain process with the replica's own loader on a model thread, as a replica loads: what a replica
+    holds before Ray's share. ``rounds`` > 1: the medians over that many fresh processes (one process is one
+    draw: a torchao int8 variant's load peak has two modes about 60 MiB apart)."""
+    bases, peaks = [], []
+    for _ in range(max(1, rounds)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tightfit.serve.calibrate", source, kind],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise BackendError(f"measuring the load RSS of {source} failed: {proc.stderr.strip()[-400:]}")
+        data = json.loads(lines[-1])
+        bases.append(int(data["base"]))
+        peaks.append(int(data["peak"]))
+    return int(statistics.median(bases)), int(statistics.median(peaks))
 
 
-def with_load_rss(records: Sequence[Footprint], sources: dict[str, str] | None = None) -> list[Footprint]:
+def with_load_rss(
+    records: Sequence[Footprint], sources: dict[str, str] | None = None, rounds: int = 1
+) -> list[Footprint]:
     """Records with ``extra.serving_load_rss_bytes``: the load RSS measured with the replica's own loader
-    (plus a warm-up forward), which the plan prefers to the profiler's ``peak_rss_load_bytes``."""
+    (plus a warm-up forward; the median of ``rounds`` fresh processes), which the plan prefers to the
+    profiler's ``peak_rss_load_bytes``."""
     out = []
     for record in records:
         source = (sources or {}).get(record.variant) or source_of(record)
         if record.ok and source and not (record.extra or {}).get("serving_load_rss_bytes"):
             extra = dict(record.extra or {})
-            extra["serving_load_rss_bytes"] = measure_load_rss(source, record.kind)[1]
+            extra["serving_load_rss_bytes"] = measure_load_rss(source, record.kind, rounds=rounds)[1]
             record = dataclasses.replace(record, extra=extra)
         out.append(record)
     return out
@@ -96,9 +110,11 @@ def measure_replica(
     batch_sizes: Sequence[int] = (1, 16, 48),
     max_tokens: int = 64,
     new_tokens: int = 16,
+    load_rounds: int = 1,
 ) -> list[CalibrationPoint]:
     """Serve ``record``'s variant in a fresh replica (Serve must be running) and measure its peaks:
-    classifiers through ``/v1/classify``, causal LMs through ``/v1/generate`` with ``new_tokens`` each."""
+    classifiers through ``/v1/classify``, causal LMs through ``/v1/generate`` with ``new_tokens`` each. The
+    load RSS beside it: the median of ``load_rounds`` fresh plain processes (``measure_load_rss``)."""
     import requests
     from ray import serve
 
@@ -116,7 +132,7 @@ def measure_replica(
     serve.run(build_app(plan), name=CALIBRATION_APP, route_prefix="/calibrate")
     try:
         idle = _wait_json(f"{base_url}/calibrate/v1/stats")
-        process_base, load_rss = measure_load_rss(plan.primary.source, plan.primary.kind)
+        process_base, load_rss = measure_load_rss(plan.primary.source, plan.primary.kind, rounds=load_rounds)
         text = text_of_tokens(plan.primary.source, max_tokens)
         arch = ArchInfo.from_dir(plan.primary.source, kind=plan.primary.kind)
         points = []
@@ -156,12 +172,14 @@ def calibrate_serving_memory(
     batch_sizes: Sequence[int] = (1, 16, 48),
     max_tokens: int = 64,
     new_tokens: int = 16,
+    load_rounds: int = 1,
 ) -> ServingMemoryModel:
     """Measure each variant in a fresh replica and fit the serving memory model to all the points."""
     points: list[CalibrationPoint] = []
     for record in records:
         points.extend(measure_replica(
             record, base_url=base_url, batch_sizes=batch_sizes, max_tokens=max_tokens, new_tokens=new_tokens,
+            load_rounds=load_rounds,
         ))
     return fit_serving_model(points, source=f"calibrated on {', '.join(r.variant for r in records)}")
 
@@ -181,11 +199,16 @@ def _measure_here(source: str, kind: str) -> None:
 
     base = psutil.Process().memory_info().rss
     plan = plan_serving([record], 64 * 2**30, ServeOptions(pool_size=1))
-    loaded = load_for_serving(plan.primary, 1)
-    if kind == "causal_lm":
-        generate(loaded, ["Hello"], 1)
-    else:
-        classify(loaded, ["warm up"])
+
+    def load_and_warm() -> None:
+        loaded = load_for_serving(plan.primary, 1)
+        if kind == "causal_lm":
+            generate(loaded, ["Hello"], 1)
+        else:
+            classify(loaded, ["warm up"])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_PREFIX) as executor:
+        executor.submit(load_and_warm).result()  # where a replica loads and serves (its malloc arena counts)
     peak = peak_rss()  # VmHWM: ru_maxrss would carry the forking parent's peak over exec
     print(json.dumps({"base": base, "peak": peak}))
 
