@@ -31,6 +31,11 @@ DEFAULT_IMAGE: Final = "ghcr.io/tightfit/tightfit:0.1.0-cpu"
 MODEL_THREAD_PREFIX: Final = "tightfit-model"
 """Name prefix of the one thread that loads a variant and runs its forwards, in a Serve replica and in the
 profiler's fresh process alike (that thread's malloc arena is part of what a replica's memory is)."""
+MEMORY_ROUNDS: Final = 3
+"""Fresh processes a variant's memory figures are the medians of, where a serving plan books from them (a full
+profile, ``tightfit serve --measure``, calibration). One fresh process is one draw: a torchao int8 variant's
+load peak falls in one of two modes about 60 MiB apart (int8-dynamic MiniLM: 516-531 or 575-610 MiB,
+2026-11-28)."""
 
 
 def home_dir() -> Path:

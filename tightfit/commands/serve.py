@@ -67,8 +67,8 @@ def register(app: typer.Typer) -> None:
             variant=None if (footprints or from_mlflow) else variant, tracking_uri=tracking_uri,
         )
         if measure:
-            from tightfit.measure.memory import MEMORY_ROUNDS
             from tightfit.serve.calibrate import with_load_rss
+            from tightfit.settings import MEMORY_ROUNDS
 
             records = with_load_rss(records, rounds=MEMORY_ROUNDS)
         model = ServingMemoryModel.load(calibration) if calibration else ServingMemoryModel()

@@ -114,10 +114,6 @@ def _load_and_serve(
     return out
 
 
-MEMORY_ROUNDS = 3
-"""Fresh processes a full profile measures a variant's memory in (the record holds their medians). One fresh
-process is one draw: a torchao int8 variant's load peak falls in one of two modes about 60 MiB apart
-(int8-dynamic MiniLM: 516-531 or 575-610 MiB, 2026-11-28), and the serving plan books from these figures."""
 MEDIAN_KEYS = ("cold_start_s", "rss_imports_bytes", "rss_load_bytes", "rss_serve_bytes", "rss_now_imports_bytes",
                "rss_now_load_bytes", "rss_now_serve_bytes", "gpu_peak_bytes")
 

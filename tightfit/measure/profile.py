@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from tightfit.compress.variant import load_variant
 from tightfit.footprint import SERVE_PROFILE_BATCH, Footprint
-from tightfit.measure.memory import MEMORY_ROUNDS, measure_memory
+from tightfit.measure.memory import measure_memory
 from tightfit.measure.quality import evaluate
 from tightfit.measure.runners import graph_counts
 from tightfit.measure.timing import FULL_PLAN, QUICK_PLAN, TimingPlan, TimingResult, time_rounds
+from tightfit.settings import MEMORY_ROUNDS
 
 if TYPE_CHECKING:
     from tightfit.data import DatasetSplits

@@ -32,7 +32,7 @@ from tightfit.memory.serving import (
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.serve.plan import ServeOptions, plan_serving
 from tightfit.serve.replica import classify, generate, load_for_serving
-from tightfit.settings import MODEL_THREAD_PREFIX
+from tightfit.settings import MEMORY_ROUNDS, MODEL_THREAD_PREFIX
 
 CALIBRATION_APP = "tightfit-calibrate"
 
@@ -172,9 +172,10 @@ def calibrate_serving_memory(
     batch_sizes: Sequence[int] = (1, 16, 48),
     max_tokens: int = 64,
     new_tokens: int = 16,
-    load_rounds: int = 1,
+    load_rounds: int = MEMORY_ROUNDS,
 ) -> ServingMemoryModel:
-    """Measure each variant in a fresh replica and fit the serving memory model to all the points."""
+    """Measure each variant in a fresh replica and fit the serving memory model to all the points (each
+    variant's load RSS: the median of ``load_rounds`` fresh plain processes)."""
     points: list[CalibrationPoint] = []
     for record in records:
         points.extend(measure_replica(
