@@ -2,16 +2,8 @@
 
 Runs inside every Ray Train worker (``train_loop_per_worker``). Deterministic for a seed: the head is
 initialised from the seed, dropout is reseeded per (epoch, rank), Ray Data keeps the shard order
-(``preserve_order``) and the shuffle is seeded per epoch, so a run resumed from an epoch checkpoint
-reproduces an unbroken run.
-
-Ingest: a split Ray Data tokenized and cached (``tightfit.train.support.ray_dataset``, one that fits the
-object store) is read from the worker's shard once, in shard order, and held as tensors (about 1 KiB a row
-at 64 tokens); each epoch then draws its micro-batches through a seeded permutation of it, as a
-``DistributedSampler`` over in-memory tensors does. Streaming the same rows through ``iter_torch_batches``
-every epoch costs Ray Data's per-batch work on the training cores and keeps its split coordinator busy; on a
-node whose cores are all training workers that work comes out of the training. A streamed (uncached)
-split is still read through ``iter_torch_batches`` with a seeded local shuffle. Every rank reports its own figures (samples/s, peak memory) each epoch.
+(``preserve_order``) and the local shuffle is seeded per epoch, so a run resumed from an epoch checkpoint
+reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
 Training stops early once validation stops improving (``tightfit.train.stopping``); the model each
 checkpoint delivers is the best epoch's.
 """
@@ -63,32 +55,6 @@ def _trimmed(batch: dict[str, Any]) -> tuple[Any, Any]:
     mask = batch["attention_mask"]
     longest = max(1, int(mask.sum(dim=1).max()))
     return batch["input_ids"][:, :longest], mask[:, :longest]
-
-
-HOLD_READ_BATCH = 1024
-"""Rows per batch when a worker reads its cached shard into memory once."""
-
-
-def _hold_shard(shard: Any) -> dict[str, Any]:
-    """The worker's whole shard as CPU tensors, in shard order (read once from Ray Data)."""
-    import torch
-
-    parts: dict[str, list[Any]] = {}
-    for batch in shard.iter_torch_batches(batch_size=HOLD_READ_BATCH, device="cpu"):
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value)
-    return {key: torch.cat(values) for key, values in parts.items()}
-
-
-def _held_batches(held: dict[str, Any], micro_batch: int, seed: int, device: Any) -> Any:
-    """Micro-batches of a held shard in a permutation seeded by ``seed`` (the last one may be short)."""
-    import torch
-
-    rows = len(held["labels"])
-    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-    for start in range(0, rows, micro_batch):
-        index = order[start : start + micro_batch]
-        yield {key: value[index].to(device) for key, value in held.items()}
 
 
 def _autocast(precision: str, device: Any) -> Any:
@@ -169,7 +135,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
-    held = _hold_shard(train_shard) if cfg.get("hold_train_shard") else None
     run_start = time.perf_counter()
     for epoch in range(start_epoch, int(cfg["epochs"])):
         if stopper.should_stop:  # resumed after the stopping epoch's checkpoint: nothing left to train
@@ -178,15 +143,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         model.train()
         epoch_start = time.perf_counter()
         seen, loss_sum, batches, micro_step = 0, 0.0, 0, 0
-        if held is not None:
-            batches_iter = _held_batches(held, micro_batch, int(cfg["seed"]) + epoch, device)
-        else:
-            batches_iter = train_shard.iter_torch_batches(
-                batch_size=micro_batch,
-                local_shuffle_buffer_size=4 * micro_batch,
-                local_shuffle_seed=int(cfg["seed"]) + epoch,
-                device=device,
-            )
+        batches_iter = train_shard.iter_torch_batches(
+            batch_size=micro_batch,
+            local_shuffle_buffer_size=4 * micro_batch,
+            local_shuffle_seed=int(cfg["seed"]) + epoch,
+            device=device,
+        )
         for batch in batches_iter:
             micro_step += 1
             last_of_group = micro_step % accumulation == 0

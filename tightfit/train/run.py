@@ -164,14 +164,9 @@ def build_trainer(
     """The ``TorchTrainer``: the worker loop's settings, Ray Data ingest, checkpoints, restarts, MLflow."""
     import ray.train
     from ray.data import DataContext, ExecutionOptions
-    from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().execution_options.preserve_order = True
-    datasets = {
-        "train": ray_dataset(data.train, str(model_path), config.max_length),
-        "validation": ray_dataset(data.validation, str(model_path), config.max_length),
-    }
     loop_config = {
         "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
         "label_names": list(data.label_names),
@@ -182,8 +177,6 @@ def build_trainer(
         "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
         "temperature": config.temperature, "alpha": config.alpha, "predicted_peak_bytes": plan.predicted_peak_bytes,
         "patience": config.patience, "monitor": config.monitor, "min_delta": config.min_delta,
-        # a cached split is held by each worker as tensors (tightfit.train.loop); a streamed one streams
-        "hold_train_shard": isinstance(datasets["train"], MaterializedDataset),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -191,7 +184,10 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker},
         ),
-        datasets=datasets,
+        datasets={
+            "train": ray_dataset(data.train, str(model_path), config.max_length),
+            "validation": ray_dataset(data.validation, str(model_path), config.max_length),
+        },
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=ray.train.RunConfig(
             name=paths.run_name,
