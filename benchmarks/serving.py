@@ -28,7 +28,9 @@ within the SLO; the highest sustained rate ends the unbroken run from the lowest
 - ``memory_prediction_error_heldout``: the memory model calibrated on some variants and batch sizes (one per
   torch precision family: fp32, bf16, the int8 student), judged on configurations it never saw (held-out
   variants: torchao int8-dynamic and the ONNX student; held-out batch sizes): |measured replica peak - the
-  model's own prediction| / measured, the worst held-out point (goal <= 0.10);
+  model's own prediction| / measured, the worst held-out point (goal <= 0.10). Each variant's memory figures
+  (profile, replica-loader load RSS) are medians of ``memory_rounds`` fresh processes (3), as a full profile
+  takes them; ``--memory-only`` runs this section alone and writes ``serving_memory.json``;
 - ``oom_kills`` (replica restarts) and ``max_rss_over_budget`` (tightfit's sampled peak RSS / budget, after a
   full-capacity probe).
 ``--quick`` is the reduced protocol that proves the script (2 variants, 2 rates, 1 round); it claims nothing.
