@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.errors import VariantError
-from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.memory.rss import current_rss_bytes, median_figures, peak_rss_bytes
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.runtime.manifest import read_manifest, runtime_of
 from tightfit.settings import MODEL_THREAD_PREFIX
@@ -129,10 +128,8 @@ def measure_memory(
                              timeout_s=timeout_s, threads=threads) for _ in range(max(1, rounds))]
     out = dict(records[-1])
     if len(records) > 1:
-        for key in MEDIAN_KEYS:  # per-round serve >= load, so the medians keep that order too
-            values = [r[key] for r in records if r.get(key) is not None]
-            if values:
-                out[key] = round(statistics.median(values), 4) if key == "cold_start_s" else int(statistics.median(values))
+        for key, value in median_figures(records, MEDIAN_KEYS).items():
+            out[key] = round(value, 4) if key == "cold_start_s" else int(value)
         out["rss_load_bytes_rounds"] = [r["rss_load_bytes"] for r in records]
         out["rss_serve_bytes_rounds"] = [r["rss_serve_bytes"] for r in records]
     out["rounds"] = len(records)

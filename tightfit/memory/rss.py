@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def peak_rss_bytes() -> int:
@@ -31,3 +33,16 @@ def current_rss_bytes() -> int:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
+
+
+def median_figures(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """The median of each of ``keys`` over fresh-process records that hold it (one process is one draw of a
+    peak; per-round serve >= load keeps that order in the medians too)."""
+    import statistics  # here: a lean replica imports this module and never needs it
+
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from tightfit.errors import BackendError
 from tightfit.footprint import Footprint
 from tightfit.memory.replica import footprint_for_source, source_of
+from tightfit.memory.rss import median_figures
 from tightfit.memory.rss import peak_rss_bytes as peak_rss
 from tightfit.memory.serving import (
     ArchInfo,
@@ -44,7 +44,7 @@ def measure_load_rss(
     fresh plain process with the replica's own loader on a model thread, as a replica loads: what a replica
     holds before Ray's share. ``rounds`` > 1: the medians over that many fresh processes (one process is one
     draw: a torchao int8 variant's load peak has two modes about 60 MiB apart)."""
-    bases, peaks = [], []
+    records = []
     for _ in range(max(1, rounds)):
         proc = subprocess.run(
             [sys.executable, "-m", "tightfit.serve.calibrate", source, kind],
@@ -53,10 +53,9 @@ def measure_load_rss(
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             raise BackendError(f"measuring the load RSS of {source} failed: {proc.stderr.strip()[-400:]}")
-        data = json.loads(lines[-1])
-        bases.append(int(data["base"]))
-        peaks.append(int(data["peak"]))
-    return int(statistics.median(bases)), int(statistics.median(peaks))
+        records.append(json.loads(lines[-1]))
+    medians = median_figures(records, ("base", "peak"))
+    return int(medians["base"]), int(medians["peak"])
 
 
 def with_load_rss(
