@@ -3,8 +3,10 @@ benchmarks/results/serve_mode.json.
 
 tightfit runs Serve with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (``tightfit.settings.SERVE_RAY_ENV``). The mode
 is read when Ray's processes start, so each side runs in its own fresh process with its own local Ray, the
-two modes alternating (``rounds`` times, the order flipped every round). Each side plans the same variant
-(the ONNX Runtime int8 student of ``serving.py``, 800 MiB, 1 CPU), warms up, then takes open-loop Poisson
+two modes alternating (``rounds`` times, the order flipped every round). The parent measures the variant (the
+ONNX Runtime int8 student of ``serving.py``) once, before any side runs, and hands every side the same record,
+so both modes plan and serve one identical plan (800 MiB, 1 CPU; until 2026-11-28 each side measured and
+planned on its own, and one round's default side planned batch 32 against 48). Each side warms up, then takes open-loop Poisson
 load at fixed rates (``_load.run_open_loop``), and reads the CPU time of every process of its Ray from
 /proc before and after each rate (psutil), grouped as proxy, ingress, model replica, client and the rest.
 Figures per mode and rate (medians over rounds): achieved rps, p99, CPU ms per answered request (whole
@@ -20,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,21 +70,33 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
     return out
 
 
-def child(rates: list[int], seconds: float, eval_rows: int) -> dict[str, Any]:
-    """One mode (from the environment): plan the variant, serve it, load it at each rate, read the CPU."""
-    from _load import run_open_loop
-    from ray import serve
-    from serving import deploy_tightfit, measure_records
+def measure_variant(eval_rows: int, out: Path) -> None:
+    """Measure the variant once (as ``serving.py`` does) and save its record for every side to plan from."""
+    from serving import measure_records
 
     from tightfit.data import load_dataset
-    from tightfit.settings import cache_dir, start_local_ray
-    from tightfit.track.server import free_port
+    from tightfit.footprint import save_footprints
+    from tightfit.settings import cache_dir
 
     path = cache_dir("bench-serving") / VARIANT
     if not (path / "manifest.json").exists():
         raise SystemExit(f"{path} is missing: run `python benchmarks/serving.py` first (it builds {VARIANT})")
+    save_footprints(out, measure_records({VARIANT: path}, load_dataset("rotten_tomatoes", seed=0), eval_rows))
+
+
+def child(rates: list[int], seconds: float, records_path: Path) -> dict[str, Any]:
+    """One mode (from the environment): plan the measured variant, serve it, load it at each rate, read the CPU."""
+    from _load import run_open_loop
+    from ray import serve
+    from serving import deploy_tightfit
+
+    from tightfit.data import load_dataset
+    from tightfit.footprint import load_footprints
+    from tightfit.settings import start_local_ray
+    from tightfit.track.server import free_port
+
+    records = load_footprints(records_path)
     data = load_dataset("rotten_tomatoes", seed=0)
-    records = measure_records({VARIANT: path}, data, eval_rows)
     texts = [t for t in data.test["text"].astype(str).tolist() if t.strip()][:400]
     bodies = [{"text": t} for t in texts]
     port = free_port()
@@ -121,19 +136,22 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rates", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--eval-rows", type=int, default=200, help=argparse.SUPPRESS)
+    parser.add_argument("--records", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child([int(r) for r in args.rates.split(",")], args.seconds, args.eval_rows)))
+        print(json.dumps(child([int(r) for r in args.rates.split(",")], args.seconds, args.records)))
         return
     protocol = dict(QUICK if args.quick else FULL)
+    records_path = Path(tempfile.mkdtemp(prefix="serve-mode-")) / "records.json"
+    print("measuring the variant once for both modes ...", flush=True)
+    measure_variant(100 if args.quick else 200, records_path)
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for round_no in range(protocol["rounds"]):
         order = list(MODES) if round_no % 2 == 0 else list(reversed(MODES))
         for mode in order:
             env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": MODES[mode]}
             cmd = [sys.executable, __file__, "--child", "--rates", ",".join(map(str, protocol["rates"])),
-                   "--seconds", str(protocol["seconds"]), "--eval-rows", "100" if args.quick else "200"]
+                   "--seconds", str(protocol["seconds"]), "--records", str(records_path)]
             print(f"round {round_no + 1}: {mode} ...", flush=True)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -161,8 +179,8 @@ def main() -> None:
             if not by_rate[str(rate)]["sustained_every_round"]:
                 break
             held = rate
-        summary[mode] = {"max_sustained_rate": held, "by_rate": by_rate,
-                         "plan": sides[0]["plan"]}
+        summary[mode] = {"max_sustained_rate": held, "by_rate": by_rate, "plan": sides[0]["plan"],
+                         "plans": [s["plan"] for s in sides]}  # every round's, the same record behind each
     low = str(protocol["rates"][0])
     ratio = summary["throughput_optimized"]["by_rate"][low]["cpu_ms_per_request"] / summary["default"]["by_rate"][low]["cpu_ms_per_request"]
     figures = {"cpu_per_request_ratio": round(ratio, 3), "cpu_per_request_rate": int(low),
