@@ -132,7 +132,10 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int, memory_rou
         record.peak_rss_load_bytes, record.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         record.seq_len = 64
         record.extra = {**(record.extra or {}), "rss_load_bytes_rounds": mem.get("rss_load_bytes_rounds"),
-                        "rss_serve_bytes_rounds": mem.get("rss_serve_bytes_rounds")}
+                        "rss_serve_bytes_rounds": mem.get("rss_serve_bytes_rounds"),
+                        # settled and the forward's own peak, as a profile records them
+                        "rss_now_load_bytes": mem.get("rss_now_load_bytes"),
+                        "rss_forward_peak_bytes": mem.get("rss_forward_peak_bytes")}
         records.append(record)
         print(f"  {name}: accuracy {record.accuracy:.3f}, serving RSS {record.peak_rss_serve_bytes >> 20} MiB, "
               f"b1 p95 {record.latency_ms_b1_p95:.1f} ms, "
@@ -352,12 +355,15 @@ def heldout_memory_error(records: list[Any], base: str, protocol: dict[str, Any]
             predicted = model.predict(point.weight_bytes, point.arch, batch=point.batch, seq_len=point.seq_len,
                                       dtype_bytes=point.dtype_bytes, load_rss_bytes=point.load_rss_bytes,
                                       runtime=point.runtime,  # each runtime its own coefficients
-                                      measured=measured_forward_of(record)).total  # the variant's own profile
-            error = prediction_error(predicted, point.peak_rss_bytes)
+                                      measured=measured_forward_of(record),  # the variant's own profile
+                                      settled_rss_bytes=point.settled_rss_bytes).total
+            measured = point.replica_peak_bytes  # the replica's peak so far: loading's or this batch's
+            error = prediction_error(predicted, measured)
             judged.append({"variant": record.variant, "batch": point.batch, "held_out_variant": record in held_variants,
-                           "measured_peak_bytes": point.peak_rss_bytes, "predicted_peak_bytes": predicted,
+                           "measured_peak_bytes": measured, "predicted_peak_bytes": predicted,
+                           "serving_peak_bytes": point.peak_rss_bytes, "loading_peak_bytes": point.replica_load_peak_bytes,
                            "error": round(error, 4)})
-            print(f"  held out: {record.variant} at batch {point.batch}: measured {point.peak_rss_bytes >> 20} MiB, "
+            print(f"  held out: {record.variant} at batch {point.batch}: measured {measured >> 20} MiB, "
                   f"predicted {predicted >> 20} MiB, error {error:.3f}")
     return {"model": model, "points": judged, "error": max(p["error"] for p in judged)}
 
@@ -400,6 +406,9 @@ def main_memory(records: list[Any], protocol: dict[str, Any], *, quick: bool) ->
                            "model": {k: v for k, v in memory["model"].to_dict().items() if k != "calibration_points"}},
         "variants": [{"name": r.variant, "runtime": r.runtime, "peak_rss_load_bytes": r.peak_rss_load_bytes,
                       "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
+                      "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes"),
+                      "settled_rss_bytes": (r.extra or {}).get("serving_settled_rss_bytes"),
+                      "profile_settled_rss_bytes": (r.extra or {}).get("rss_now_load_bytes"),
                       "load_rss_bytes_rounds": (r.extra or {}).get("rss_load_bytes_rounds"),
                       "serve_rss_bytes_rounds": (r.extra or {}).get("rss_serve_bytes_rounds")} for r in records],
     }
@@ -483,7 +492,8 @@ def main() -> None:
         "variants": [{"name": r.variant, "runtime": r.runtime, "accuracy": r.accuracy, "latency_ms_b1_p95": r.latency_ms_b1_p95,
                       "latency_ms_b32_p95": r.latency_ms_b32_p95, "latency_ms_b32_cv": r.latency_ms_b32_cv,
                       "noise": r.noise, "disk_bytes": r.disk_bytes, "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
-                      "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes")} for r in records],
+                      "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes"),
+                      "settled_rss_bytes": (r.extra or {}).get("serving_settled_rss_bytes")} for r in records],
     }
     load = {k: protocol[k] for k in ("rates", "seconds", "max_requests", "rounds")}
     protocol_out = {"quick": args.quick, **load, "client": "open-loop Poisson (aiohttp)",

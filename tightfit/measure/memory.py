@@ -8,6 +8,13 @@ RSS (VmHWM) after imports, after loading and after the batch, the current RSS at
 model's own share is ``rss_now_load - rss_now_imports``), the GPU peak where present, and whether torch
 was imported at all.
 
+Loading ends as a replica's does: what loading freed goes back to the OS (``trim_heap``), so the settled
+RSS (``rss_now_load_bytes``) is what a replica's idle memory sits on. The peak is then reset, so the
+forward's own peak is read apart (``rss_forward_peak_bytes``) as well as the process's peak over all
+(``rss_serve_bytes``, loading's where that was higher): a variant rebuilt by quantizing a float skeleton
+peaks while loading, and that peak hid its forward (torchao int8-dynamic MiniLM: load peak 603-618 MiB,
+settled 458 MiB once trimmed, 2026-11-28).
+
 The child loads and serves on one worker thread, as a replica does (``tightfit.serve.app`` runs its loads
 and forwards on a one-thread executor): glibc gives that thread its own malloc arena, so a forward there
 cannot reuse what loading freed on the main thread. A torchao int8 variant's forward grows 1.5-2x more on a
@@ -30,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.errors import VariantError
-from tightfit.memory.rss import current_rss_bytes, median_figures, peak_rss_bytes
+from tightfit.memory.rss import current_rss_bytes, median_figures, peak_rss_bytes, reset_peak_rss, trim_heap
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.runtime.manifest import read_manifest, runtime_of
 from tightfit.settings import MODEL_THREAD_PREFIX
@@ -85,7 +92,9 @@ def _load_and_serve(
     after_imports, current_imports, imported_at = imported
     threads = int(os.environ.get("TIGHTFIT_THREADS", "2"))
     runner = _load_runner(variant_dir, manifest, device, threads)
-    after_load, current_load, loaded_at = peak_rss_bytes(), current_rss_bytes(), time.time()
+    after_load, loaded_at = peak_rss_bytes(), time.time()
+    trim_heap()  # as a replica's loader ends
+    current_load, reset = current_rss_bytes(), reset_peak_rss()
     if not compiled and getattr(runner, "compiled", False):
         runner.run_eager()  # the quick protocol measures a compiled variant eager
     cuda = str(runner.device).startswith("cuda") and runner.runtime == "torch"
@@ -96,11 +105,13 @@ def _load_and_serve(
     runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT], max_length=seq_len)))
     first_answer = time.time()
     runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT] * batch, max_length=seq_len)))
+    forward_peak = peak_rss_bytes()
     out: dict[str, Any] = {
         "runtime": runner.runtime, "cold_start_s": round(first_answer - started, 4) if started else None,
         "cold_start_parts_s": {"imports": round(imported_at - started, 4), "load": round(loaded_at - imported_at, 4),
                                "first_answer": round(first_answer - loaded_at, 4)} if started else None,
-        "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": peak_rss_bytes(),
+        "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": max(after_load, forward_peak),
+        "rss_forward_peak_bytes": forward_peak if reset else None,
         "gpu_peak_bytes": None, "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
         "rss_now_serve_bytes": current_rss_bytes(), "imported_torch": "torch" in sys.modules,
         "imported_transformers": "transformers" in sys.modules, "threads": threads, "device": str(runner.device),
@@ -114,7 +125,7 @@ def _load_and_serve(
 
 
 MEDIAN_KEYS = ("cold_start_s", "rss_imports_bytes", "rss_load_bytes", "rss_serve_bytes", "rss_now_imports_bytes",
-               "rss_now_load_bytes", "rss_now_serve_bytes", "gpu_peak_bytes")
+               "rss_now_load_bytes", "rss_now_serve_bytes", "gpu_peak_bytes", "rss_forward_peak_bytes")
 
 
 def measure_memory(

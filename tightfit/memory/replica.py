@@ -29,12 +29,23 @@ class Candidate:
     weight_bytes: int
     load_rss_bytes: int | None = None
     measured: MeasuredForward | None = None
+    settled_rss_bytes: int | None = None
 
 
 def load_rss_of(record: Footprint) -> int | None:
     """The variant's load RSS measured in a fresh process (profiler's figure, else serving's own)."""
     extra = record.extra or {}
     value = extra.get("serving_load_rss_bytes") or record.peak_rss_load_bytes
+    return int(value) if value else None
+
+
+def settled_rss_of(record: Footprint) -> int | None:
+    """The RSS once loading was over, from the same fresh process as ``load_rss_of``'s peak (the replica
+    loader's, after its warm-up forward; else the profiler's, trimmed, before its first forward); None where
+    that process did not record it (the model then books the load peak for both, see ``ServingMemoryModel``)."""
+    extra = record.extra or {}
+    key = "serving_settled_rss_bytes" if extra.get("serving_load_rss_bytes") else "rss_now_load_bytes"
+    value = extra.get(key)
     return int(value) if value else None
 
 
@@ -45,9 +56,12 @@ def measured_forward_of(record: Footprint) -> MeasuredForward | None:
     if record.kind != "classifier" or not (record.peak_rss_load_bytes and record.peak_rss_serve_bytes
                                            and record.seq_len):
         return None
+    extra = record.extra or {}  # the profiler's own process, like both peaks
+    settled, forward = extra.get("rss_now_load_bytes"), extra.get("rss_forward_peak_bytes")
     return MeasuredForward(load_rss_bytes=int(record.peak_rss_load_bytes),
                            serve_rss_bytes=int(record.peak_rss_serve_bytes), batch=SERVE_PROFILE_BATCH,
-                           seq_len=int(record.seq_len))
+                           seq_len=int(record.seq_len), settled_rss_bytes=int(settled) if settled else None,
+                           forward_peak_bytes=int(forward) if forward else None)
 
 
 def weight_bytes_of(record: Footprint) -> int | None:
@@ -94,7 +108,8 @@ def resolve_candidates(
             rejected[record.variant] = str(exc)
             continue
         out.append(Candidate(record=record, source=source, arch=arch, weight_bytes=weights,
-                             load_rss_bytes=load_rss_of(record), measured=measured_forward_of(record)))
+                             load_rss_bytes=load_rss_of(record), measured=measured_forward_of(record),
+                             settled_rss_bytes=settled_rss_of(record)))
     return out, rejected
 
 
@@ -142,6 +157,6 @@ def replica_need_bytes(
     peak = (model or ServingMemoryModel()).predict(
         weights, arch, batch=1, seq_len=tokens, dtype_bytes=activation_dtype_bytes(record.chain),
         new_tokens=max_new_tokens if arch.kind == "causal_lm" else 0, load_rss_bytes=load_rss_of(record),
-        runtime=record.runtime, measured=measured_forward_of(record),
+        runtime=record.runtime, measured=measured_forward_of(record), settled_rss_bytes=settled_rss_of(record),
     ).total
     return math.ceil(peak / (1 - headroom)) + 1  # the planner floors budget x (1 - headroom)

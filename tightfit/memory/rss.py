@@ -35,6 +35,27 @@ def current_rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc), so RSS follows the live set down after a big batch."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak (VmHWM) to its RSS now, so the next peak read is what follows alone (Linux's
+    ``/proc/self/clear_refs``, value 5). False where the kernel does not offer it: the peak then keeps
+    everything since the program started."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def median_figures(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
     """The median of each of ``keys`` over fresh-process records that hold it (one process is one draw of a
     peak; per-round serve >= load keeps that order in the medians too)."""

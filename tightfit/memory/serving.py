@@ -1,11 +1,20 @@
 """The serving memory model: how much memory one Ray Serve replica needs to serve a variant.
 
-predicted peak = replica overhead (the Ray worker, Serve, FastAPI)
-               + first-forward bytes (what the first request adds whatever its batch: kernel caches)
-               + the variant's load RSS (runtime: Python + its runtime's libraries, torch + transformers or
-                 ONNX Runtime + tokenizers, and the resident weights; the profiler measures it in a fresh
-                 process, ``Footprint.peak_rss_load_bytes``)
-               + activations(batch, seq_len) (+ the KV cache for causal LMs)
+A replica's peak is the larger of two moments:
+
+serving: replica overhead (the Ray worker, Serve, FastAPI)
+         + the variant's settled RSS (runtime: Python + its runtime's libraries, torch + transformers or
+           ONNX Runtime + tokenizers, and the resident weights, once loading is over; the replica loader
+           measures it in a fresh process, ``extra.serving_settled_rss_bytes``)
+         + first-forward bytes (what a batch adds over a warmed-up idle replica whatever its size)
+         + activations(batch, seq_len) (+ the KV cache for causal LMs)
+loading: load overhead (what the replica holds beside it while loading) + the variant's load peak (``Footprint.peak_rss_load_bytes`` or the replica
+         loader's ``extra.serving_load_rss_bytes``): a variant rebuilt by quantizing a float skeleton holds
+         both copies for a moment (torchao int8-dynamic MiniLM: load peak 600-630 MiB, settled 515 MiB).
+
+Adding the load peak to the activations booked that transient twice: the memory loading frees is what the
+activations reuse (int8-dynamic at batch 24 was booked 720 MiB against a replica peak of 646-680, 2026-11-28).
+Where no settled RSS was measured the load peak stands in for it (the sum, as before).
 
 Where the profiler measured a variant serving a batch in that fresh process (``MeasuredForward``) and its
 forward cost more than the calibrated terms book, the activations follow that measurement instead, scaled
@@ -133,22 +142,30 @@ def kv_cache_bytes(arch: ArchInfo, sequences: int, tokens_per_sequence: int, dty
 
 @dataclass(frozen=True)
 class MeasuredForward:
-    """One fresh plain process's figures for a variant (the profiler's): RSS after loading, and the peak
-    after serving ``batch`` sequences of ``seq_len`` tokens. Their difference is the variant's own forward."""
+    """One fresh plain process's figures for a variant (the profiler's): the peak RSS after loading, the peak
+    after serving ``batch`` sequences of ``seq_len`` tokens, and where recorded the RSS once loading was over
+    and trimmed (``settled_rss_bytes``) and the forward's own peak (``forward_peak_bytes``, read after
+    resetting the peak). The forward's peak over the settled RSS is the variant's own forward; without them,
+    the serve peak over the load peak (a load transient then hides part of it)."""
 
     load_rss_bytes: int
     serve_rss_bytes: int
     batch: int
     seq_len: int
+    settled_rss_bytes: int | None = None
+    forward_peak_bytes: int | None = None
 
     @property
     def growth_bytes(self) -> int:
+        if self.settled_rss_bytes and self.forward_peak_bytes:
+            return self.forward_peak_bytes - self.settled_rss_bytes
         return self.serve_rss_bytes - self.load_rss_bytes
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted replica peak and its parts, in bytes."""
+    """A predicted replica peak and its parts, in bytes. Where loading peaks above serving (a load transient),
+    ``runtime`` carries the difference, so the parts still sum to the peak."""
 
     runtime: int
     weights: int
@@ -163,7 +180,8 @@ class Prediction:
         return {**asdict(self), "total": self.total}
 
 
-COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale", "first_forward_bytes")
+COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "activation_scale", "first_forward_bytes",
+                "load_overhead_bytes")
 # ONNX Runtime defaults, measured 2026-11-26 on the 2-core reference CPU (fresh processes, int8 MiniLM and
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
 # activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
@@ -174,18 +192,19 @@ COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "act
 # The first forward of an ORT replica adds about 1 MiB over its idle RSS whatever its batch (its arena grows
 # with the batch, covered by the activation scale).
 ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
-                                  "replica_overhead_bytes": 102 * 2**20, "first_forward_bytes": 0}
+                                  "replica_overhead_bytes": 102 * 2**20, "first_forward_bytes": 0,
+                                  "load_overhead_bytes": 104 * 2**20}
 
 
 @dataclass(frozen=True)
 class ServingMemoryModel:
     """Calibrated coefficients of the serving memory model (see the module docstring).
 
-    A replica's idle memory is the variant's load RSS (measured by the profiler in a fresh process:
-    ``Footprint.peak_rss_load_bytes``) plus ``replica_overhead_bytes`` (the Ray worker, Serve and FastAPI
-    on top of a plain process); serving adds ``first_forward_bytes`` (a constant, whatever the batch) and
-    the activations. Where no load RSS was measured, ``runtime_bytes + weight_factor x
-    weights`` stands in for it. ``activation_scale``: measured peak bytes per modelled activation byte.
+    A replica's idle memory is the variant's settled RSS (measured in a fresh process once loading is over;
+    the load peak where only that was measured) plus ``replica_overhead_bytes`` (the Ray worker, Serve and
+    FastAPI on top of a plain process); serving adds ``first_forward_bytes`` (a constant, whatever the batch)
+    and the activations; loading peaks at the load RSS plus ``load_overhead_bytes``. Where no load RSS was
+    measured, ``runtime_bytes + weight_factor x weights`` stands in for both. ``activation_scale``: measured peak bytes per modelled activation byte.
     The top-level coefficients are torch's; ``runtimes`` overrides any of them per runtime name
     (``{"onnxruntime": {"runtime_bytes": ..., "activation_scale": ...}}``), so ONNX and torch variants are
     planned by the same model, each with its own runtime term.
@@ -205,6 +224,10 @@ class ServingMemoryModel:
     """What a torch replica's first forward adds over its idle RSS whatever the batch (oneDNN's primitive
     and scratch caches, the allocator's first arenas): 31 MiB for fp32 MiniLM, 19 MiB for its int8 student
     at batch 1, measured 2026-11-27."""
+    load_overhead_bytes: int = 92 * 2**20
+    """What a replica's peak while loading holds over the plain process's load peak (Ray's worker and
+    Serve, less than when idle: Serve's router and metrics come later): 82-85 MiB for fp32, bf16 and the int8
+    student, 7 MiB for int8-dynamic (2026-11-28, AMD EPYC), booked with an 8 MiB margin."""
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
     runtimes: dict[str, dict[str, float]] = field(default_factory=lambda: {RUNTIME_ONNXRUNTIME: dict(ORT_DEFAULTS)})
@@ -229,10 +252,12 @@ class ServingMemoryModel:
         load_rss_bytes: int | None = None,
         runtime: str = RUNTIME_TORCH,
         measured: MeasuredForward | None = None,
+        settled_rss_bytes: int | None = None,
     ) -> Prediction:
         """Predicted peak of a replica serving ``batch`` sequences of ``seq_len`` tokens (+ ``new_tokens``)
-        on ``runtime`` (its coefficients, see ``coefficients``). ``measured``: the variant's own forward
-        from its profile; where it cost more than the calibrated terms book, the activations scale it."""
+        on ``runtime`` (its coefficients, see ``coefficients``): the larger of serving (on the settled RSS)
+        and loading (the load peak), see the module docstring. ``measured``: the variant's own forward from
+        its profile; where it cost more than the calibrated terms book, the activations scale it."""
         if batch < 1 or seq_len < 1:
             raise ConfigError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
         c = self.coefficients(runtime)
@@ -245,10 +270,14 @@ class ServingMemoryModel:
             if at > 0 and measured.growth_bytes > booked:  # the variant's kernels hold more than the model's
                 acts = max(acts, (measured.growth_bytes - c["first_forward_bytes"]) / at * modelled)
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
-        base = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
-        weights = min(int(weight_bytes), base)
+        peak = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
+        settled = min(settled_rss_bytes, peak) if settled_rss_bytes else peak
+        weights = min(int(weight_bytes), settled)
+        serving = c["replica_overhead_bytes"] + c["first_forward_bytes"] + settled + int(acts) + kv
+        loading = c["load_overhead_bytes"] + peak if settled < peak else 0.0
+        transient = max(0.0, loading - serving)  # loading peaks above serving
         return Prediction(
-            runtime=int(c["replica_overhead_bytes"] + c["first_forward_bytes"] + base - weights),
+            runtime=int(c["replica_overhead_bytes"] + c["first_forward_bytes"] + settled - weights + transient),
             weights=weights,
             activations=int(acts),
             kv_cache=int(kv),
@@ -283,8 +312,11 @@ class ServingMemoryModel:
 class CalibrationPoint:
     """One measurement of a variant: a fresh replica served ``batch`` x ``seq_len`` tokens.
 
-    ``load_rss_bytes`` and ``process_base_bytes`` come from a fresh plain process (load + warm-up peak,
-    and RSS after importing torch/transformers), ``idle_rss_bytes`` and ``peak_rss_bytes`` from the replica.
+    ``load_rss_bytes``, ``settled_rss_bytes`` and ``process_base_bytes`` come from a fresh plain process
+    (load + warm-up peak, RSS once that is over, and RSS after importing torch/transformers);
+    ``idle_rss_bytes``, ``replica_load_peak_bytes`` (its peak before any batch: loading's) and
+    ``peak_rss_bytes`` from the replica. ``peak_rss_bytes`` is serving's alone where the replica's peak was
+    reset before the batch (``tightfit.serve.calibrate`` does); otherwise a load transient may hide it.
     """
 
     weight_bytes: int
@@ -298,6 +330,18 @@ class CalibrationPoint:
     process_base_bytes: int
     new_tokens: int = 0  # generated tokens per sequence (causal LMs)
     runtime: str = RUNTIME_TORCH
+    settled_rss_bytes: int | None = None
+    replica_load_peak_bytes: int | None = None
+
+    @property
+    def base_rss_bytes(self) -> int:
+        """The plain process's RSS a replica's idle RSS sits on: settled where measured, else the load peak."""
+        return min(self.settled_rss_bytes or self.load_rss_bytes, self.load_rss_bytes)
+
+    @property
+    def replica_peak_bytes(self) -> int:
+        """The replica's peak over its life up to this batch: serving's, or loading's where that was higher."""
+        return max(self.peak_rss_bytes, self.replica_load_peak_bytes or 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "arch": asdict(self.arch)}
@@ -332,12 +376,15 @@ def _fit_coefficients(points: list[CalibrationPoint]) -> dict[str, float]:
     # the intercept: what each variant's smallest batch peaked at over its idle RSS that its activations and
     # KV cache do not explain (a fit through the origin alone left it out and under-booked every batch)
     first_forward = [p.peak_rss_bytes - p.idle_rss_bytes - scale * p.activation_bytes - p.kv_bytes for p in firsts]
+    idles = [g[0] for g in by_variant.values()]  # one per variant: the replica's idle over the plain process
+    loads = [p.replica_load_peak_bytes - p.load_rss_bytes for p in idles if p.replica_load_peak_bytes]
     return {
-        "runtime_bytes": float(max(p.load_rss_bytes - p.weight_bytes for p in firsts)),
-        "replica_overhead_bytes": float(max(0, int(sum(p.idle_rss_bytes - p.load_rss_bytes for p in firsts) / len(firsts)))),
+        "runtime_bytes": float(max(p.load_rss_bytes - p.weight_bytes for p in idles)),
+        "replica_overhead_bytes": float(max(0, int(sum(p.idle_rss_bytes - p.base_rss_bytes for p in idles) / len(idles)))),
         "weight_factor": 1.0,
         "activation_scale": scale,
         "first_forward_bytes": float(max(0, int(sum(first_forward) / len(first_forward)))),
+        **({"load_overhead_bytes": float(max(0, int(sum(loads) / len(loads))))} if loads else {}),
     }
 
 
@@ -347,7 +394,10 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
     Activation scale: least squares of the peak growth over each variant's smallest batch (less the KV
     cache growth, for decoder LMs) against the modelled activation growth. First-forward bytes: the mean
     of what the smallest batch's peak holds over the idle RSS beyond its scaled activations and KV cache.
-    Replica overhead: mean of (replica idle RSS - plain-process load RSS).
+    Replica overhead: mean of (replica idle RSS - plain-process settled RSS, the load peak where no settled
+    RSS was measured). The peaks are serving's alone where the calibration reset the replica's peak before
+    each batch; a load transient above them is the model's loading term, not the forward's. Load overhead:
+    mean of (the replica's peak before any batch - the plain process's load peak), where recorded.
     Fallback for records without a load RSS: runtime = the largest (load RSS - weight bytes) seen
     (libraries and allocator share, conservative) and weight factor 1. The top-level coefficients come
     from the torch points; every other runtime gets its own entry; a runtime with no points keeps its
@@ -369,6 +419,7 @@ def fit_serving_model(points: list[CalibrationPoint], *, source: str = "calibrat
         weight_factor=1.0,
         activation_scale=top["activation_scale"],
         first_forward_bytes=int(top["first_forward_bytes"]),
+        load_overhead_bytes=int(top.get("load_overhead_bytes", default.load_overhead_bytes)),
         source=source,
         calibration_points=[p.to_dict() for p in points],
         runtimes=runtimes,

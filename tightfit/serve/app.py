@@ -31,7 +31,7 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
-from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes
+from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes, reset_peak_rss, trim_heap
 from tightfit.serve.ingress import TightfitIngress
 from tightfit.serve.process import KEPT_OUT
 from tightfit.serve.replica import (
@@ -42,7 +42,6 @@ from tightfit.serve.replica import (
     classify,
     generate,
     load_for_serving,
-    trim_heap,
     validate_request,
 )
 from tightfit.serve.schema import DEPLOYMENT_NAME, ServePlan
@@ -138,6 +137,11 @@ class TightfitServer:
             # the Serve mode this replica's process runs in (tightfit.settings.SERVE_RAY_ENV)
             "serve_env": {key: os.environ.get(key) for key in SERVE_RAY_ENV},
         }
+
+    async def reset_peak(self) -> dict[str, Any]:
+        """Reset this replica's peak RSS to its RSS now (calibration only, through a Serve handle, no HTTP
+        route): the next ``stats`` peak is what the batches since then took, without loading's transient."""
+        return {"reset": reset_peak_rss(), "peak_rss_bytes": peak_rss_bytes(), "pid": os.getpid()}
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:
         """One request body (already capped by the ingress) -> (HTTP status, JSON body)."""

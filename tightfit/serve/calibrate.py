@@ -2,8 +2,9 @@
 
 For each variant a fresh Ray Serve replica (the real serving app, so the Ray worker, FastAPI and Serve
 overheads are all in) loads it, warms up, and serves batches of 2-3 sizes at the full token cap; its
-RSS when idle and its peak RSS (ru_maxrss, which catches spikes between samples) after each batch are
-the calibration points. `fit_serving_model` turns them into coefficients.
+RSS when idle, its peak while loading, and its peak RSS (VmHWM, which catches spikes between samples)
+after each batch, reset before it so loading's transient does not hide the forward, are the calibration
+points. `fit_serving_model` turns them into coefficients.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from tightfit.errors import BackendError
 from tightfit.footprint import Footprint
@@ -37,13 +38,19 @@ from tightfit.settings import MEMORY_ROUNDS, MODEL_THREAD_PREFIX
 CALIBRATION_APP = "tightfit-calibrate"
 
 
-def measure_load_rss(
-    source: str, kind: str = "classifier", timeout_s: float = 300.0, rounds: int = 1
-) -> tuple[int, int]:
-    """(RSS after importing torch + transformers, peak RSS after loading + a warm-up forward), in a
-    fresh plain process with the replica's own loader on a model thread, as a replica loads: what a replica
-    holds before Ray's share. ``rounds`` > 1: the medians over that many fresh processes (one process is one
-    draw: a torchao int8 variant's load peak has two modes about 60 MiB apart)."""
+class LoadRss(NamedTuple):
+    """A fresh plain process's RSS loading a variant as a replica does, in bytes."""
+
+    base: int  # after importing the runtime (torch + transformers, or ONNX Runtime + tokenizers)
+    peak: int  # the peak after loading + a warm-up forward (a load transient included)
+    settled: int  # the RSS once that is over: what the replica's idle memory sits on
+
+
+def measure_load_rss(source: str, kind: str = "classifier", timeout_s: float = 300.0, rounds: int = 1) -> LoadRss:
+    """The RSS of a fresh plain process loading ``source`` with the replica's own loader on a model thread,
+    as a replica loads: what a replica holds before Ray's share. ``rounds`` > 1: the medians over that many
+    fresh processes (one process is one draw: a torchao int8 variant's load peak has two modes about 60 MiB
+    apart)."""
     records = []
     for _ in range(max(1, rounds)):
         proc = subprocess.run(
@@ -54,22 +61,23 @@ def measure_load_rss(
         if proc.returncode != 0 or not lines:
             raise BackendError(f"measuring the load RSS of {source} failed: {proc.stderr.strip()[-400:]}")
         records.append(json.loads(lines[-1]))
-    medians = median_figures(records, ("base", "peak"))
-    return int(medians["base"]), int(medians["peak"])
+    medians = median_figures(records, ("base", "peak", "settled"))
+    return LoadRss(int(medians["base"]), int(medians["peak"]), int(medians["settled"]))
 
 
 def with_load_rss(
     records: Sequence[Footprint], sources: dict[str, str] | None = None, rounds: int = 1
 ) -> list[Footprint]:
-    """Records with ``extra.serving_load_rss_bytes``: the load RSS measured with the replica's own loader
-    (plus a warm-up forward; the median of ``rounds`` fresh processes), which the plan prefers to the
-    profiler's ``peak_rss_load_bytes``."""
+    """Records with ``extra.serving_load_rss_bytes`` and ``extra.serving_settled_rss_bytes``: the load peak
+    and the RSS once loading is over, measured with the replica's own loader (plus a warm-up forward; the
+    medians of ``rounds`` fresh processes), which the plan prefers to the profiler's figures."""
     out = []
     for record in records:
         source = (sources or {}).get(record.variant) or source_of(record)
         if record.ok and source and not (record.extra or {}).get("serving_load_rss_bytes"):
             extra = dict(record.extra or {})
-            extra["serving_load_rss_bytes"] = measure_load_rss(source, record.kind, rounds=rounds)[1]
+            measured = measure_load_rss(source, record.kind, rounds=rounds)
+            extra["serving_load_rss_bytes"], extra["serving_settled_rss_bytes"] = measured.peak, measured.settled
             record = dataclasses.replace(record, extra=extra)
         out.append(record)
     return out
@@ -118,6 +126,7 @@ def measure_replica(
     from ray import serve
 
     from tightfit.serve.app import build_app
+    from tightfit.serve.schema import DEPLOYMENT_NAME
 
     generating = record.kind == "causal_lm"
     new_tokens = new_tokens if generating else 0
@@ -129,9 +138,10 @@ def measure_replica(
     plan.max_ongoing_requests = max(2 * max(batch_sizes), plan.max_ongoing_requests)
     plan.max_queued_requests = max(2 * max(batch_sizes), plan.max_queued_requests)
     serve.run(build_app(plan), name=CALIBRATION_APP, route_prefix="/calibrate")
+    replica = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=CALIBRATION_APP)
     try:
         idle = _wait_json(f"{base_url}/calibrate/v1/stats")
-        process_base, load_rss = measure_load_rss(plan.primary.source, plan.primary.kind, rounds=load_rounds)
+        load = measure_load_rss(plan.primary.source, plan.primary.kind, rounds=load_rounds)
         text = text_of_tokens(plan.primary.source, max_tokens)
         arch = ArchInfo.from_dir(plan.primary.source, kind=plan.primary.kind)
         points = []
@@ -140,6 +150,7 @@ def measure_replica(
             if generating:
                 body["max_new_tokens"] = new_tokens
             route = "generate" if generating else "classify"
+            replica.reset_peak.remote().result(timeout_s=60)  # the batch's own peak, not loading's
             response = requests.post(f"{base_url}/calibrate/v1/{route}", json=body, timeout=300)
             if response.status_code != 200:
                 raise BackendError(f"calibration batch {batch} failed: {response.status_code} {response.text[:200]}")
@@ -153,10 +164,12 @@ def measure_replica(
                     seq_len=max_tokens,
                     peak_rss_bytes=int(stats["peak_rss_bytes"]),
                     idle_rss_bytes=int(idle["rss_bytes"]),
-                    load_rss_bytes=load_rss,
-                    process_base_bytes=process_base,
+                    load_rss_bytes=load.peak,
+                    process_base_bytes=load.base,
                     new_tokens=new_tokens,
                     runtime=record.runtime,
+                    settled_rss_bytes=load.settled,
+                    replica_load_peak_bytes=int(idle["peak_rss_bytes"]),  # loading's, before any batch
                 )
             )
         return points
@@ -185,7 +198,7 @@ def calibrate_serving_memory(
 
 
 def _measure_here(source: str, kind: str) -> None:
-    """Child side of `measure_load_rss`: print the two RSS figures as JSON (the runtime a replica of this
+    """Child side of `measure_load_rss`: print the RSS figures as JSON (the runtime a replica of this
     variant imports counts in the base: torch + transformers, or ONNX Runtime + tokenizers)."""
     import psutil
 
@@ -210,7 +223,8 @@ def _measure_here(source: str, kind: str) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_PREFIX) as executor:
         executor.submit(load_and_warm).result()  # where a replica loads and serves (its malloc arena counts)
     peak = peak_rss()  # VmHWM: ru_maxrss would carry the forking parent's peak over exec
-    print(json.dumps({"base": base, "peak": peak}))
+    settled = psutil.Process().memory_info().rss
+    print(json.dumps({"base": base, "peak": peak, "settled": settled}))
 
 
 if __name__ == "__main__":

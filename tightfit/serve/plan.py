@@ -112,7 +112,7 @@ def _predict(cand: Candidate, model: ServingMemoryModel, options: ServeOptions, 
     return model.predict(
         cand.weight_bytes, cand.arch, batch=batch, seq_len=options.tokens_for(cand.arch.kind),
         dtype_bytes=activation_dtype_bytes(cand.record.chain), new_tokens=new, load_rss_bytes=cand.load_rss_bytes,
-        runtime=cand.record.runtime, measured=cand.measured,
+        runtime=cand.record.runtime, measured=cand.measured, settled_rss_bytes=cand.settled_rss_bytes,
     )
 
 

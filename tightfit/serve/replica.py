@@ -20,6 +20,7 @@ from typing import Any
 from tightfit.assets import load_model
 from tightfit.compress.runtime import TorchRunner
 from tightfit.compress.variant import load_variant, read_manifest, runtime_of
+from tightfit.memory.rss import trim_heap
 from tightfit.names import RUNTIME_ONNXRUNTIME
 from tightfit.serve.schema import PlannedVariant, ServePlan
 
@@ -284,12 +285,3 @@ def classify(loaded: LoadedVariant, texts: list[str]) -> list[dict[str, Any]]:
 def generate(loaded: LoadedVariant, texts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
     """Greedy continuations for a batch of prompts (left-padded; KV cache bounded by the plan)."""
     return list(loaded.runner.generate(texts, max_new_tokens=max_new_tokens, max_length=loaded.plan.max_tokens))
-
-
-def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc), so RSS follows the live set down after a big batch."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
