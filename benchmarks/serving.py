@@ -135,6 +135,7 @@ def measure_records(dirs: dict[str, Path], data: Any, eval_rows: int, memory_rou
                         "rss_serve_bytes_rounds": mem.get("rss_serve_bytes_rounds"),
                         # settled and the forward's own peak, as a profile records them
                         "rss_now_load_bytes": mem.get("rss_now_load_bytes"),
+                        "rss_now_warm_bytes": mem.get("rss_now_warm_bytes"),
                         "rss_forward_peak_bytes": mem.get("rss_forward_peak_bytes")}
         records.append(record)
         print(f"  {name}: accuracy {record.accuracy:.3f}, serving RSS {record.peak_rss_serve_bytes >> 20} MiB, "
@@ -408,7 +409,8 @@ def main_memory(records: list[Any], protocol: dict[str, Any], *, quick: bool) ->
                       "peak_rss_serve_bytes": r.peak_rss_serve_bytes,
                       "load_rss_bytes": (r.extra or {}).get("serving_load_rss_bytes"),
                       "settled_rss_bytes": (r.extra or {}).get("serving_settled_rss_bytes"),
-                      "profile_settled_rss_bytes": (r.extra or {}).get("rss_now_load_bytes"),
+                      "profile_settled_rss_bytes": (r.extra or {}).get("rss_now_warm_bytes"),
+                      "profile_forward_peak_bytes": (r.extra or {}).get("rss_forward_peak_bytes"),
                       "load_rss_bytes_rounds": (r.extra or {}).get("rss_load_bytes_rounds"),
                       "serve_rss_bytes_rounds": (r.extra or {}).get("rss_serve_bytes_rounds")} for r in records],
     }

@@ -135,7 +135,7 @@ def test_measured_forward_comes_from_a_classifier_profile_only():
     assert measured_forward_of(record) == MeasuredForward(500 * MIB, 640 * MIB, 32, 64)
     record.extra = {"rss_now_load_bytes": 430 * MIB}  # settled alone (a profile from before the forward's peak)
     assert measured_forward_of(record).growth_bytes == 140 * MIB  # serve over load peak, as before
-    record.extra["rss_forward_peak_bytes"] = 590 * MIB  # the same process: trimmed, then the forward's own peak
+    record.extra.update(rss_now_warm_bytes=430 * MIB, rss_forward_peak_bytes=590 * MIB)  # warmed up, then the batch
     assert measured_forward_of(record).growth_bytes == 160 * MIB
     assert measured_forward_of(Footprint(variant="v", chain="fp32", kind="classifier", seq_len=64)) is None
     lm = Footprint(variant="lm", chain="int4_weight_only", kind="causal_lm", seq_len=64,
@@ -177,8 +177,8 @@ def test_model_round_trips_through_a_file(tmp_path):
 
 def _fresh_process_point(variant_dir, batch: int, seq_len: int) -> CalibrationPoint:
     """Load a variant and serve one batch in a fresh process (``tightfit.measure.memory``): a plain process,
-    so the replica overhead is zero, idle = the RSS once loading was over (trimmed), the peak is the forward's
-    own (read after a reset) and loading's peak is the replica's load peak."""
+    so the replica overhead is zero, idle = the RSS once loading was over (trimmed) and one answer warmed it
+    up, the peak is the batch's own (read after a reset) and loading's peak is the replica's load peak."""
     from tightfit.measure.memory import measure_memory
     from tightfit.memory.replica import footprint_for_source
 
@@ -187,9 +187,9 @@ def _fresh_process_point(variant_dir, batch: int, seq_len: int) -> CalibrationPo
     return CalibrationPoint(
         weight_bytes=int(record.disk_bytes or 0), arch=ArchInfo.from_dir(variant_dir),
         dtype_bytes=activation_dtype_bytes(record.chain), batch=batch, seq_len=seq_len,
-        peak_rss_bytes=int(mem["rss_forward_peak_bytes"]), idle_rss_bytes=int(mem["rss_now_load_bytes"]),
+        peak_rss_bytes=int(mem["rss_forward_peak_bytes"]), idle_rss_bytes=int(mem["rss_now_warm_bytes"]),
         load_rss_bytes=int(mem["rss_load_bytes"]), process_base_bytes=int(mem["rss_imports_bytes"]),
-        settled_rss_bytes=int(mem["rss_now_load_bytes"]), replica_load_peak_bytes=int(mem["rss_load_bytes"]),
+        settled_rss_bytes=int(mem["rss_now_warm_bytes"]), replica_load_peak_bytes=int(mem["rss_load_bytes"]),
     )
 
 

@@ -8,12 +8,12 @@ RSS (VmHWM) after imports, after loading and after the batch, the current RSS at
 model's own share is ``rss_now_load - rss_now_imports``), the GPU peak where present, and whether torch
 was imported at all.
 
-Loading ends as a replica's does: what loading freed goes back to the OS (``trim_heap``), so the settled
-RSS (``rss_now_load_bytes``) is what a replica's idle memory sits on. The peak is then reset, so the
-forward's own peak is read apart (``rss_forward_peak_bytes``) as well as the process's peak over all
-(``rss_serve_bytes``, loading's where that was higher): a variant rebuilt by quantizing a float skeleton
-peaks while loading, and that peak hid its forward (torchao int8-dynamic MiniLM: load peak 603-618 MiB,
-settled 458 MiB once trimmed, 2026-11-28).
+Loading ends as a replica's does: what loading freed goes back to the OS (``trim_heap``). After the first
+answer (a replica's warm-up) the RSS is what a replica's idle memory sits on (``rss_now_warm_bytes``); the
+peak is then reset, so the batch's own peak is read apart (``rss_forward_peak_bytes``) as well as the
+process's peak over all (``rss_serve_bytes``, loading's where that was higher): a variant rebuilt from a
+float skeleton peaks while loading, and that peak hid its forward (torchao int8-dynamic MiniLM: load peak
+603-618 MiB, 458 MiB once trimmed, 2026-11-28).
 
 The child loads and serves on one worker thread, as a replica does (``tightfit.serve.app`` runs its loads
 and forwards on a one-thread executor): glibc gives that thread its own malloc arena, so a forward there
@@ -94,7 +94,7 @@ def _load_and_serve(
     runner = _load_runner(variant_dir, manifest, device, threads)
     after_load, loaded_at = peak_rss_bytes(), time.time()
     trim_heap()  # as a replica's loader ends
-    current_load, reset = current_rss_bytes(), reset_peak_rss()
+    current_load = current_rss_bytes()
     if not compiled and getattr(runner, "compiled", False):
         runner.run_eager()  # the quick protocol measures a compiled variant eager
     cuda = str(runner.device).startswith("cuda") and runner.runtime == "torch"
@@ -104,14 +104,16 @@ def _load_and_serve(
         torch.cuda.reset_peak_memory_stats()
     runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT], max_length=seq_len)))
     first_answer = time.time()
+    # warmed up, as a replica is before traffic: the batch's own peak is read apart from here on
+    warm_peak, current_warm, reset = peak_rss_bytes(), current_rss_bytes(), reset_peak_rss()
     runner.to_numpy(runner.forward(**runner.encode([PROBE_TEXT] * batch, max_length=seq_len)))
     forward_peak = peak_rss_bytes()
     out: dict[str, Any] = {
         "runtime": runner.runtime, "cold_start_s": round(first_answer - started, 4) if started else None,
         "cold_start_parts_s": {"imports": round(imported_at - started, 4), "load": round(loaded_at - imported_at, 4),
                                "first_answer": round(first_answer - loaded_at, 4)} if started else None,
-        "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": max(after_load, forward_peak),
-        "rss_forward_peak_bytes": forward_peak if reset else None,
+        "rss_imports_bytes": after_imports, "rss_load_bytes": after_load, "rss_serve_bytes": max(warm_peak, forward_peak),
+        "rss_now_warm_bytes": current_warm, "rss_forward_peak_bytes": forward_peak if reset else None,
         "gpu_peak_bytes": None, "rss_now_imports_bytes": current_imports, "rss_now_load_bytes": current_load,
         "rss_now_serve_bytes": current_rss_bytes(), "imported_torch": "torch" in sys.modules,
         "imported_transformers": "transformers" in sys.modules, "threads": threads, "device": str(runner.device),
@@ -125,7 +127,8 @@ def _load_and_serve(
 
 
 MEDIAN_KEYS = ("cold_start_s", "rss_imports_bytes", "rss_load_bytes", "rss_serve_bytes", "rss_now_imports_bytes",
-               "rss_now_load_bytes", "rss_now_serve_bytes", "gpu_peak_bytes", "rss_forward_peak_bytes")
+               "rss_now_load_bytes", "rss_now_serve_bytes", "gpu_peak_bytes", "rss_now_warm_bytes",
+               "rss_forward_peak_bytes")
 
 
 def measure_memory(

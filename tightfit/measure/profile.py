@@ -250,7 +250,7 @@ def measure_variant(
         fp.peak_rss_load_bytes, fp.peak_rss_serve_bytes = mem["rss_load_bytes"], mem["rss_serve_bytes"]
         fp.gpu_peak_bytes, fp.cold_start_s = mem.get("gpu_peak_bytes"), mem.get("cold_start_s")
         for key in ("rss_imports_bytes", "rss_now_imports_bytes", "rss_now_load_bytes", "rss_now_serve_bytes",
-                    "rss_forward_peak_bytes",
+                    "rss_now_warm_bytes", "rss_forward_peak_bytes",
                     "imported_torch", "model_thread", "rounds", "rss_load_bytes_rounds", "rss_serve_bytes_rounds"):
             fp.extra[key] = mem.get(key)
     if dev == "cuda" and fp.gpu_peak_bytes is None and model is not None:

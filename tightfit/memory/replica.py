@@ -41,11 +41,13 @@ def load_rss_of(record: Footprint) -> int | None:
 
 def settled_rss_of(record: Footprint) -> int | None:
     """The RSS once loading was over, from the same fresh process as ``load_rss_of``'s peak (the replica
-    loader's, after its warm-up forward; else the profiler's, trimmed, before its first forward); None where
+    loader's, after its warm-up forward; else the profiler's, trimmed, after its first answer); None where
     that process did not record it (the model then books the load peak for both, see ``ServingMemoryModel``)."""
     extra = record.extra or {}
-    key = "serving_settled_rss_bytes" if extra.get("serving_load_rss_bytes") else "rss_now_load_bytes"
-    value = extra.get(key)
+    if extra.get("serving_load_rss_bytes"):
+        value = extra.get("serving_settled_rss_bytes")
+    else:  # the profiler's: after its warm-up answer where recorded (a replica's idle is warmed up)
+        value = extra.get("rss_now_warm_bytes") or extra.get("rss_now_load_bytes")
     return int(value) if value else None
 
 
@@ -57,7 +59,7 @@ def measured_forward_of(record: Footprint) -> MeasuredForward | None:
                                            and record.seq_len):
         return None
     extra = record.extra or {}  # the profiler's own process, like both peaks
-    settled, forward = extra.get("rss_now_load_bytes"), extra.get("rss_forward_peak_bytes")
+    settled, forward = extra.get("rss_now_warm_bytes"), extra.get("rss_forward_peak_bytes")
     return MeasuredForward(load_rss_bytes=int(record.peak_rss_load_bytes),
                            serve_rss_bytes=int(record.peak_rss_serve_bytes), batch=SERVE_PROFILE_BATCH,
                            seq_len=int(record.seq_len), settled_rss_bytes=int(settled) if settled else None,

@@ -143,9 +143,9 @@ def kv_cache_bytes(arch: ArchInfo, sequences: int, tokens_per_sequence: int, dty
 @dataclass(frozen=True)
 class MeasuredForward:
     """One fresh plain process's figures for a variant (the profiler's): the peak RSS after loading, the peak
-    after serving ``batch`` sequences of ``seq_len`` tokens, and where recorded the RSS once loading was over
-    and trimmed (``settled_rss_bytes``) and the forward's own peak (``forward_peak_bytes``, read after
-    resetting the peak). The forward's peak over the settled RSS is the variant's own forward; without them,
+    after serving ``batch`` sequences of ``seq_len`` tokens, and where recorded the RSS once loading was over,
+    trimmed and warmed up by one answer (``settled_rss_bytes``) and the batch's own peak
+    (``forward_peak_bytes``, read after resetting the peak). The forward's peak over the settled RSS is the variant's own forward; without them,
     the serve peak over the load peak (a load transient then hides part of it)."""
 
     load_rss_bytes: int
@@ -186,13 +186,14 @@ COEFFICIENTS = ("runtime_bytes", "replica_overhead_bytes", "weight_factor", "act
 # its structured student): load RSS - weight bytes 92-96 MiB (Python, onnxruntime, tokenizers), batch 32 x 64
 # activations about 0.9x the modelled bytes (ORT's arena). The replica overhead is larger than torch's: a
 # plain ONNX process imports none of what Ray's worker and Serve bring. With pandas and pyarrow kept out of
-# the replica (tightfit.serve.process), the calibrated replica overhead is 96 MiB (2026-11-28, AMD EPYC; 122
-# MiB with pyarrow, 165 MiB with pandas too), booked here with the same 6 MiB margin as before.
-# Recalibrate with `tightfit serve --calibrate`.
+# the replica (tightfit.serve.process), over the settled RSS: an idle ONNX student replica 207 MiB against
+# 101 MiB settled in a plain process, 106 MiB; its peak while loading 204-207 MiB against a plain load peak of
+# 110 MiB, 97 MiB (2026-11-28, AMD EPYC); each booked with a 6 MiB margin. Recalibrate with
+# `tightfit serve --calibrate`.
 # The first forward of an ORT replica adds about 1 MiB over its idle RSS whatever its batch (its arena grows
 # with the batch, covered by the activation scale).
 ORT_DEFAULTS: dict[str, float] = {"runtime_bytes": 100 * 2**20, "activation_scale": 0.95,
-                                  "replica_overhead_bytes": 102 * 2**20, "first_forward_bytes": 0,
+                                  "replica_overhead_bytes": 112 * 2**20, "first_forward_bytes": 0,
                                   "load_overhead_bytes": 104 * 2**20}
 
 
@@ -210,24 +211,25 @@ class ServingMemoryModel:
     planned by the same model, each with its own runtime term.
     """
 
-    # Defaults: calibrated 2026-11-24 on a 2-core x86 CPU (fp32, bf16, int8_dynamic MiniLM; Ray 2.60,
-    # torch 2.13); the replica overhead measured 50-160 MiB across variants and runs then. With pandas kept
-    # out of the replica (tightfit.serve.process) an idle fp32 replica held 92 MiB over its plain-process load
-    # (2026-11-27, AMD EPYC; about 165 MiB with pandas); keeping pyarrow out too took 24 MiB more from it
-    # (578 -> 554 MiB idle, 2026-11-28), so 68 MiB, booked with the same 8 MiB margin as before.
+    # Defaults: calibrated 2026-11-28 on the 2-core AMD EPYC (fp32, bf16 and the torchao int8 student MiniLM,
+    # fresh replicas with their peak reset before each batch; Ray 2.60, torch 2.13, replicas without pandas
+    # and pyarrow: tightfit.serve.process): an idle replica holds 107-136 MiB over the plain process's settled
+    # RSS (115 on the mean), a batch adds 3 MiB over the warmed-up idle RSS beside 1.23x the modelled
+    # activations, and the replica's peak while loading holds 81 MiB over the plain load peak. Booked with
+    # an 8 MiB margin on each byte term. (The defaults before 2026-11-28, 76 MiB of overhead and 30 MiB of
+    # first forward, were fitted over the load *peak* and carried loading's transient in them.)
     # Recalibrate with `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
     runtime_bytes: int = 400 * 2**20
-    replica_overhead_bytes: int = 76 * 2**20
+    replica_overhead_bytes: int = 123 * 2**20
     weight_factor: float = 1.0
-    activation_scale: float = 1.05
-    first_forward_bytes: int = 30 * 2**20
-    """What a torch replica's first forward adds over its idle RSS whatever the batch (oneDNN's primitive
-    and scratch caches, the allocator's first arenas): 31 MiB for fp32 MiniLM, 19 MiB for its int8 student
-    at batch 1, measured 2026-11-27."""
-    load_overhead_bytes: int = 92 * 2**20
+    activation_scale: float = 1.25
+    first_forward_bytes: int = 11 * 2**20
+    """What a batch adds over a warmed-up idle torch replica whatever its size (oneDNN's scratch, the
+    allocator's arenas): 3 MiB on the mean for fp32, bf16 and the int8 student MiniLM, 2026-11-28."""
+    load_overhead_bytes: int = 89 * 2**20
     """What a replica's peak while loading holds over the plain process's load peak (Ray's worker and
-    Serve, less than when idle: Serve's router and metrics come later): 82-85 MiB for fp32, bf16 and the int8
-    student, 7 MiB for int8-dynamic (2026-11-28, AMD EPYC), booked with an 8 MiB margin."""
+    Serve, less than when idle: Serve's router and metrics come later): 81 MiB calibrated on fp32, bf16 and
+    the int8 student (82-85 MiB each in a probe), 7 MiB for int8-dynamic (2026-11-28, AMD EPYC)."""
     source: str = "default"
     calibration_points: list[dict[str, Any]] = field(default_factory=list, compare=False)
     runtimes: dict[str, dict[str, float]] = field(default_factory=lambda: {RUNTIME_ONNXRUNTIME: dict(ORT_DEFAULTS)})
