@@ -80,7 +80,8 @@ def test_classify_route_without_a_classifier_is_a_404(lm_served):
 
 def test_calibration_on_a_generating_replica_predicts_its_peaks(lm_served):
     """Calibrate from a fresh LM replica at three batch sizes (KV cache counted exactly, one fitted
-    activation scale) and check the fitted model explains every measured peak."""
+    activation scale; each batch's peak read after resetting the replica's, loading's kept apart) and check
+    the fitted model explains every measured replica peak."""
     from tightfit.memory.serving import fit_serving_model, prediction_error
     from tightfit.serve.calibrate import measure_replica
 
@@ -88,10 +89,11 @@ def test_calibration_on_a_generating_replica_predicts_its_peaks(lm_served):
     points = measure_replica(lm_served["record"], base_url=base, batch_sizes=(1, 4, 8), max_tokens=32, new_tokens=8)
     assert [p.new_tokens for p in points] == [8, 8, 8] and points[-1].kv_bytes > points[0].kv_bytes > 0
     assert points[-1].peak_rss_bytes > points[0].peak_rss_bytes
+    assert all(p.settled_rss_bytes and p.replica_load_peak_bytes for p in points)  # both moments measured
     model = fit_serving_model(points)
     for p in points:
         predicted = model.predict(
             p.weight_bytes, p.arch, batch=p.batch, seq_len=p.seq_len, dtype_bytes=p.dtype_bytes,
-            new_tokens=p.new_tokens, load_rss_bytes=p.load_rss_bytes,
+            new_tokens=p.new_tokens, load_rss_bytes=p.load_rss_bytes, settled_rss_bytes=p.settled_rss_bytes,
         ).total
-        assert prediction_error(predicted, p.peak_rss_bytes) <= 0.15, (p.batch, predicted, p.peak_rss_bytes)
+        assert prediction_error(predicted, p.replica_peak_bytes) <= 0.15, (p.batch, predicted, p.replica_peak_bytes)
