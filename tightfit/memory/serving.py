@@ -8,13 +8,14 @@ serving: replica overhead (the Ray worker, Serve, FastAPI)
            measures it in a fresh process, ``extra.serving_settled_rss_bytes``)
          + first-forward bytes (what a batch adds over a warmed-up idle replica whatever its size)
          + activations(batch, seq_len) (+ the KV cache for causal LMs)
-loading: load overhead (what the replica holds beside it while loading) + the variant's load peak (``Footprint.peak_rss_load_bytes`` or the replica
-         loader's ``extra.serving_load_rss_bytes``): a variant rebuilt by quantizing a float skeleton holds
-         both copies for a moment (torchao int8-dynamic MiniLM: load peak 600-630 MiB, settled 515 MiB).
+loading: load overhead (what the replica holds beside the variant while it loads)
+         + the variant's load peak (``Footprint.peak_rss_load_bytes`` or the replica loader's
+           ``extra.serving_load_rss_bytes``): a variant rebuilt from a float skeleton peaks while loading
+           (fp32 MiniLM: load peak 500 MiB, settled 433 MiB; torchao int8-dynamic: 605 and 458 MiB, 2026-11-28).
 
-Adding the load peak to the activations booked that transient twice: the memory loading frees is what the
-activations reuse (int8-dynamic at batch 24 was booked 720 MiB against a replica peak of 646-680, 2026-11-28).
-Where no settled RSS was measured the load peak stands in for it (the sum, as before).
+Adding the load peak to the activations booked that transient twice: what loading frees is what the
+activations reuse (int8-dynamic at batch 24 was booked 720 MiB against replica peaks of 646-711 MiB in four
+runs, 2026-11-28). Where no settled RSS was measured the load peak stands in for it (the sum, as before).
 
 Where the profiler measured a variant serving a batch in that fresh process (``MeasuredForward``) and its
 forward cost more than the calibrated terms book, the activations follow that measurement instead, scaled
@@ -145,8 +146,9 @@ class MeasuredForward:
     """One fresh plain process's figures for a variant (the profiler's): the peak RSS after loading, the peak
     after serving ``batch`` sequences of ``seq_len`` tokens, and where recorded the RSS once loading was over,
     trimmed and warmed up by one answer (``settled_rss_bytes``) and the batch's own peak
-    (``forward_peak_bytes``, read after resetting the peak). The forward's peak over the settled RSS is the variant's own forward; without them,
-    the serve peak over the load peak (a load transient then hides part of it)."""
+    (``forward_peak_bytes``, read after resetting the peak). The batch's peak over the settled RSS is the
+    variant's own forward; without them, the serve peak over the load peak (a load transient then hides part
+    of it)."""
 
     load_rss_bytes: int
     serve_rss_bytes: int
@@ -205,7 +207,8 @@ class ServingMemoryModel:
     the load peak where only that was measured) plus ``replica_overhead_bytes`` (the Ray worker, Serve and
     FastAPI on top of a plain process); serving adds ``first_forward_bytes`` (a constant, whatever the batch)
     and the activations; loading peaks at the load RSS plus ``load_overhead_bytes``. Where no load RSS was
-    measured, ``runtime_bytes + weight_factor x weights`` stands in for both. ``activation_scale``: measured peak bytes per modelled activation byte.
+    measured, ``runtime_bytes + weight_factor x weights`` stands in for both. ``activation_scale``: measured
+    peak bytes per modelled activation byte.
     The top-level coefficients are torch's; ``runtimes`` overrides any of them per runtime name
     (``{"onnxruntime": {"runtime_bytes": ..., "activation_scale": ...}}``), so ONNX and torch variants are
     planned by the same model, each with its own runtime term.
@@ -217,7 +220,8 @@ class ServingMemoryModel:
     # RSS (115 on the mean), a batch adds 3 MiB over the warmed-up idle RSS beside 1.23x the modelled
     # activations, and the replica's peak while loading holds 81 MiB over the plain load peak. Booked with
     # an 8 MiB margin on each byte term. (The defaults before 2026-11-28, 76 MiB of overhead and 30 MiB of
-    # first forward, were fitted over the load *peak* and carried loading's transient in them.)
+    # first forward, were fitted over the load *peak* and carried loading's transient in them.) The full
+    # serving benchmark's own calibration at 18:23 read 123 MiB, 3 MiB, 1.31 and 84 MiB.
     # Recalibrate with `tightfit serve --calibrate FILE` (or `calibrate_serving_memory`) on other machines.
     runtime_bytes: int = 400 * 2**20
     replica_overhead_bytes: int = 123 * 2**20
