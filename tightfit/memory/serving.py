@@ -274,7 +274,10 @@ class ServingMemoryModel:
             at = activation_elements(arch, measured.batch, measured.seq_len) * dtype_bytes
             booked = c["first_forward_bytes"] + c["activation_scale"] * at
             if at > 0 and measured.growth_bytes > booked:  # the variant's kernels hold more than the model's
-                acts = max(acts, (measured.growth_bytes - c["first_forward_bytes"]) / at * modelled)
+                # the excess is per token (torchao's int8 copies of each linear layer's input), so it scales
+                # with tokens; the modelled part keeps its own shape (attention grows with seq_len squared)
+                tokens = batch * total_len / (measured.batch * measured.seq_len)
+                acts = max(acts, acts + (measured.growth_bytes - booked) * tokens)
         kv = kv_cache_bytes(arch, batch, total_len, dtype_bytes)
         peak = load_rss_bytes if load_rss_bytes else int(c["runtime_bytes"] + c["weight_factor"] * weight_bytes)
         settled = min(settled_rss_bytes, peak) if settled_rss_bytes else peak
