@@ -14,6 +14,12 @@ The sampler is itself such a process: each round also runs both without it (``un
 shows what a process waking twice a second costs each path. Only the unsampled rates compare with
 ``finetune.py``'s.
 
+``idle_ray_actor``: what each of those Ray processes costs on its own. A local Ray started as fine-tuning
+starts it holds a few actors that run nothing; their CPU is read per thread from /proc over 30 s. Ray's
+core worker re-arms a 10 ms timer on every Python process's main thread to check for signals (Ray 2.60,
+``CoreWorker::RunTaskExecutionLoop``, not configurable), so each process wakes about 100 times a second
+whether or not it has work: the count of Ray's Python processes is what the other processes' CPU scales with.
+
     python benchmarks/finetune_profile.py [--rounds 2] [--quick]
 """
 
@@ -115,6 +121,66 @@ def profiled(run: Any) -> dict[str, Any]:
     return {"samples_per_s": result["samples_per_s"], **account(samples, sampler.pid)}
 
 
+IDLE_ACTORS = 4
+IDLE_WINDOW_S = 30.0
+
+
+def _thread_stats(pid: int) -> dict[str, tuple[str, float, int]]:
+    """Per thread of ``pid``: (name, CPU seconds, voluntary context switches), from /proc (psutil names no threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        switches = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+        found[tid] = (name, (int(fields[11]) + int(fields[12])) / tick, switches)
+    return found
+
+
+def idle_actors() -> dict[str, Any]:
+    """What one Ray Python process costs while it does nothing: a local Ray started as fine-tuning starts it,
+    ``IDLE_ACTORS`` actors that hold no task, their CPU over ``IDLE_WINDOW_S`` by thread. Every Ray Python
+    process (the Train controller and its helper actors, Ray Data's coordinators, the training workers) runs
+    the same core-worker loop, so this is each one's standing cost beside the training."""
+    import time
+
+    import ray
+
+    from tightfit import settings
+
+    settings.start_local_ray(num_cpus=3, log_to_driver=False)
+    try:
+        @ray.remote(num_cpus=0)
+        class Idle:
+            def pid(self) -> int:
+                return os.getpid()
+
+        actors = [Idle.remote() for _ in range(IDLE_ACTORS)]  # type: ignore[attr-defined]
+        pids = ray.get([actor.pid.remote() for actor in actors])
+        time.sleep(5.0)
+        before, started = {pid: _thread_stats(pid) for pid in pids}, time.monotonic()
+        time.sleep(IDLE_WINDOW_S)
+        after, window = {pid: _thread_stats(pid) for pid in pids}, time.monotonic() - started
+    finally:
+        ray.shutdown()
+    per_actor = []
+    for pid in pids:
+        main = str(pid)  # the main thread's id is the process's
+        used = {tid: (after[pid][tid][1] - before[pid][tid][1]) / window for tid in after[pid] if tid in before[pid]}
+        per_actor.append({
+            "process_cores": round(sum(used.values()), 4),
+            "main_thread_cores": round(used.get(main, 0.0), 4),
+            "main_thread_wakeups_per_s": round((after[pid][main][2] - before[pid][main][2]) / window, 1),
+            "threads": len(after[pid]),
+        })
+    return {"actors": IDLE_ACTORS, "window_s": IDLE_WINDOW_S,
+            "process_cores": median([a["process_cores"] for a in per_actor]),
+            "main_thread_cores": median([a["main_thread_cores"] for a in per_actor]),
+            "main_thread_wakeups_per_s": median([a["main_thread_wakeups_per_s"] for a in per_actor]),
+            "per_actor": per_actor}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
@@ -131,20 +197,25 @@ def main() -> None:
             unsampled["ray_2x1"].append(ray_run(2, tmp, limit=rows)["samples_per_s"])
             runs["torchrun_2x1"].append(profiled(lambda: torchrun_rate(2, rows, 2, tmp)))
             unsampled["torchrun_2x1"].append(torchrun_rate(2, rows, 2, tmp)["samples_per_s"])
-    figures = {
+    idle = idle_actors()
+    figures: dict[str, Any] = {
         kind: {"other_processes_cores": median([r["other_processes_cores"] for r in found]),
                "training_processes_cores": median([r["training_processes_cores"] for r in found]),
                "samples_per_s": median([r["samples_per_s"] for r in found]),
                "unsampled_samples_per_s": median(unsampled[kind]), "unsampled_runs": unsampled[kind], "runs": found}
         for kind, found in runs.items()
     }
+    figures["idle_ray_actor"] = idle
     path = write_results("finetune_profile", figures,
                          protocol={"rows": rows, "epochs": 2, "rounds": rounds, "quick": args.quick,
                                    "sample_s": SAMPLE_S, "busy_cores": BUSY_CORES})
-    for kind, found in figures.items():
+    for kind in runs:
+        found = figures[kind]
         print(f"{kind}: others {found['other_processes_cores']:.3f} cores, training "
               f"{found['training_processes_cores']:.3f}, {found['samples_per_s']:.1f} samples/s sampled, "
               f"{found['unsampled_samples_per_s']:.1f} without the sampler")
+    print(f"an idle Ray actor: {idle['process_cores']:.4f} cores, its main thread {idle['main_thread_cores']:.4f} "
+          f"waking {idle['main_thread_wakeups_per_s']:.0f} times a second")
     print(f"wrote {path}")
 
 
