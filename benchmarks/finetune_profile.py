@@ -125,16 +125,16 @@ IDLE_ACTORS = 4
 IDLE_WINDOW_S = 30.0
 
 
-def _thread_stats(pid: int) -> dict[str, tuple[str, float, int]]:
-    """Per thread of ``pid``: (name, CPU seconds, voluntary context switches), from /proc (psutil names no threads)."""
+def _thread_stats(pid: int) -> dict[str, tuple[float, int]]:
+    """Per thread of ``pid``: (CPU seconds, voluntary context switches), from /proc (psutil has no switch counts per thread)."""
     tick = os.sysconf("SC_CLK_TCK")
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
         status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
         switches = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
-        found[tid] = (name, (int(fields[11]) + int(fields[12])) / tick, switches)
+        found[tid] = ((int(fields[11]) + int(fields[12])) / tick, switches)
     return found
 
 
@@ -167,11 +167,11 @@ def idle_actors() -> dict[str, Any]:
     per_actor = []
     for pid in pids:
         main = str(pid)  # the main thread's id is the process's
-        used = {tid: (after[pid][tid][1] - before[pid][tid][1]) / window for tid in after[pid] if tid in before[pid]}
+        used = {tid: (after[pid][tid][0] - before[pid][tid][0]) / window for tid in after[pid] if tid in before[pid]}
         per_actor.append({
             "process_cores": round(sum(used.values()), 4),
             "main_thread_cores": round(used.get(main, 0.0), 4),
-            "main_thread_wakeups_per_s": round((after[pid][main][2] - before[pid][main][2]) / window, 1),
+            "main_thread_wakeups_per_s": round((after[pid][main][1] - before[pid][main][1]) / window, 1),
             "threads": len(after[pid]),
         })
     return {"actors": IDLE_ACTORS, "window_s": IDLE_WINDOW_S,
