@@ -1,9 +1,13 @@
 """Benchmark the default pipeline locally: orchestration overhead against the same steps in one process.
 
-In one run, ``rounds`` times (interleaved): ``fit_for_serving`` through kfp.local (a fresh run directory, so
-nothing is cached), and the **same component functions** (each component's Python body,
-``component.python_func``) called one after another in this process, in the DAG's order, with the same
-arguments and the same artifact files. Then three unchanged kfp.local reruns (cache hits).
+In one run, ``rounds`` times (interleaved, the side that runs first alternating between rounds):
+``fit_for_serving`` through kfp.local (a fresh run directory, so nothing is cached), and the **same component
+functions** (each component's Python body,
+``component.python_func``) called one after another in one fresh Python process, in the DAG's order, with
+the same arguments and the same artifact files. Every run of either side compiles into its own empty
+torch.compile cache (``TORCHINDUCTOR_CACHE_DIR``): a run that read another's compiled kernels skipped minutes
+of work (the 2026-11-28 21:19 run's first kfp.local run filled a cold cache that every later run read). Then
+three unchanged kfp.local reruns (cache hits).
 Writes ``benchmarks/results/pipeline.json``:
 
 - ``orchestration_overhead`` = kfp.local wall / ``sequential_wall_s`` - 1 (medians; goal <= 0.15): what KFP's
@@ -26,12 +30,15 @@ script end to end and claims nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,22 @@ def step_times(run_root: Path) -> dict[str, float]:
                 elapsed = (item.get("metadata") or {}).get("elapsed_s")
                 if elapsed is not None:
                     out[str(path.parent.relative_to(run_root))] = float(elapsed)
+    return out
+
+
+def profile_windows(root: Path) -> dict[str, dict[str, Any]]:
+    """Per variant of the profile stage under ``root`` (its ``footprints`` artifact): the seconds its
+    measurement took, the timing attempts it needed (a noisy attempt is measured again) and the cores other
+    processes kept busy meanwhile: where a slower profile stage lost its time."""
+    found = [p for p in root.rglob("footprints") if p.is_file()]
+    if not found:
+        return {}
+    out = {}
+    for record in json.loads(found[0].read_text()):
+        extra = record.get("extra") or {}
+        out[record["variant"]] = {
+            "s": round(extra.get("profile_ended_at", 0.0) - extra.get("profile_started_at", 0.0), 1),
+            "attempts": extra.get("measure_attempts"), "other_cores": extra.get("measure_other_cores")}
     return out
 
 
@@ -137,7 +160,38 @@ def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
         else:
             os.environ["TIGHTFIT_HOME"] = previous_home
     return {"wall_s": time.perf_counter() - started, "chosen": chosen.chosen_variant,
-            "step_s": {k: round(s, 2) for k, s in steps.seconds.items()}}
+            "step_s": {k: round(s, 2) for k, s in steps.seconds.items()},
+            "profile": profile_windows(run_dir / "steps" / "profile_all")}
+
+
+@contextlib.contextmanager
+def own_compile_cache(run_dir: Path) -> Iterator[None]:
+    """Point torch.compile's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, inherited by every task process) at an
+    empty folder of ``run_dir`` for the duration: every run compiles from nothing, as a first run does."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(run_dir / "inductor-cache")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def sequential_in_fresh_process(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """``run_sequential`` in a fresh Python process (as a user's script would run the steps: nothing this
+    benchmark process imported or compiled carries over), with its own empty compile cache. ``wall_s`` is that
+    process's whole wall time, interpreter start and imports included; ``steps_wall_s`` the steps' own."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--sequential-run", str(run_dir),
+               "--profile", args.profile, *(["--quick"] if args.quick else [])]
+    started = time.perf_counter()
+    with own_compile_cache(run_dir):
+        subprocess.run(command, check=True)
+    wall = time.perf_counter() - started
+    result: dict[str, Any] = json.loads((run_dir / "result.json").read_text())
+    return {**result, "steps_wall_s": round(result["wall_s"], 2), "wall_s": wall}
 
 
 def quick_config() -> Any:
@@ -182,21 +236,36 @@ def main() -> None:
     parser.add_argument("--profile", choices=("full", "quick"), default="full",
                         help="full: the default pipeline (make run), top-level figures; quick: its quick profile")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sequential-run", metavar="DIR", help=argparse.SUPPRESS)  # one in-process run, then exit
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     profile = "quick" if args.quick else args.profile
     config = quick_config() if args.quick else load_config(profile=None if profile == "full" else "quick")
+    if args.sequential_run:
+        result = run_sequential(config, Path(args.sequential_run))
+        (Path(args.sequential_run) / "result.json").write_text(json.dumps(result))
+        return
     kfp_runs, seq_runs, first_times = [], [], {}
     with tempfile.TemporaryDirectory(prefix="tightfit-bench-") as tmp:
         for round_no in range(rounds):  # interleaved: the machine's drift hits both alike
+            # Which side goes first alternates between rounds, and each run compiles into its own empty
+            # inductor cache: neither side reads what the other compiled (a cold cache adds minutes).
+            kfp_first = round_no % 2 == 0
+            if not kfp_first:
+                seq_runs.append(sequential_in_fresh_process(args, Path(tmp) / f"seq-{round_no}"))
             runs = Path(tmp) / f"kfp-{round_no}"
-            summary = run_local(config, pipeline="fit_for_serving", run_dir=runs)
-            kfp_runs.append({"wall_s": summary.wall_s, "chosen": summary.chosen})
+            with own_compile_cache(runs):
+                summary = run_local(config, pipeline="fit_for_serving", run_dir=runs)
+            kfp_runs.append({"wall_s": summary.wall_s, "chosen": summary.chosen, "first": kfp_first,
+                             "profile": profile_windows(runs / "pipeline")})
             if round_no == 0:
                 run_dirs = sorted(p for p in (runs / "pipeline").iterdir() if p.name.startswith("fit-for-serving-"))
                 first_times = step_times(run_dirs[0])
-            seq_runs.append(run_sequential(config, Path(tmp) / f"seq-{round_no}"))
-            print(f"round {round_no + 1}: kfp.local {summary.wall_s:.1f} s, in-process {seq_runs[-1]['wall_s']:.1f} s")
+            if kfp_first:
+                seq_runs.append(sequential_in_fresh_process(args, Path(tmp) / f"seq-{round_no}"))
+            seq_runs[-1]["first"] = not kfp_first
+            print(f"round {round_no + 1}: kfp.local {summary.wall_s:.1f} s, in-process {seq_runs[-1]['wall_s']:.1f} s",
+                  flush=True)
         reruns = [] if args.quick else [
             run_local(config, pipeline="fit_for_serving", run_dir=Path(tmp) / "kfp-0").wall_s for _ in range(3)
         ]
@@ -218,7 +287,9 @@ def main() -> None:
         "rounds": {"kfp_local": kfp_runs, "sequential": seq_runs},
         "kfp_step_compute_s": {k: round(v, 2) for k, v in first_times.items()},
         "notes": "kfp.local SubprocessRunner(use_venv=False), a fresh run dir per round (no cache hits); at most "
-        "2 loop iterations at once; the in-process run calls the same component bodies in the DAG's order",
+        "2 loop iterations at once; the in-process run calls the same component bodies in the DAG's order in a "
+        "fresh Python process (its wall_s from outside: start and imports included); the side that runs first "
+        "alternates between rounds; every run compiles into its own empty TORCHINDUCTOR_CACHE_DIR",
     }
     protocol = {"quick": args.quick, "rounds": rounds,
                 "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:])}
