@@ -2,9 +2,8 @@
 
 In one run, ``rounds`` times (interleaved, the side that runs first alternating between rounds):
 ``fit_for_serving`` through kfp.local (a fresh run directory, so nothing is cached), and the **same component
-functions** (each component's Python body,
-``component.python_func``) called one after another in one fresh Python process, in the DAG's order, with
-the same arguments and the same artifact files. Every run of either side compiles into its own empty
+functions** (each component's Python body, ``component.python_func``) called one after another in one fresh
+Python process, in the DAG's order, with the same arguments and the same artifact files. Every run of either side compiles into its own empty
 torch.compile cache (``TORCHINDUCTOR_CACHE_DIR``): a run that read another's compiled kernels skipped minutes
 of work (the 2026-11-28 21:19 run's first kfp.local run filled a cold cache that every later run read). Then
 three unchanged kfp.local reruns (cache hits).
