@@ -126,14 +126,16 @@ IDLE_WINDOW_S = 30.0
 
 
 def _thread_stats(pid: int) -> dict[str, tuple[float, int]]:
-    """Per thread of ``pid``: (CPU seconds, voluntary context switches), from /proc (psutil has no switch counts per thread)."""
+    """Per thread of ``pid``: (CPU seconds, voluntary context switches), from /proc (psutil has no switch
+    counts per thread)."""
     tick = os.sysconf("SC_CLK_TCK")
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
         status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        switches = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+        found_switches = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+        switches = int(found_switches.group(1))  # type: ignore[union-attr]
         found[tid] = ((int(fields[11]) + int(fields[12])) / tick, switches)
     return found
 

@@ -3,10 +3,10 @@
 In one run, ``rounds`` times (interleaved, the side that runs first alternating between rounds):
 ``fit_for_serving`` through kfp.local (a fresh run directory, so nothing is cached), and the **same component
 functions** (each component's Python body, ``component.python_func``) called one after another in one fresh
-Python process, in the DAG's order, with the same arguments and the same artifact files. Every run of either side compiles into its own empty
-torch.compile cache (``TORCHINDUCTOR_CACHE_DIR``): a run that read another's compiled kernels skipped minutes
-of work (the 2026-11-28 21:19 run's first kfp.local run filled a cold cache that every later run read). Then
-three unchanged kfp.local reruns (cache hits).
+Python process, in the DAG's order, with the same arguments and the same artifact files. Every run of either
+side compiles into its own empty torch.compile cache (``TORCHINDUCTOR_CACHE_DIR``): a run that read another's
+compiled kernels skipped minutes of work (the 2026-11-28 21:19 run's first kfp.local run filled a cold cache
+that every later run read). Then three unchanged kfp.local reruns (cache hits).
 Writes ``benchmarks/results/pipeline.json``:
 
 - ``orchestration_overhead`` = kfp.local wall / ``sequential_wall_s`` - 1 (medians; goal <= 0.15): what KFP's
@@ -63,6 +63,8 @@ def profile_windows(root: Path) -> dict[str, dict[str, Any]]:
     """Per variant of the profile stage under ``root`` (its ``footprints`` artifact): the seconds its
     measurement took, the timing attempts it needed (a noisy attempt is measured again) and the cores other
     processes kept busy meanwhile: where a slower profile stage lost its time."""
+    from tightfit.components.profile_steps import PROFILE_ENDED_AT, PROFILE_STARTED_AT
+
     found = [p for p in root.rglob("footprints") if p.is_file()]
     if not found:
         return {}
@@ -70,7 +72,7 @@ def profile_windows(root: Path) -> dict[str, dict[str, Any]]:
     for record in json.loads(found[0].read_text()):
         extra = record.get("extra") or {}
         out[record["variant"]] = {
-            "s": round(extra.get("profile_ended_at", 0.0) - extra.get("profile_started_at", 0.0), 1),
+            "s": round(extra.get(PROFILE_ENDED_AT, 0.0) - extra.get(PROFILE_STARTED_AT, 0.0), 1),
             "attempts": extra.get("measure_attempts"), "other_cores": extra.get("measure_other_cores")}
     return out
 
@@ -118,6 +120,20 @@ def pipeline_values(config: Any, tracking_uri: str) -> dict[str, Any]:
     return values
 
 
+@contextlib.contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name]`` set to ``value`` for the block (processes started in it inherit it), then restored."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
     """``fit_for_serving``'s component bodies in DAG order in this process (same arguments, same files)."""
     from tightfit.components.compress import compress
@@ -134,10 +150,8 @@ def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     v = pipeline_values(config, local_tracking_uri(run_dir))
     steps = Steps(run_dir / "steps", v)
-    previous_home = os.environ.get("TIGHTFIT_HOME")
-    os.environ["TIGHTFIT_HOME"] = str(run_dir)  # as run_local does: the outbox and Ray files land there
     started = time.perf_counter()
-    try:
+    with environ("TIGHTFIT_HOME", str(run_dir)):  # as run_local does: the outbox and Ray files land there
         steps(start_tracking, "start_tracking", base_model=v["model"], run_name=v["run_name"])
         _, data = steps(prepare_data, "prepare_data", limit=v["data_limit"])
         _, tuned = steps(finetune, "finetune", data=data["data"], base_model=v["model"], address=v["ray_address"])
@@ -153,29 +167,15 @@ def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
         steps(register, "register", chosen=picked["chosen"], selection=chosen.selection)
         if v["deploy_enabled"] and chosen.found:
             steps(deploy, "deploy", chosen=picked["chosen"], selected=picked["selected"])
-    finally:
-        if previous_home is None:
-            os.environ.pop("TIGHTFIT_HOME", None)
-        else:
-            os.environ["TIGHTFIT_HOME"] = previous_home
     return {"wall_s": time.perf_counter() - started, "chosen": chosen.chosen_variant,
             "step_s": {k: round(s, 2) for k, s in steps.seconds.items()},
             "profile": profile_windows(run_dir / "steps" / "profile_all")}
 
 
-@contextlib.contextmanager
-def own_compile_cache(run_dir: Path) -> Iterator[None]:
+def own_compile_cache(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Point torch.compile's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, inherited by every task process) at an
     empty folder of ``run_dir`` for the duration: every run compiles from nothing, as a first run does."""
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(run_dir / "inductor-cache")
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    return environ("TORCHINDUCTOR_CACHE_DIR", str(run_dir / "inductor-cache"))
 
 
 def sequential_in_fresh_process(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
