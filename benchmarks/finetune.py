@@ -132,11 +132,11 @@ def ray_fit_wall(workers: int, rows: int | None, epochs: int, tmp: Path) -> dict
     )
     model_path, _ = resolve_model_path(config.model)
     data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
-    plan = plan_training(config, model_path, data.num_labels)
+    plan = plan_training(config, model_path, data)
     paths = run_paths(config, distilling=False)
     client = MlflowClient(paths.tracking_uri)
     run_id = open_training_run(client, config, plan, paths)
-    started_ray = ensure_ray(config)
+    started_ray = ensure_ray(config, plan)
     try:
         started = time.perf_counter()
         trainer = build_trainer(config, plan, data, model_path, None, paths, run_id)

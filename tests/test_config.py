@@ -129,6 +129,8 @@ def test_other_fields_are_validated(tmp_path: Path) -> None:
         config_from_dict(_base(target={"latency": 50}))
     with pytest.raises(ConfigError, match=r"finetune.lr: Input should be a finite number"):
         config_from_dict(_base(finetune={"lr": float("inf")}))
+    with pytest.raises(ConfigError, match=r"finetune.ingest: Input should be 'auto', 'memory' or 'ray_data'"):
+        config_from_dict(_base(finetune={"ingest": "disk"}))
     with pytest.raises(ConfigError, match=r"data.limit must be positive"):
         config_from_dict(_base(data={"limit": -3}))
     with pytest.raises(ConfigError, match="modle: unknown key"):

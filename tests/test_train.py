@@ -193,9 +193,9 @@ def test_distillation_trains_a_smaller_student_from_the_teacher(baseline, tmp_pa
 
     teacher, _ = baseline
     student_dir = _layer_dropped_student(tmp_path / "student")
-    result = run_finetune(_config(
+    result = run_finetune(_config(  # through Ray Data (the baseline goes in memory): both ingests train
         tmp_path, model=str(student_dir), teacher_dir=str(teacher.model_dir), workers=1, epochs=2,
-        temperature=2.0, alpha=0.5,
+        temperature=2.0, alpha=0.5, ingest="ray_data",
     ))
     test = load_dataset("rotten_tomatoes", seed=0, limit=LIMIT).test
     majority = float(test["label"].value_counts(normalize=True).max())
@@ -218,7 +218,7 @@ def test_a_split_that_fits_the_object_store_is_tokenized_once_and_cached_in_orde
     from tightfit.assets import resolve_model_path
     from tightfit.data import load_dataset
     from tightfit.settings import start_local_ray
-    from tightfit.train.support import CACHE_SHARE, ray_dataset, tokenize_batch, tokenized_bytes
+    from tightfit.train.ingest import CACHE_SHARE, ray_dataset, tokenize_batch, tokenized_bytes
 
     data = load_dataset("rotten_tomatoes", seed=0)
     model_dir = str(resolve_model_path("minilm")[0])
@@ -238,3 +238,52 @@ def test_a_split_that_fits_the_object_store_is_tokenized_once_and_cached_in_orde
         assert not isinstance(ray_dataset(data.train, model_dir, 512), MaterializedDataset)
     finally:
         ray.shutdown()
+
+
+def test_memory_ingest_gives_each_rank_a_disjoint_seeded_share_and_auto_picks_it_for_small_splits() -> None:
+    """Two ranks' training shares of an epoch together hold every row once; an epoch's order is the same
+    when drawn again (a resumed run) and differs from the next epoch's; validation covers each row once,
+    in order. ``auto`` keeps Rotten Tomatoes in memory and streams a split too large for it."""
+    import numpy as np
+    import ray
+    import torch
+
+    from tightfit.assets import resolve_model_path
+    from tightfit.data import load_dataset
+    from tightfit.settings import start_local_ray
+    from tightfit.train.ingest import (
+        MEMORY_INGEST_MAX_BYTES,
+        MemoryShard,
+        choose_ingest,
+        put_split,
+        tokenized_bytes,
+    )
+
+    data = load_dataset("rotten_tomatoes", seed=0)
+    frame = data.validation.iloc[:300]
+    model_dir = str(resolve_model_path("minilm")[0])
+    cpu = torch.device("cpu")
+    start_local_ray(num_cpus=1, log_to_driver=False)
+    try:
+        ref = put_split(frame, model_dir, 64)
+        expected = ray.get(ref)
+        shards = [MemoryShard(ref, rank=rank, world=2, seed=3) for rank in (0, 1)]
+
+        def epoch_rows(shard: MemoryShard, epoch: int) -> np.ndarray:
+            return torch.cat([b["input_ids"] for b in shard.iter_train(32, epoch, cpu)]).numpy()
+
+        first = [epoch_rows(s, 0) for s in shards]
+        assert [len(rows) for rows in first] == [150, 150]
+        together = np.concatenate(first)
+        assert sorted(map(bytes, together)) == sorted(map(bytes, expected["input_ids"]))
+        assert np.array_equal(epoch_rows(shards[0], 0), first[0])  # drawn again: the same order
+        assert not np.array_equal(epoch_rows(shards[0], 1), first[0])  # the next epoch: reshuffled
+        labels = [torch.cat([b["labels"] for b in s.iter_eval(64, cpu)]).numpy() for s in shards]
+        assert np.array_equal(labels[0], expected["labels"][0::2]) and np.array_equal(labels[1], expected["labels"][1::2])
+    finally:
+        ray.shutdown()
+    rows = len(data.train) + len(data.validation)
+    assert choose_ingest("auto", rows, 64) == "memory"
+    too_many = MEMORY_INGEST_MAX_BYTES // tokenized_bytes(1, 512) + 1
+    assert choose_ingest("auto", too_many, 512) == "ray_data"
+    assert choose_ingest("ray_data", rows, 64) == "ray_data"

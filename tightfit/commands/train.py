@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str, typer.Option(help="fp32, bf16 or auto")] = "fp32",
         strategy: Annotated[str, typer.Option(help="ddp or fsdp")] = "ddp",
         gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward")] = False,
+        ingest: Annotated[
+            str, typer.Option(help="memory, ray_data or auto (memory when the tokenized splits take <= 256 MiB)")
+        ] = "auto",
         gpu: Annotated[bool, typer.Option(help="one GPU per worker (NCCL)")] = False,
         out: Annotated[str | None, typer.Option(help="output dir (model/, metrics.json, ray_results/)")] = None,
         storage_path: Annotated[str | None, typer.Option(help="checkpoint storage: a dir or a URI (s3://...)")] = None,
@@ -64,7 +67,7 @@ def register(app: typer.Typer) -> None:
             "epochs": epochs, "patience": patience, "monitor": monitor, "global_batch": global_batch, "memory_budget": memory_budget,
             "max_length": max_length, "lr": lr, "seed": seed, "limit": limit, "teacher_dir": teacher,
             "precision": precision, "strategy": strategy, "gradient_checkpointing": gradient_checkpointing,
-            "use_gpu": gpu, "out_dir": out, "storage_path": storage_path, "max_failures": max_failures,
+            "ingest": ingest, "use_gpu": gpu, "out_dir": out, "storage_path": storage_path, "max_failures": max_failures,
             "tracking_uri": tracking_uri,
         })
         if kuberay_namespace:

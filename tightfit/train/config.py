@@ -70,6 +70,11 @@ class FinetuneConfig(BaseModel):
     limit: PositiveInt | None = None
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    ingest: Literal["auto", "memory", "ray_data"] = Field(
+        default="auto",
+        description="how the splits reach the workers: memory (tokenized once, in the object store, read with a "
+        "torch DataLoader), ray_data (Ray Data streams them), auto (memory when their tokens take at most 256 MiB)",
+    )
     gradient_checkpointing: bool = False
     temperature: float = Field(default=2.0, gt=0)
     alpha: Fraction = Field(default=0.5, ge=0, le=1)

@@ -1,9 +1,8 @@
 """The Ray Train worker loop: DDP/FSDP fine-tuning or distillation of a sequence classifier.
 
 Runs inside every Ray Train worker (``train_loop_per_worker``). Deterministic for a seed: the head is
-initialised from the seed, dropout is reseeded per (epoch, rank), Ray Data keeps the shard order
-(``preserve_order``) and the local shuffle is seeded per epoch, so a run resumed from an epoch checkpoint
-reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
+initialised from the seed, dropout is reseeded per (epoch, rank) and each epoch's shuffle is seeded
+(``tightfit.train.ingest``), so a run resumed from an epoch checkpoint reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
 Training stops early once validation stops improving (``tightfit.train.stopping``); the model each
 checkpoint delivers is the best epoch's.
 """
@@ -19,6 +18,7 @@ from typing import Any
 
 from tightfit.compress.distill import distillation_loss
 from tightfit.memory.rss import peak_rss_bytes
+from tightfit.train.ingest import worker_shards
 from tightfit.train.stopping import EarlyStopping
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -133,8 +133,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, elapsed_before = int(state["epoch"]) + 1, float(state["elapsed_s"])
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
+    train_shard, val_shard = worker_shards(cfg, rank, world)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, int(cfg["epochs"])):
         if stopper.should_stop:  # resumed after the stopping epoch's checkpoint: nothing left to train
@@ -143,13 +142,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         model.train()
         epoch_start = time.perf_counter()
         seen, loss_sum, batches, micro_step = 0, 0.0, 0, 0
-        batches_iter = train_shard.iter_torch_batches(
-            batch_size=micro_batch,
-            local_shuffle_buffer_size=4 * micro_batch,
-            local_shuffle_seed=int(cfg["seed"]) + epoch,
-            device=device,
-        )
-        for batch in batches_iter:
+        for batch in train_shard.iter_train(micro_batch, epoch, device):
             micro_step += 1
             last_of_group = micro_step % accumulation == 0
             sync = nullcontext() if last_of_group or world == 1 or strategy == "fsdp" else model.no_sync()
@@ -273,7 +266,7 @@ def _validate(model: Any, shard: Any, batch_size: int, precision: str, device: A
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), _autocast(precision, device):
-        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 32), device=device):
+        for batch in shard.iter_eval(max(batch_size, 32), device):
             ids, mask = _trimmed(batch)
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             labels = batch["labels"]

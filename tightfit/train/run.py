@@ -1,8 +1,7 @@
 """Distributed fine-tuning and distillation on Ray Train V2: ``FinetuneConfig`` -> ``run_finetune`` -> result.
 
 One library call behind every front door (CLI, the Ray job entrypoint, the Jobs API, a KubeRay RayJob):
-data goes through Ray Data (tokenized with ``map_batches`` and cached when it fits the object store, split per
-worker, read with ``iter_torch_batches``); the micro-batch comes from the training memory model and a per-worker budget;
+data reaches the workers in memory or through Ray Data (``tightfit.train.ingest``); the micro-batch comes from the training memory model and a per-worker budget;
 checkpoints are written every epoch and a failed worker restarts the group from the last one; every rank's
 figures go to MLflow through a driver-side ``UserCallback``; the final model is an HF-format directory.
 """
@@ -24,11 +23,11 @@ from tightfit.errors import BackendError, ConfigError
 from tightfit.memory.training import ModelShape, choose_micro_batch, estimate_training_memory
 from tightfit.progress import Reporter
 from tightfit.train.config import FinetuneConfig
+from tightfit.train.ingest import choose_ingest, put_split, ray_dataset
 from tightfit.train.loop import MODEL_SUBDIR, train_loop_per_worker
 from tightfit.train.support import (
     evaluate_classifier,
     make_mlflow_callback,
-    ray_dataset,
     unique_run_name,
 )
 from tightfit.train.watch import watch_epochs
@@ -56,6 +55,7 @@ class TrainingPlan:
     predicted_peak_bytes: int
     precision: str
     memory_breakdown: str
+    ingest: str = "ray_data"
 
 
 def resolve_precision(choice: str, use_gpu: bool) -> str:
@@ -73,11 +73,12 @@ def resolve_precision(choice: str, use_gpu: bool) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
-def plan_training(config: FinetuneConfig, model_dir: str | Path, num_labels: int) -> TrainingPlan:
-    """Micro-batch and accumulation from the memory model (BudgetError before any worker starts)."""
+def plan_training(config: FinetuneConfig, model_dir: str | Path, data: DatasetSplits) -> TrainingPlan:
+    """Micro-batch and accumulation from the memory model (BudgetError before any worker starts), and how
+    the train and validation splits reach the workers."""
 
     precision = resolve_precision(config.precision, config.use_gpu)
-    shape = ModelShape.from_pretrained_dir(model_dir, num_labels=num_labels)
+    shape = ModelShape.from_pretrained_dir(model_dir, num_labels=data.num_labels)
     options: dict[str, Any] = {
         "precision": precision, "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
     }
@@ -96,7 +97,8 @@ def plan_training(config: FinetuneConfig, model_dir: str | Path, num_labels: int
     estimate = estimate_training_memory(
         shape, micro_batch=micro, seq_len=config.max_length, workers=config.workers, **options
     )
-    return TrainingPlan(micro, accumulation, estimate.total, precision, estimate.describe())
+    ingest = choose_ingest(config.ingest, len(data.train) + len(data.validation), config.max_length)
+    return TrainingPlan(micro, accumulation, estimate.total, precision, estimate.describe(), ingest)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def open_training_run(client: Any, config: FinetuneConfig, plan: TrainingPlan, p
         names.PARAM_TEACHER: config.teacher_dir or "", names.PARAM_MEMORY_BUDGET: config.memory_budget or "",
         names.WORKERS: config.workers, names.GLOBAL_BATCH: config.global_batch, names.MICRO_BATCH: plan.micro_batch,
         names.ACCUMULATION_STEPS: plan.accumulation_steps, "precision": plan.precision, "strategy": config.strategy,
+        "ingest": plan.ingest,
         "gradient_checkpointing": config.gradient_checkpointing, "memory_breakdown": plan.memory_breakdown[:500],
     }
     for key, value in params.items():
@@ -139,7 +142,7 @@ def open_training_run(client: Any, config: FinetuneConfig, plan: TrainingPlan, p
     return str(run.info.run_id)
 
 
-def ensure_ray(config: FinetuneConfig) -> bool:
+def ensure_ray(config: FinetuneConfig, plan: TrainingPlan) -> bool:
     """Join the given cluster, the job's cluster (``$RAY_ADDRESS``), or start a local Ray on 127.0.0.1.
     Returns True when this call started Ray (and must shut it down)."""
     import ray
@@ -152,7 +155,8 @@ def ensure_ray(config: FinetuneConfig) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # inside a Ray job: the cluster the job runs on
         return False
-    cpus = config.num_cpus or config.workers * config.cpus_per_worker + 1  # +1 for Ray Data tasks
+    data_tasks = 1 if plan.ingest == "ray_data" else 0  # a CPU for Ray Data's tasks
+    cpus = config.num_cpus or config.workers * config.cpus_per_worker + data_tasks
     settings.start_local_ray(num_cpus=cpus, log_to_driver=False)
     return True
 
@@ -161,12 +165,11 @@ def build_trainer(
     config: FinetuneConfig, plan: TrainingPlan, data: DatasetSplits, model_path: Path, teacher_path: str | None,
     paths: RunPaths, run_id: str,
 ) -> Any:
-    """The ``TorchTrainer``: the worker loop's settings, Ray Data ingest, checkpoints, restarts, MLflow."""
+    """The ``TorchTrainer``: the worker loop's settings, the splits (in memory or Ray Datasets), checkpoints,
+    restarts, MLflow."""
     import ray.train
-    from ray.data import DataContext, ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-    DataContext.get_current().execution_options.preserve_order = True
     loop_config = {
         "model_dir": str(model_path), "teacher_dir": teacher_path, "num_labels": data.num_labels,
         "label_names": list(data.label_names),
@@ -177,18 +180,26 @@ def build_trainer(
         "strategy": config.strategy, "gradient_checkpointing": config.gradient_checkpointing,
         "temperature": config.temperature, "alpha": config.alpha, "predicted_peak_bytes": plan.predicted_peak_bytes,
         "patience": config.patience, "monitor": config.monitor, "min_delta": config.min_delta,
+        "ingest": plan.ingest,
     }
+    ingest: dict[str, Any] = {}
+    if plan.ingest == "memory":
+        loop_config["train_ref"] = put_split(data.train, str(model_path), config.max_length)
+        loop_config["validation_ref"] = put_split(data.validation, str(model_path), config.max_length)
+    else:
+        from ray.data import DataContext, ExecutionOptions
+
+        DataContext.get_current().execution_options.preserve_order = True
+        ingest["datasets"] = {"train": ray_dataset(data.train, str(model_path), config.max_length),
+                              "validation": ray_dataset(data.validation, str(model_path), config.max_length)}
+        ingest["dataset_config"] = ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker},
         ),
-        datasets={
-            "train": ray_dataset(data.train, str(model_path), config.max_length),
-            "validation": ray_dataset(data.validation, str(model_path), config.max_length),
-        },
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        **ingest,
         run_config=ray.train.RunConfig(
             name=paths.run_name,
             storage_path=paths.storage,
@@ -263,7 +274,7 @@ def run_finetune(config: FinetuneConfig, progress: Reporter | None = None) -> Fi
         raise ConfigError(f"fine-tuning needs an HF-format model directory; {model_path} is a single file")
     teacher_path = str(resolve_model_path(config.teacher_dir)[0]) if config.teacher_dir else None
     data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
-    plan = plan_training(config, model_path, data.num_labels)
+    plan = plan_training(config, model_path, data)
     paths = run_paths(config, distilling=teacher_path is not None)
     client = MlflowClient(paths.tracking_uri)
     run_id = open_training_run(client, config, plan, paths)
@@ -271,7 +282,7 @@ def run_finetune(config: FinetuneConfig, progress: Reporter | None = None) -> Fi
     reporter.note(f"plan: {config.workers} worker(s), micro-batch {plan.micro_batch} x {plan.accumulation_steps} "
                   f"accumulation, {plan.precision}, predicted peak {format_bytes(plan.predicted_peak_bytes)} per worker")
     with reporter.step("ray", "start Ray"):
-        started_ray = ensure_ray(config)
+        started_ray = ensure_ray(config, plan)
     status = "FAILED"
     try:
         trainer = build_trainer(config, plan, data, model_path, teacher_path, paths, run_id)

@@ -1,8 +1,7 @@
-"""Driver-side helpers of the fine-tuning job: Ray Data ingest, the MLflow callback, evaluation, run names."""
+"""Driver-side helpers of the fine-tuning job: the MLflow callback, evaluation, run names."""
 
 from __future__ import annotations
 
-import functools
 import secrets
 import time
 from pathlib import Path
@@ -14,68 +13,6 @@ from tightfit import names
 def unique_run_name(prefix: str = "finetune") -> str:
     """A run name no earlier run has: Ray silently resumes (and no-ops) a finished run of the same name."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_dir: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-def tokenize_batch(batch: Any, model_dir: str, max_length: int) -> dict[str, Any]:
-    """Ray Data ``map_batches`` function: text -> fixed-length ids, mask and labels (numpy)."""
-    import numpy as np
-
-    encoded = _tokenizer(model_dir)(
-        [str(t) for t in batch["text"]],
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="np",
-    )
-    return {
-        "input_ids": encoded["input_ids"].astype(np.int64),
-        "attention_mask": encoded["attention_mask"].astype(np.int64),
-        "labels": np.asarray(batch["label"], dtype=np.int64),
-    }
-
-
-CACHE_SHARE = 0.25  # cache the tokenized split when it takes at most this share of the object store
-
-
-def tokenized_bytes(rows: int, max_length: int) -> int:
-    """Bytes of ``rows`` tokenized rows: int64 ids and mask of ``max_length`` tokens and an int64 label."""
-    return rows * (2 * max_length + 1) * 8
-
-
-def ray_dataset(frame: Any, model_dir: str, max_length: int, rows_per_block: int = 128, *,
-                cache: bool | None = None) -> Any:
-    """The split as a Ray Dataset of fixed-length ids, mask and labels, tokenized by Ray Data tasks in blocks.
-
-    A split whose tokens take at most ``CACHE_SHARE`` of the cluster's object store is tokenized once, here,
-    and cached (``materialize()``, Ray Data's advice for a preprocessed dataset that fits the object store);
-    a lazy dataset would tokenize again every epoch, in tasks that take CPU from the training workers. A larger
-    split streams, so workers never hold it whole. ``cache`` forces either."""
-    import ray
-    import ray.data
-
-    chunks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)] or [frame]
-    dataset = ray.data.from_pandas([c[["text", "label"]].reset_index(drop=True) for c in chunks])
-    tokenize: Any = tokenize_batch
-    tokenized = dataset.map_batches(
-        tokenize,
-        batch_format="pandas",
-        batch_size=rows_per_block,
-        fn_kwargs={"model_dir": model_dir, "max_length": max_length},
-    )
-    if cache is None:
-        store = float(ray.cluster_resources().get("object_store_memory", 0))
-        cache = tokenized_bytes(len(frame), max_length) <= CACHE_SHARE * store
-    if not cache:
-        return tokenized
-    tokenized.context.execution_options.preserve_order = True  # this dataset's own context: rows in frame order
-    return tokenized.materialize()
 
 
 def make_mlflow_callback(tracking_uri: str, run_id: str, target_accuracy: float | None) -> Any:
