@@ -8,9 +8,9 @@ the store streams, so no worker ever holds it whole.
 
 ``auto`` picks ``memory`` for a split whose tokens take at most ``MEMORY_INGEST_MAX_BYTES``. Such a split
 would be cached whole by Ray Data anyway (``materialize()``), so streaming buys nothing, while Ray Data's split
-coordinators, dataset manager, stats and autoscaling actors are each another Ray Python process, each costing
-about 0.0075 cores (``benchmarks/finetune_profile.py``); on a machine whose every core trains, that CPU comes
-out of the lockstep DDP workers.
+coordinator and stats actor (and the CPU reserved for its tasks, an idle pooled worker) are each another Ray
+Python process costing about 0.0075 cores (``benchmarks/finetune_profile.py``); on a machine whose every core
+trains, that CPU comes out of the lockstep DDP workers.
 """
 
 from __future__ import annotations
