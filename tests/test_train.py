@@ -279,7 +279,8 @@ def test_memory_ingest_gives_each_rank_a_disjoint_seeded_share_and_auto_picks_it
         assert np.array_equal(epoch_rows(shards[0], 0), first[0])  # drawn again: the same order
         assert not np.array_equal(epoch_rows(shards[0], 1), first[0])  # the next epoch: reshuffled
         labels = [torch.cat([b["labels"] for b in s.iter_eval(64, cpu)]).numpy() for s in shards]
-        assert np.array_equal(labels[0], expected["labels"][0::2]) and np.array_equal(labels[1], expected["labels"][1::2])
+        assert np.array_equal(labels[0], expected["labels"][0::2])
+        assert np.array_equal(labels[1], expected["labels"][1::2])
     finally:
         ray.shutdown()
     rows = len(data.train) + len(data.validation)

@@ -67,8 +67,8 @@ def register(app: typer.Typer) -> None:
             "epochs": epochs, "patience": patience, "monitor": monitor, "global_batch": global_batch, "memory_budget": memory_budget,
             "max_length": max_length, "lr": lr, "seed": seed, "limit": limit, "teacher_dir": teacher,
             "precision": precision, "strategy": strategy, "gradient_checkpointing": gradient_checkpointing,
-            "ingest": ingest, "use_gpu": gpu, "out_dir": out, "storage_path": storage_path, "max_failures": max_failures,
-            "tracking_uri": tracking_uri,
+            "ingest": ingest, "use_gpu": gpu, "out_dir": out, "storage_path": storage_path,
+            "max_failures": max_failures, "tracking_uri": tracking_uri,
         })
         if kuberay_namespace:
             from tightfit.train.launch import launch_kuberay

@@ -1,8 +1,8 @@
 """Fine-tuning and distillation on Ray Train: ``FinetuneConfig`` -> ``run_finetune`` -> an HF model dir.
 
-``run`` drives a run, ``loop`` is what every worker runs, ``support`` the driver-side ingest and MLflow
-callback, ``launch`` the remote paths (Ray Jobs API, KubeRay RayJob), ``stopping`` early stopping on
-validation.
+``run`` drives a run, ``loop`` is what every worker runs, ``ingest`` how the splits reach the workers (in
+memory or Ray Data), ``support`` the driver-side MLflow callback and evaluation, ``launch`` the remote paths
+(Ray Jobs API, KubeRay RayJob), ``stopping`` early stopping on validation.
 """
 
 from tightfit.train.config import FinetuneConfig

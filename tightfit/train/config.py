@@ -25,6 +25,7 @@ from pydantic import (
 from tightfit import names
 from tightfit.errors import ConfigError, UnsupportedError, describe_validation_error
 from tightfit.spec import PERSON
+from tightfit.train.ingest import Ingest
 from tightfit.units import parse_bytes
 
 Fraction = float
@@ -70,7 +71,7 @@ class FinetuneConfig(BaseModel):
     limit: PositiveInt | None = None
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    ingest: Literal["auto", "memory", "ray_data"] = Field(
+    ingest: Ingest = Field(
         default="auto",
         description="how the splits reach the workers: memory (tokenized once, in the object store, read with a "
         "torch DataLoader), ray_data (Ray Data streams them), auto (memory when their tokens take at most 256 MiB)",

@@ -2,7 +2,8 @@
 
 Runs inside every Ray Train worker (``train_loop_per_worker``). Deterministic for a seed: the head is
 initialised from the seed, dropout is reseeded per (epoch, rank) and each epoch's shuffle is seeded
-(``tightfit.train.ingest``), so a run resumed from an epoch checkpoint reproduces an unbroken run. Every rank reports its own figures (samples/s, peak memory) each epoch.
+(``tightfit.train.ingest``), so a run resumed from an epoch checkpoint reproduces an unbroken run. Every rank
+reports its own figures (samples/s, peak memory) each epoch.
 Training stops early once validation stops improving (``tightfit.train.stopping``); the model each
 checkpoint delivers is the best epoch's.
 """

@@ -1,9 +1,10 @@
 """Distributed fine-tuning and distillation on Ray Train V2: ``FinetuneConfig`` -> ``run_finetune`` -> result.
 
 One library call behind every front door (CLI, the Ray job entrypoint, the Jobs API, a KubeRay RayJob):
-data reaches the workers in memory or through Ray Data (``tightfit.train.ingest``); the micro-batch comes from the training memory model and a per-worker budget;
-checkpoints are written every epoch and a failed worker restarts the group from the last one; every rank's
-figures go to MLflow through a driver-side ``UserCallback``; the final model is an HF-format directory.
+data reaches the workers in memory or through Ray Data (``tightfit.train.ingest``); the micro-batch comes from
+the training memory model and a per-worker budget; checkpoints are written every epoch and a failed worker
+restarts the group from the last one; every rank's figures go to MLflow through a driver-side ``UserCallback``;
+the final model is an HF-format directory.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TrainingPlan:
     predicted_peak_bytes: int
     precision: str
     memory_breakdown: str
-    ingest: str = "ray_data"
+    ingest: str
 
 
 def resolve_precision(choice: str, use_gpu: bool) -> str:
