@@ -32,18 +32,18 @@ import argparse
 import contextlib
 import inspect
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, spread, write_results
+
+from tightfit import settings
 
 
 def step_times(run_root: Path) -> dict[str, float]:
@@ -120,20 +120,6 @@ def pipeline_values(config: Any, tracking_uri: str) -> dict[str, Any]:
     return values
 
 
-@contextlib.contextmanager
-def environ(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name]`` set to ``value`` for the block (processes started in it inherit it), then restored."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-
-
 def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
     """``fit_for_serving``'s component bodies in DAG order in this process (same arguments, same files)."""
     from tightfit.components.compress import compress
@@ -151,7 +137,7 @@ def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
     v = pipeline_values(config, local_tracking_uri(run_dir))
     steps = Steps(run_dir / "steps", v)
     started = time.perf_counter()
-    with environ("TIGHTFIT_HOME", str(run_dir)):  # as run_local does: the outbox and Ray files land there
+    with settings.environ({settings.ENV_HOME: str(run_dir)}):  # as run_local does: outbox and Ray files land there
         steps(start_tracking, "start_tracking", base_model=v["model"], run_name=v["run_name"])
         _, data = steps(prepare_data, "prepare_data", limit=v["data_limit"])
         _, tuned = steps(finetune, "finetune", data=data["data"], base_model=v["model"], address=v["ray_address"])
@@ -175,7 +161,7 @@ def run_sequential(config: Any, run_dir: Path) -> dict[str, Any]:
 def own_compile_cache(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Point torch.compile's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, inherited by every task process) at an
     empty folder of ``run_dir`` for the duration: every run compiles from nothing, as a first run does."""
-    return environ("TORCHINDUCTOR_CACHE_DIR", str(run_dir / "inductor-cache"))
+    return settings.environ({"TORCHINDUCTOR_CACHE_DIR": str(run_dir / "inductor-cache")})
 
 
 def sequential_in_fresh_process(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:

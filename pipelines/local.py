@@ -238,19 +238,10 @@ def _task_environment(root: Path) -> Iterator[None]:
     values = {settings.ENV_HOME: str(root),
               # loop iterations run LOOP_PARALLELISM at once here: each takes its share of the cores
               settings.ENV_LOOP_THREADS: str(max(1, cpu_threads() // LOOP_PARALLELISM))}
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with settings.environ(values), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        yield
 
 
 def _reporter(console: Any, show_logs: bool, quiet: bool, pipeline: str) -> Reporter:

@@ -7,7 +7,9 @@ so a KFP task, a Ray worker and the CLI all resolve the same paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -107,3 +109,19 @@ def start_local_ray(
     if dashboard_port is not None:
         dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
     ray.init(num_cpus=num_cpus, **dashboard, **options)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block (processes started in it inherit them), then each
+    name restored to what it was, or removed if it was unset."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
