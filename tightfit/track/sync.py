@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,17 +48,9 @@ class SyncReport:
         return self.pending == 0 and self.error is None
 
 
-@contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in _SYNC_HTTP_ENV}
-    for key, value in _SYNC_HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
+def _fail_fast_http() -> contextlib.AbstractContextManager[None]:
+    """``_SYNC_HTTP_ENV`` for the block where the user set none of its own (a value they set is kept)."""
+    return settings.environ({key: os.environ.get(key, value) for key, value in _SYNC_HTTP_ENV.items()})
 
 
 _REFUSALS = frozenset(
