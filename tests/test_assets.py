@@ -19,6 +19,20 @@ def test_minilm_forward_shape(minilm) -> None:
     assert logits.shape == (3, 2)
 
 
+def test_fresh_head_is_seeded() -> None:
+    """A fresh classifier head is drawn from the seed, not from whatever ran before: the same seeded
+    fine-tune must start from the same model in every process (an unseeded head moved the compression
+    benchmark's baseline by 0.7 points between two builds)."""
+    first = assets.load_model("minilm").model.classifier.weight
+    torch.manual_seed(123)  # the caller's stream: must neither decide the head nor be consumed by it
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    again = assets.load_model("minilm").model.classifier.weight
+    assert torch.equal(torch.rand(3), expected_next)
+    assert torch.equal(again, first)
+    assert not torch.equal(assets.load_model("minilm", seed=1).model.classifier.weight, first)
+
+
 @pytest.mark.slow
 def test_smollm2_generates_after_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TIGHTFIT_CACHE", str(tmp_path))

@@ -214,9 +214,12 @@ def load_model(
     num_labels: int = 2,
     dtype: Any = None,
     labels: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a model and tokenizer offline: ``minilm``, ``smollm2``, an HF dir or a checkpoint file.
-    ``labels`` names a fresh classifier head's outputs (and sets ``num_labels``)."""
+    ``labels`` names a fresh classifier head's outputs (and sets ``num_labels``). A fresh head (weights the
+    checkpoint lacks) is drawn from ``seed``, so the same call gives the same model and a seeded fine-tune
+    repeats; the caller's random stream is left as it was."""
     import torch
     from transformers import (
         AutoConfig,
@@ -237,7 +240,9 @@ def load_model(
             tokenizer.pad_token = tokenizer.eos_token
     else:
         head = label_maps(labels) if labels is not None else {"num_labels": num_labels}
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype, **head)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype, **head)
     if path.is_file():
         state = _read_state_dict(path)
         _missing, unexpected = model.load_state_dict(state, strict=False)
