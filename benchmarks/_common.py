@@ -159,3 +159,14 @@ def write_results(name: str, figures: dict[str, Any], *, protocol: dict[str, Any
         print(f"note: other work was running (load average up to {conditions['load_avg_1m_max']}, other processes "
               f"{conditions['other_processes_cores_mean']:.2f} cores on average): figures are not from a quiet machine")
     return path
+
+
+def is_current(target: Path, chain: str, source: Path) -> bool:
+    """A cached variant is reused only if it has this chain and was built after its source (a rebuilt parent,
+    e.g. the baseline after a clean rebuild or with more distillation steps, makes its children stale)."""
+    from tightfit.compress.variant import MANIFEST, read_manifest
+
+    if not (target / MANIFEST).exists():
+        return False
+    built = read_manifest(target)
+    return bool(built["chain"] == chain and built["created"] >= read_manifest(source)["created"])

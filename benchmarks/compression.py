@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, spread, write_results
+from _common import is_current, median, spread, write_results
 
 SEQ_LEN = 64
 # A row may fix its own distillation (``distill:steps=n``); a bare ``distill`` takes ``--distill-steps``.
@@ -99,17 +99,6 @@ def _build_one(base: str, chain: str, name: str, target: str, data: Any, threads
     return round(time.perf_counter() - started, 1)
 
 
-def _is_current(target: Path, chain: str, source: Path) -> bool:
-    """A cached variant is reused only if it has this chain and was built after its source (a rebuilt parent,
-    e.g. with more distillation steps, makes its children stale)."""
-    from tightfit.compress.variant import MANIFEST, read_manifest
-
-    if not (target / MANIFEST).exists():
-        return False
-    built = read_manifest(target)
-    return bool(built["chain"] == chain and built["created"] >= read_manifest(source)["created"])
-
-
 def _distill_steps(chain: str) -> int:
     """The distillation steps a chain asks for (0 without ``distill``): how long its build takes."""
     found = re.search(r"\bdistill:steps=(\d+)", chain)
@@ -147,7 +136,7 @@ def build_all(
                     continue
                 source = base if parent is None else dirs[parent]
                 target = dirs[name]
-                if _is_current(target, chain, source):
+                if is_current(target, chain, source):
                     continue
                 futures[name] = pool.submit(_build_one, str(source), chain, name, str(target), data, threads)
             names = {future: name for name, future in futures.items()}
