@@ -41,11 +41,12 @@ def build_and_score(base: str, out: str, chain: str) -> dict[str, Any]:
     data = load_dataset("rotten_tomatoes", seed=0)
     started = time.perf_counter()
     # a rerun resumes from the students already built, unless the baseline was rebuilt after them
-    resumed = is_current(Path(out), VariantSpec.parse(chain).chain, Path(base))
+    spec = VariantSpec.parse(chain, name=Path(out).name)
+    resumed = is_current(Path(out), spec.chain, Path(base))
     if not resumed:
         if (Path(out) / MANIFEST).exists():
             print(f"{out} was built before its baseline {base} or from another chain: rebuilding it", flush=True)
-        build_variant(base, VariantSpec.parse(chain, name=Path(out).name), out, data=data, progress=False)
+        build_variant(base, spec, out, data=data, progress=False)
     built = read_manifest(out)
     row: dict[str, Any] = {"chain": chain, "built": built["created"],
                            "build_s": None if resumed else round(time.perf_counter() - started, 1)}
