@@ -162,16 +162,13 @@ def deploy_naive(records: list[Any], model: Any, base: str) -> Deployment:
     from ray import serve
 
     from tightfit.serve.app import TightfitServer
-    from tightfit.serve.ingress import TightfitIngress
     from tightfit.serve.plan import ServeOptions, plan_serving
 
     fp32 = [r for r in records if r.variant == "fp32"]
     plan = plan_serving(fp32, BUDGET, ServeOptions(max_batch=1, cpus_per_replica=THREADS), model=model)
     app: Any = TightfitServer
-    ingress: Any = TightfitIngress
     options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS, "memory": BUDGET}}
-    naive = app.options(**options).bind(plan.to_dict())
-    serve.run(ingress.options(**plan.ingress_options()).bind(plan.to_dict(), naive), name="naive", route_prefix="/naive")
+    serve.run(app.options(**options).bind(plan.to_dict()), name="naive", route_prefix="/naive")
     return Deployment("naive", f"{base}/naive/v1/classify", f"{base}/naive/healthz",
                       {"variant": "fp32", "max_batch_size": 1, "max_ongoing_requests": 5, "max_queued_requests": -1})
 

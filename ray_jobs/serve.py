@@ -1,7 +1,7 @@
 """Ray Serve entrypoint of tightfit's serving app: ``import_path: tightfit.ray_jobs.serve:app_builder``.
 
-The deployments themselves are ``tightfit.serve.app`` (model replicas) and ``tightfit.serve.ingress``; this module only turns the Serve config's ``args`` into a
-``ServePlan`` and binds it. Start it with `tightfit serve`, `serve run tightfit.ray_jobs.serve:app_builder
+The deployment itself is ``tightfit.serve.app`` (the model replicas, which serve the HTTP routes); this
+module only turns the Serve config's ``args`` into a ``ServePlan`` and binds it. Start it with `tightfit serve`, `serve run tightfit.ray_jobs.serve:app_builder
 plan=...`, or a RayService whose ``serveConfigV2`` is `ServePlan.to_serve_config()`.
 """
 
@@ -9,10 +9,9 @@ import json
 from typing import Any
 
 from tightfit.serve.app import TightfitServer, build_app
-from tightfit.serve.ingress import TightfitIngress
 from tightfit.serve.schema import ServePlan
 
-__all__ = ["TightfitIngress", "TightfitServer", "app_builder", "build_app"]
+__all__ = ["TightfitServer", "app_builder", "build_app"]
 
 
 def app_builder(args: dict[str, Any]) -> Any:

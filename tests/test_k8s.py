@@ -130,6 +130,23 @@ def test_serving_pods_run_serve_in_its_throughput_mode_and_a_callers_env_wins() 
     assert {env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] for env in _pod_env(default_mode["spec"]["rayClusterConfig"])} == {"0"}
 
 
+def test_serving_pods_give_the_proxy_the_largest_plan_body_cap() -> None:
+    """Serve's proxy fronts every application, so its middleware (tightfit.serve.proxy) caps bodies at the
+    largest limit among the plans; a config without a tightfit plan sets no cap (the middleware's default)."""
+    from tightfit.settings import ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES
+
+    second = {**SERVE_CONFIG["applications"][0], "name": "other",
+              "args": {"plan": {"max_request_bytes": 135168, "request_timeout_s": 90.0}}}
+    config = {"applications": [{**SERVE_CONFIG["applications"][0],
+                                "args": {"plan": {"max_request_bytes": 8192, "request_timeout_s": 60.0}}}, second]}
+    service = kube.rayservice_manifest("serve-1", namespace="ml", serve_config=config)
+    for env in _pod_env(service["spec"]["rayClusterConfig"]):
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "tightfit.serve.proxy:middlewares"
+        assert (env[ENV_MAX_REQUEST_BYTES], env[ENV_BODY_TIMEOUT_S]) == ("135168", "90")
+    bare = kube.rayservice_manifest("serve-1", namespace="ml", serve_config=SERVE_CONFIG)
+    assert all(ENV_MAX_REQUEST_BYTES not in env for env in _pod_env(bare["spec"]["rayClusterConfig"]))
+
+
 def test_crd_validation_rejects_what_the_api_server_would(kuberay_crd_dir: Path) -> None:
     job = _job()
     container = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

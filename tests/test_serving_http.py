@@ -184,6 +184,7 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     texts = [r["text"] for r in known_examples]
     statuses: list[int] = []
     retry_after: list[str | None] = []
+    shapes: list[dict[str, Any]] = []
     lock = threading.Lock()
 
     def client(worker: int) -> None:
@@ -195,6 +196,7 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
                 statuses.append(r.status_code)
                 if r.status_code == 503:
                     retry_after.append(r.headers.get("Retry-After"))
+                    shapes.append(r.json())  # Serve's plain-text 503, given the app's shape in the proxy
             if r.status_code == 503:
                 time.sleep(0.1)  # back off a little (the header says 1 s) so 48 clients do not spin
             i += 7
@@ -210,6 +212,7 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     assert set(counts) <= {200, 503}, counts
     assert counts.get(200, 0) > 50 and counts.get(503, 0) > 0, counts  # past capacity, still serving
     assert retry_after and all(v is not None and int(v) >= 1 for v in retry_after)
+    assert all(shape["status"] == 503 and "backpressure" in shape["error"] for shape in shapes), shapes[:3]
     assert max(samples) <= BUDGET, f"sampled RSS {max(samples)} over the budget {BUDGET}"
     assert stats["peak_rss_bytes"] <= BUDGET  # VmHWM: no spike between samples either
     assert stats["pid"] == pid_before  # no replica restart
@@ -217,7 +220,9 @@ def test_overload_answers_503_and_memory_stays_inside_the_budget(served, known_e
     # a torch replica serves without pandas and pyarrow (tightfit.serve.process keeps Ray's imports of them out)
     modules = stats["runtime_modules"]
     assert modules["torch"] and not modules["pandas"] and not modules["pyarrow"], modules
-    assert stats["serve_env"] == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}  # Serve's throughput-optimized mode
+    # Serve's throughput-optimized mode, and tightfit's middleware in Serve's proxy (tightfit.serve.proxy)
+    assert stats["serve_env"] == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                                  "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "tightfit.serve.proxy:middlewares"}
     from ray import serve
 
     app = serve.status().applications["tightfit"]
@@ -277,7 +282,7 @@ def test_multiplexed_pool_routes_by_model_id_and_evicts_by_bytes(served, known_e
 
 def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(served, known_examples):
     """SIGKILL the model replica while 8 clients send requests: Serve starts a new replica, the requests
-    that were inside the killed one answer 503 with Retry-After (the ingress), the others wait for the new
+    that were inside the killed one answer 503 with Retry-After (tightfit's proxy middleware), the others wait for the new
     replica or get the plan's 503 backpressure; no client sees another status or goes without an answer."""
     import os
     import signal
@@ -286,6 +291,7 @@ def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(serv
     old_pid = requests.get(f"{url}/healthz", timeout=10).json()["pid"]
     texts = [r["text"] for r in known_examples]
     outcomes: list[int | str] = []
+    errors: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -293,8 +299,10 @@ def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(serv
         i = worker
         while not stop.is_set():
             try:
-                status: int | str = requests.post(f"{url}/v1/classify", json={"text": texts[i % len(texts)]},
-                                                  timeout=120).status_code
+                r = requests.post(f"{url}/v1/classify", json={"text": texts[i % len(texts)]}, timeout=120)
+                status: int | str = r.status_code
+                if status == 503:  # the app's error shape: lost-replica answers come from tightfit.serve.proxy
+                    errors.append(r.json()["error"])
             except requests.RequestException as exc:  # no answer: a lost request
                 status = type(exc).__name__
             with lock:
@@ -326,8 +334,10 @@ def test_a_replica_killed_under_load_is_replaced_and_every_request_answered(serv
             future.result()
     counts = {code: outcomes.count(code) for code in set(outcomes)}
     lost = sum(n for code, n in counts.items() if code not in (200, 503))
+    from tightfit.serve.proxy import LOST_REPLICA
+
     record("replica_kill", requests=len(outcomes), lost=lost, statuses={str(k): v for k, v in counts.items()},
-           replaced=replaced is not None)
+           replaced=replaced is not None, lost_replica_503=errors.count(LOST_REPLICA))
     assert replaced is not None, "Serve did not start a new replica"
     assert set(counts) <= {200, 503}, counts  # no 500, no connection error: every request answered
     assert before_kill > 0 and counts.get(200, 0) > before_kill

@@ -134,11 +134,10 @@ def test_serve_config_validates_with_rays_schema(records):
     json.dumps(config)  # plain JSON, as a RayService embeds it
     schema = ServeDeploySchema.model_validate(config)
     deployments = {d.name: d for d in schema.applications[0].deployments}
-    assert set(deployments) == {"TightfitIngress", "TightfitServer"}
+    assert set(deployments) == {"TightfitServer"}
     assert deployments["TightfitServer"].ray_actor_options.memory == plan.predicted_peak_bytes
-    assert deployments["TightfitIngress"].ray_actor_options.num_cpus == 0
     assert schema.applications[0].import_path == "tightfit.ray_jobs.serve:app_builder"
-    for deployment in deployments.values():  # both replica kinds keep pandas out (tightfit.serve.process)
+    for deployment in deployments.values():  # the replicas keep pandas out (tightfit.serve.process)
         hook = deployment.ray_actor_options.runtime_env["env_vars"]["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"]
         assert hook == "tightfit.serve.process.keep_pandas_out"
 

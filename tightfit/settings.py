@@ -62,12 +62,20 @@ def cache_dir(*parts: str) -> Path:
     return root
 
 
-SERVE_RAY_ENV: Final = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-"""Environment of the Ray processes that run tightfit's Serve app: Ray Serve's throughput-optimized mode
+ENV_MAX_REQUEST_BYTES: Final = "TIGHTFIT_MAX_REQUEST_BYTES"
+ENV_BODY_TIMEOUT_S: Final = "TIGHTFIT_BODY_TIMEOUT_S"
+"""Read by Serve's HTTP proxy (``tightfit.serve.proxy``): the largest request body it lets through, and how
+long an upload may take; a plan's ``proxy_env()`` gives both."""
+
+SERVE_RAY_ENV: Final = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "tightfit.serve.proxy:middlewares"}
+"""Environment of the Ray processes that run tightfit's Serve app. The proxy callback puts tightfit's
+middleware into Serve's HTTP proxy (``tightfit.serve.proxy``: the body cap before any replica, a 503 for a
+request whose replica was lost), so the app is one deployment. And Ray Serve's throughput-optimized mode
 (Ray >= 2.55, Ray's "high throughput" guide): gRPC between deployments, user code and the router on each
 replica's main event loop, request logs buffered instead of a stderr line each, the garbage collector frozen
-after start-up. tightfit's app is two hops (ingress -> model replica) and a lean variant computes a request
-in about a millisecond, so on a small node Serve's own per-request work is most of the CPU. Measured side by
+after start-up. A lean variant computes a request in about a millisecond, so on a small node Serve's own
+per-request work is most of the CPU. Measured side by
 side (``benchmarks/results/serve_mode.json``, 2-core AMD, 2026-11-28): the app sustained 90 rps within a
 500 ms p99 in this mode against 60 in Ray's default one (p99 224 vs 1,028+ ms at 80 rps), and took 24 ms of
 CPU per request at 40 rps against 28. It must be in the environment of Serve's controller,

@@ -25,7 +25,7 @@ from tightfit.kube.checks import (  # the quantity patterns and name limits are 
     _check_workers,
     _coerce,
 )
-from tightfit.settings import DEFAULT_IMAGE, SERVE_RAY_ENV
+from tightfit.settings import DEFAULT_IMAGE, ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES, SERVE_RAY_ENV
 
 API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -312,6 +312,18 @@ def rayjob_manifest(
     return {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": meta, "spec": spec}
 
 
+def proxy_env(serve_config: Mapping[str, Any]) -> dict[str, str]:
+    """The body cap and upload time of tightfit's proxy middleware (``tightfit.serve.proxy``) for a Serve
+    config: one proxy fronts every application, so the largest of their plans' limits (as
+    ``ServePlan.proxy_env`` for one plan); empty where no application carries a tightfit plan."""
+    plans = [app.get("args", {}).get("plan") for app in serve_config.get("applications", [])]
+    plans = [p for p in plans if isinstance(p, Mapping) and "max_request_bytes" in p]
+    if not plans:
+        return {}
+    return {ENV_MAX_REQUEST_BYTES: str(max(int(p["max_request_bytes"]) for p in plans)),
+            ENV_BODY_TIMEOUT_S: f"{max(float(p.get('request_timeout_s', 60.0)) for p in plans):g}"}
+
+
 def rayservice_manifest(
     name: str,
     *,
@@ -333,8 +345,9 @@ def rayservice_manifest(
         )
     meta = _metadata(name, namespace, labels, "rayservice")
     serve_pod = _pod(image, service_account, pod)
-    # Serve's throughput-optimized mode (tightfit.settings.SERVE_RAY_ENV); the caller's env wins
-    serve_pod = replace(serve_pod, env={**SERVE_RAY_ENV, **serve_pod.env})
+    # Serve's throughput-optimized mode and tightfit's proxy middleware (tightfit.settings.SERVE_RAY_ENV), the
+    # plans' body cap for it; the caller's pod env wins
+    serve_pod = replace(serve_pod, env={**SERVE_RAY_ENV, **proxy_env(serve_config), **serve_pod.env})
     spec = {
         "serveConfigV2": yaml.safe_dump(_plain(serve_config), sort_keys=False),
         "rayClusterConfig": raycluster_spec(

@@ -1,7 +1,9 @@
 """The tightfit Ray Serve application: the best variant that fits a memory budget, behind one JSON API.
 
-Two deployments: ``TightfitIngress`` (``tightfit.serve.ingress``: the HTTP routes, the body-size cap, a
-lost replica answered 503) in front of ``TightfitServer`` (this module: the model replicas).
+One deployment, ``TightfitServer``: the model replicas serve the HTTP routes themselves (``@serve.ingress``),
+so Serve's proxy routes a request straight to a replica, one hop. The body cap before any replica and a 503
+for a lost replica's requests run inside that proxy (``tightfit.serve.proxy``); until 2026-11-30 a separate
+ingress deployment kept them, at about 7 ms of CPU a request (``benchmarks/results/serve_mode.json``).
 
 Routes (JSON in, JSON out):
 - ``POST /v1/classify``  ``{"text": "..."}`` or ``{"texts": [...]}`` (+ optional ``"variant"``)
@@ -26,13 +28,14 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any  # no `from __future__ import annotations`: FastAPI reads the route annotations
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
 
 from tightfit.memory.rss import current_rss_bytes, peak_rss_bytes, reset_peak_rss, trim_heap
-from tightfit.serve.ingress import TightfitIngress
 from tightfit.serve.process import KEPT_OUT
 from tightfit.serve.replica import (
     LoadedVariant,
@@ -42,6 +45,7 @@ from tightfit.serve.replica import (
     classify,
     generate,
     load_for_serving,
+    read_body,
     validate_request,
 )
 from tightfit.serve.schema import DEPLOYMENT_NAME, ServePlan
@@ -49,11 +53,13 @@ from tightfit.settings import MODEL_THREAD_PREFIX, SERVE_RAY_ENV
 
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 KIND_OF_ROUTE = {"classify": "classifier", "generate": "causal_lm"}
+api = FastAPI(title="tightfit", description="Memory-aware model serving")
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
 class TightfitServer:
-    """One replica: a byte-bounded pool of variants, one batch queue, one model thread."""
+    """One replica: the HTTP routes, a byte-bounded pool of variants, one batch queue, one model thread."""
 
     async def __init__(self, plan: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.plan = ServePlan.from_dict(plan)
@@ -110,7 +116,38 @@ class TightfitServer:
             limits[v.name] = max(1, min(v.max_batch_size, fit))
         return limits
 
-    # ---- what the ingress calls ---------------------------------------------------------------
+    # ---- HTTP routes (the proxy has capped the body already; the plan's own limit is read here again) ----
+    @api.get("/healthz")
+    async def healthz_route(self) -> dict[str, Any]:
+        return await self.healthz()
+
+    @api.get("/v1/plan")
+    async def plan_route(self) -> dict[str, Any]:
+        return self.plan.to_dict()
+
+    @api.get("/v1/stats")
+    async def stats_route(self) -> dict[str, Any]:
+        return await self.stats()
+
+    @api.post("/v1/classify")
+    async def classify_route(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "classify")
+
+    @api.post("/v1/generate")
+    async def generate_route(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "generate")
+
+    async def _answer(self, request: Request, route: str) -> JSONResponse:
+        try:
+            raw = await read_body(request, self.plan.max_request_bytes)
+        except RequestError as exc:
+            status, body = exc.status, {"error": exc.message, "status": exc.status}
+        else:
+            status, body = await self.handle(route, raw)
+        headers = {"Connection": "close"} if status == 413 else None  # an unread body spoils the connection
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    # ---- what the routes and Serve handles call ------------------------------------------------
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "variant": self.plan.primary.name, "pid": os.getpid()}
 
@@ -144,7 +181,7 @@ class TightfitServer:
         return {"reset": reset_peak_rss(), "peak_rss_bytes": peak_rss_bytes(), "pid": os.getpid()}
 
     async def handle(self, route: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """One request body (already capped by the ingress) -> (HTTP status, JSON body)."""
+        """One request body (already capped) -> (HTTP status, JSON body)."""
         self.requests += 1
         try:
             parsed = validate_request(raw, self.plan, KIND_OF_ROUTE[route], serve.get_multiplexed_model_id() or None)
@@ -231,9 +268,6 @@ class TightfitServer:
 
 
 def build_app(plan: ServePlan) -> Any:
-    """The bound Serve application for a plan: the ingress in front of the model deployment, each with its
-    options straight from the plan."""
+    """The bound Serve application for a plan: the model deployment, its options straight from the plan."""
     model: Any = TightfitServer
-    ingress: Any = TightfitIngress
-    bound_model = model.options(**plan.deployment_options()).bind(plan.to_dict())
-    return ingress.options(**plan.ingress_options()).bind(plan.to_dict(), bound_model)
+    return model.options(**plan.deployment_options()).bind(plan.to_dict())

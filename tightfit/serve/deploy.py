@@ -10,6 +10,7 @@ The Serve application itself is ``tightfit.serve.app``; the memory model ``tight
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +106,8 @@ def start_serving(
             try:
                 if address:
                     ray.init(address=address)
-                else:
+                else:  # the proxy reads the plan's body cap at start (tightfit.serve.proxy)
+                    os.environ.update(plan.proxy_env())
                     settings.start_local_ray(num_cpus=num_cpus, for_serving=True)  # settings.SERVE_RAY_ENV
             except ConnectionError as exc:
                 raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
@@ -119,8 +121,7 @@ def start_serving(
 
 
 def replica_counts() -> dict[str, int]:
-    """Model replicas of the tightfit app by state (``RUNNING``, ``STARTING``, ...): the plan's replicas,
-    not the ingress in front of them."""
+    """Model replicas of the tightfit app by state (``RUNNING``, ``STARTING``, ...)."""
     from ray import serve
 
     app = serve.status().applications.get(APP_NAME)

@@ -10,13 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tightfit.serve.process import replica_env_vars
+from tightfit.settings import ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES
 from tightfit.units import format_bytes
 
 APP_NAME = "tightfit"
 DEPLOYMENT_NAME = "TightfitServer"
-INGRESS_NAME = "TightfitIngress"
-INGRESS_RUNTIME_BYTES = 192 * 2**20
-"""What the ingress process holds besides request bodies: a Ray worker with FastAPI and Serve, no torch."""
 IMPORT_PATH = "tightfit.ray_jobs.serve:app_builder"
 AUTOSCALING_POLICY = "tightfit.serve.autoscale:memory_aware_policy"
 
@@ -137,22 +135,14 @@ class ServePlan:
         return options
 
     def http_options(self, *, host: str, port: int) -> dict[str, Any]:
-        """Serve's proxy options: where it listens and how long one request (its upload included) may take.
-        Ray Serve 2.60's proxy has no body-size option (and takes no middlewares); the app caps bodies."""
+        """Serve's proxy options: where it listens and how long one request may take. Ray Serve 2.60's proxy
+        has no body-size option; its middleware caps bodies (``proxy_env``, ``tightfit.serve.proxy``)."""
         return {"host": host, "port": port, "request_timeout_s": self.request_timeout_s}
 
-    def ingress_options(self) -> dict[str, Any]:
-        """Options of the ingress deployment: room for every request the model replicas may hold (ongoing +
-        queued, at the most replicas), and memory for that many request bodies besides its runtime."""
-        held = (self.max_ongoing_requests + self.max_queued_requests) * max(self.num_replicas, self.max_replicas)
-        return {
-            "num_replicas": 1,
-            "max_ongoing_requests": held + 8,
-            "max_queued_requests": held,
-            "ray_actor_options": {"num_cpus": 0, "memory": INGRESS_RUNTIME_BYTES + held * self.max_request_bytes,
-                                  **replica_runtime_env()},
-            "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
-        }
+    def proxy_env(self) -> dict[str, str]:
+        """Environment for Serve's HTTP proxy (``tightfit.serve.proxy``): bodies over the plan's limit are
+        refused there, before any replica, and an upload may take the plan's request timeout."""
+        return {ENV_MAX_REQUEST_BYTES: str(self.max_request_bytes), ENV_BODY_TIMEOUT_S: f"{self.request_timeout_s:g}"}
 
     def to_serve_config(self, *, host: str = "0.0.0.0", port: int = 8000, route_prefix: str = "/") -> dict[str, Any]:
         """The Serve config v2 dict (`serve deploy` / RayService `serveConfigV2`) for this plan."""
@@ -164,10 +154,7 @@ class ServePlan:
                     "route_prefix": route_prefix,
                     "import_path": IMPORT_PATH,
                     "args": {"plan": self.to_dict()},
-                    "deployments": [
-                        {"name": INGRESS_NAME, **self.ingress_options()},
-                        {"name": DEPLOYMENT_NAME, **self.deployment_options()},
-                    ],
+                    "deployments": [{"name": DEPLOYMENT_NAME, **self.deployment_options()}],
                 }
             ],
         }

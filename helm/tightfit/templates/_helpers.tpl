@@ -99,8 +99,22 @@ One Ray pod template (tightfit.kube.manifests._pod_template). Call with
 {{- $root := .root }}
 {{- $env := dict "HOME" "/tmp" "RAY_USAGE_STATS_ENABLED" "0" "MLFLOW_DISABLE_TELEMETRY" "true" }}
 {{- if eq .component "rayservice" }}
-{{- /* Ray Serve's throughput-optimized mode (tightfit.settings.SERVE_RAY_ENV); ray.env overrides it */}}
+{{- /* Ray Serve's throughput-optimized mode and tightfit's proxy middleware (tightfit.settings.SERVE_RAY_ENV),
+the plan's body cap and upload time for that middleware (ServePlan.proxy_env); ray.env overrides them */}}
 {{- $_ := set $env "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" }}
+{{- $_ := set $env "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH" "tightfit.serve.proxy:middlewares" }}
+{{- $cap := 0 }}{{- $upload := 0.0 }}{{- $plans := 0 }}
+{{- range $app := $root.Values.rayService.serveConfig.applications }}
+{{- if and $app.args (kindIs "map" $app.args.plan) (hasKey ($app.args.plan | default dict) "max_request_bytes") }}
+{{- $plans = add1 $plans }}
+{{- $cap = max $cap (int64 $app.args.plan.max_request_bytes) }}
+{{- $upload = maxf $upload (float64 ($app.args.plan.request_timeout_s | default 60.0)) }}
+{{- end }}
+{{- end }}
+{{- if $plans }}
+{{- $_ := set $env "TIGHTFIT_MAX_REQUEST_BYTES" (toString $cap) }}
+{{- $_ := set $env "TIGHTFIT_BODY_TIMEOUT_S" (toString $upload) }}
+{{- end }}
 {{- end }}
 {{- range $k, $v := $root.Values.ray.env }}
 {{- $_ := set $env $k (toString $v) }}
