@@ -9,7 +9,7 @@ so both modes plan and serve one identical plan (800 MiB, 1 CPU; until 2026-11-2
 planned on its own, and one round's default side planned batch 32 against 48). Each side warms up, then takes open-loop Poisson
 load at fixed rates (``_load.run_open_loop``), and reads the CPU time of every process of its Ray from
 /proc before and after each rate (psutil), grouped as proxy, model replica, client and the rest (runs before
-2026-11-30 also had an ingress deployment between proxy and replica).
+2026-11-29 also had an ingress deployment between proxy and replica).
 Figures per mode and rate (medians over rounds): achieved rps, p99, CPU ms per answered request (whole
 machine and by group); ``cpu_per_request_ratio`` = throughput-optimized / default at the lowest rate (both
 modes keep up there); ``max_sustained_rate`` per mode (p99 within 500 ms in every round, at that rate and every lower one).

@@ -2,7 +2,7 @@
 
 One deployment, ``TightfitServer``: the model replicas serve the HTTP routes themselves (``@serve.ingress``),
 so Serve's proxy routes a request straight to a replica, one hop. The body cap before any replica and a 503
-for a lost replica's requests run inside that proxy (``tightfit.serve.proxy``); until 2026-11-30 a separate
+for a lost replica's requests run inside that proxy (``tightfit.serve.proxy``); until 2026-11-29 a separate
 ingress deployment kept them, at about 7 ms of CPU a request (``benchmarks/results/serve_mode.json``).
 
 Routes (JSON in, JSON out):
