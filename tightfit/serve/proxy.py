@@ -63,6 +63,8 @@ def error_messages(status: int, message: str, headers: list[tuple[bytes, bytes]]
 
 
 class BodyError(Exception):
+    """A body refused while it is read: an HTTP status and a message for the caller."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message

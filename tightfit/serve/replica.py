@@ -22,6 +22,7 @@ from tightfit.compress.runtime import TorchRunner
 from tightfit.compress.variant import load_variant, read_manifest, runtime_of
 from tightfit.memory.rss import trim_heap
 from tightfit.names import RUNTIME_ONNXRUNTIME
+from tightfit.serve.proxy import BodyError, read_capped
 from tightfit.serve.schema import PlannedVariant, ServePlan
 
 
@@ -170,23 +171,13 @@ class MultiplexedPool:
 
 
 async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, never more than ``limit`` bytes held: a declared ``Content-Length`` over the limit
-    is refused before a byte is read, and a chunked (or lying) body is read as a stream with a running cap.
-    Both answer 413, so a 200 MB upload cannot grow the replica past its memory budget."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise RequestError(400, f"Content-Length {declared[:32]!r} is not a number") from None
-        if length > limit:
-            raise RequestError(413, f"payload is {length} bytes; the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"payload is over the limit of {limit} bytes; send fewer or shorter texts")
-    return bytes(body)
+    """The request body, never more than ``limit`` bytes held (the proxy's rule, ``tightfit.serve.proxy``,
+    applied again under the plan's own limit): a declared ``Content-Length`` over the limit is refused before
+    a byte is read, a chunked (or lying) body is read with a running cap; both answer 413."""
+    try:
+        return await read_capped(request.receive, request.headers.get("content-length"), limit)
+    except BodyError as exc:
+        raise RequestError(exc.status, exc.message) from None
 
 
 @dataclass
