@@ -157,7 +157,12 @@ def main() -> None:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"the {mode} side failed:\n{proc.stderr[-3000:]}")
-            runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            # the child's answer is its last JSON line: Ray forwards its workers' log lines to the child's
+            # stdout, prefixed "(ProxyActor pid=...)", and one may come after the answer
+            answer = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if not answer:
+                raise SystemExit(f"the {mode} side printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            runs[mode].append(json.loads(answer[-1]))
     summary: dict[str, Any] = {}
     for mode, sides in runs.items():
         by_rate = {}

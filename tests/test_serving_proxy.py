@@ -11,6 +11,9 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
+from tightfit.errors import ConfigError
 from tightfit.serve.proxy import LOST_REPLICA, CappedAndAnswered, middlewares
 from tightfit.settings import ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES
 
@@ -117,3 +120,7 @@ def test_serves_routes_and_settings_come_from_the_environment(monkeypatch) -> No
     assert middleware.kwargs == {"max_request_bytes": 4096, "body_timeout_s": 90.0}
     sent, seen = _call(_silent, [b"x" * 5000], path="/-/healthz")  # Serve's own routes pass untouched
     assert sent == [] and seen == [b"x" * 5000]
+    for bad in ("128KiB", "0", "-5"):
+        monkeypatch.setenv(ENV_MAX_REQUEST_BYTES, bad)
+        with pytest.raises(ConfigError, match=f"{ENV_MAX_REQUEST_BYTES}='{bad}': expected a whole number of bytes"):
+            middlewares()

@@ -27,6 +27,7 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from tightfit.errors import ConfigError
 from tightfit.settings import ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES
 
 Message = MutableMapping[str, Any]
@@ -47,9 +48,23 @@ def middlewares() -> list[Any]:
     """Ray's proxy callback: the middlewares its HTTP proxy wraps around every request."""
     from starlette.middleware import Middleware
 
-    limit = int(os.environ.get(ENV_MAX_REQUEST_BYTES) or DEFAULT_MAX_REQUEST_BYTES)
-    timeout_s = float(os.environ.get(ENV_BODY_TIMEOUT_S) or DEFAULT_BODY_TIMEOUT_S)
+    limit = _positive(ENV_MAX_REQUEST_BYTES, int, DEFAULT_MAX_REQUEST_BYTES, "a whole number of bytes, such as 135168")
+    timeout_s = _positive(ENV_BODY_TIMEOUT_S, float, DEFAULT_BODY_TIMEOUT_S, "seconds, such as 60")
     return [Middleware(CappedAndAnswered, max_request_bytes=limit, body_timeout_s=timeout_s)]
+
+
+def _positive(name: str, kind: Callable[[str], Any], default: Any, expected: str) -> Any:
+    """A positive number from the environment, or one line naming the variable and what it takes."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected {expected} (it sets tightfit's body cap in Serve's proxy)")
+    return value
 
 
 def error_messages(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
