@@ -76,9 +76,9 @@ request whose replica was lost), so the app is one deployment. And Ray Serve's t
 replica's main event loop, request logs buffered instead of a stderr line each, the garbage collector frozen
 after start-up. A lean variant computes a request in about a millisecond, so on a small node Serve's own
 per-request work is most of the CPU. Measured side by
-side (``benchmarks/results/serve_mode.json``, 2-core AMD, 2026-11-28): the app sustained 90 rps within a
-500 ms p99 in this mode against 60 in Ray's default one (p99 224 vs 1,028+ ms at 80 rps), and took 24 ms of
-CPU per request at 40 rps against 28. It must be in the environment of Serve's controller,
+side (``benchmarks/results/serve_mode.json``, 2-core AMD): with the ingress deployment (2026-11-28) the app
+sustained 90 rps within a 500 ms p99 in this mode against 60 in Ray's default one, and took 24 ms of CPU per
+request at 40 rps against 28; as one deployment (2026-11-29) it takes 18.7 ms against 20.4. It must be in the environment of Serve's controller,
 proxy and replicas: ``use_serve_ray_env`` puts it there before tightfit starts a local Ray, and the
 RayService pods carry it (``tightfit.kube.manifests``, the chart). A value already set wins:
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` keeps Ray's default mode."""
