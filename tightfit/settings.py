@@ -67,6 +67,12 @@ ENV_BODY_TIMEOUT_S: Final = "TIGHTFIT_BODY_TIMEOUT_S"
 """Read by Serve's HTTP proxy (``tightfit.serve.proxy``): the largest request body it lets through, and how
 long an upload may take; a plan's ``proxy_env()`` gives both."""
 
+
+def proxy_env(max_request_bytes: int, body_timeout_s: float) -> dict[str, str]:
+    """The environment that sets the proxy middleware's body cap and upload time (one spelling for the
+    local Ray, the RayService pods and the chart)."""
+    return {ENV_MAX_REQUEST_BYTES: str(int(max_request_bytes)), ENV_BODY_TIMEOUT_S: f"{float(body_timeout_s):g}"}
+
 SERVE_RAY_ENV: Final = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "tightfit.serve.proxy:middlewares"}
 """Environment of the Ray processes that run tightfit's Serve app. The proxy callback puts tightfit's

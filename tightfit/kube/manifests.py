@@ -25,7 +25,8 @@ from tightfit.kube.checks import (  # the quantity patterns and name limits are 
     _check_workers,
     _coerce,
 )
-from tightfit.settings import DEFAULT_IMAGE, ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES, SERVE_RAY_ENV
+from tightfit.settings import DEFAULT_IMAGE, SERVE_RAY_ENV
+from tightfit.settings import proxy_env as settings_proxy_env
 
 API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.60.0"
@@ -320,8 +321,8 @@ def proxy_env(serve_config: Mapping[str, Any]) -> dict[str, str]:
     plans = [p for p in plans if isinstance(p, Mapping) and "max_request_bytes" in p]
     if not plans:
         return {}
-    return {ENV_MAX_REQUEST_BYTES: str(max(int(p["max_request_bytes"]) for p in plans)),
-            ENV_BODY_TIMEOUT_S: f"{max(float(p.get('request_timeout_s', 60.0)) for p in plans):g}"}
+    return settings_proxy_env(max(int(p["max_request_bytes"]) for p in plans),
+                              max(float(p.get("request_timeout_s", 60.0)) for p in plans))
 
 
 def rayservice_manifest(

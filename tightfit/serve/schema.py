@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tightfit.serve.process import replica_env_vars
-from tightfit.settings import ENV_BODY_TIMEOUT_S, ENV_MAX_REQUEST_BYTES
+from tightfit.settings import proxy_env
 from tightfit.units import format_bytes
 
 APP_NAME = "tightfit"
@@ -142,7 +142,7 @@ class ServePlan:
     def proxy_env(self) -> dict[str, str]:
         """Environment for Serve's HTTP proxy (``tightfit.serve.proxy``): bodies over the plan's limit are
         refused there, before any replica, and an upload may take the plan's request timeout."""
-        return {ENV_MAX_REQUEST_BYTES: str(self.max_request_bytes), ENV_BODY_TIMEOUT_S: f"{self.request_timeout_s:g}"}
+        return proxy_env(self.max_request_bytes, self.request_timeout_s)
 
     def to_serve_config(self, *, host: str = "0.0.0.0", port: int = 8000, route_prefix: str = "/") -> dict[str, Any]:
         """The Serve config v2 dict (`serve deploy` / RayService `serveConfigV2`) for this plan."""
