@@ -4,11 +4,11 @@ hidden-state term (``distill:hidden=w``)?
 Builds the same student (``drop_layers:keep=4|prune_structured:heads=0.5,ffn=0.75|prune_vocab|distill``)
 once per ``steps:hidden[:lr]`` run (lr defaults to distill's 1e-4), in parallel processes (1 thread each), from the compression benchmark's
 cached fine-tuned baseline (run ``benchmarks/compression.py`` first), and scores each on the validation
-split (where a setting would be chosen) and the whole test split. Accuracy only: no timing, so a busy
+split (where a setting would be chosen) and the whole test split, beside the teacher's own. Accuracy only: no timing, so a busy
 machine does not change the figures. A rerun reuses the students built after the current baseline. Writes
 ``benchmarks/results/distill_student.json``.
 
-    python benchmarks/distill_student.py [--runs 840:0,840:1,840:3,1680:0,2520:0,2520:0:3e-4]
+    python benchmarks/distill_student.py [--runs 5040:0,2520:0:3e-4,2520:0,840:0,840:1]
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ def build_and_score(base: str, out: str, chain: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from tightfit.compress import build_variant
-    from tightfit.compress.variant import MANIFEST, load_variant, read_manifest
+    from tightfit.compress.variant import MANIFEST, read_manifest
     from tightfit.data import load_dataset
-    from tightfit.measure.quality import evaluate
     from tightfit.spec import VariantSpec
 
     data = load_dataset("rotten_tomatoes", seed=0)
@@ -49,14 +48,29 @@ def build_and_score(base: str, out: str, chain: str) -> dict[str, Any]:
         build_variant(base, spec, out, data=data, progress=False)
     built = read_manifest(out)
     row: dict[str, Any] = {"chain": chain, "built": built["created"],
-                           "build_s": None if resumed else round(time.perf_counter() - started, 1)}
-    variant = load_variant(out, device="cpu", threads=1)
+                           "build_s": None if resumed else round(time.perf_counter() - started, 1),
+                           **score(out, data)}
+    print(row, flush=True)
+    return row
+
+
+def score(path: str, data: Any = None) -> dict[str, Any]:
+    """Accuracy of the variant at ``path`` on the validation and the whole test split (one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tightfit.compress.variant import load_variant
+    from tightfit.data import load_dataset
+    from tightfit.measure.quality import evaluate
+
+    data = data if data is not None else load_dataset("rotten_tomatoes", seed=0)
+    variant = load_variant(path, device="cpu", threads=1)
+    row: dict[str, Any] = {}
     for split in ("validation", "test"):
         frame = getattr(data, split)
         quality = evaluate(variant.model, variant.tokenizer, frame, "classifier", batch_size=32, max_length=64,
                            runner=variant.runner)
         row[f"{split}_accuracy"], row[f"{split}_rows"] = round(quality["accuracy"], 4), len(frame)
-    print(row, flush=True)
     return row
 
 
@@ -90,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         rows = list(pool.map(build_and_score, [str(base)] * len(chains), outs, chains))
+        teacher = pool.submit(score, str(base)).result()  # the same splits, so each row's gap can be read
     write_results("distill_student", {
         "student": STUDENT + "distill", "teacher": "fp32 baseline-ft280 of benchmarks/compression.py",
+        "teacher_accuracy": teacher,
         "rows": [{"steps": steps, "hidden": w, "lr": lr or 1e-4, **row}
                  for (steps, w, lr), row in zip(runs, rows, strict=True)],
     }, protocol={"command": "python benchmarks/distill_student.py " + " ".join(argv or sys.argv[1:]),
