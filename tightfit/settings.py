@@ -70,7 +70,8 @@ long an upload may take; a plan's ``proxy_env()`` gives both."""
 
 def proxy_env(max_request_bytes: int, body_timeout_s: float) -> dict[str, str]:
     """The environment that sets the proxy middleware's body cap and upload time (one spelling for the
-    local Ray, the RayService pods and the chart)."""
+    local Ray and the RayService pods; the chart's ``_helpers.tpl`` writes the same, and
+    ``tests/test_helm.py`` compares the chart's objects with the Python ones)."""
     return {ENV_MAX_REQUEST_BYTES: str(int(max_request_bytes)), ENV_BODY_TIMEOUT_S: f"{float(body_timeout_s):g}"}
 
 SERVE_RAY_ENV: Final = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
