@@ -85,7 +85,8 @@ after start-up. A lean variant computes a request in about a millisecond, so on 
 per-request work is most of the CPU. Measured side by
 side (``benchmarks/results/serve_mode.json``, 2-core AMD): with the ingress deployment (2026-11-28) the app
 sustained 90 rps within a 500 ms p99 in this mode against 60 in Ray's default one, and took 24 ms of CPU per
-request at 40 rps against 28; as one deployment (2026-11-29) it takes 18.7 ms against 20.4. It must be in the environment of Serve's controller,
+request at 40 rps against 28; as one deployment it takes 18.7 ms against 20.4 (2026-11-29, batch 32) and
+17.7 against 18.6 (2026-11-30, batch 48). It must be in the environment of Serve's controller,
 proxy and replicas: ``use_serve_ray_env`` puts it there before tightfit starts a local Ray, and the
 RayService pods carry it (``tightfit.kube.manifests``, the chart). A value already set wins:
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` keeps Ray's default mode."""
