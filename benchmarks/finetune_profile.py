@@ -6,7 +6,10 @@ machine while the two training processes run, for tightfit's Ray Train path and 
 model, data and step (``finetune.ray_run`` and ``finetune.torchrun_rate``): a sampler process reads each
 process's CPU time (psutil, as ``_common.LoadMonitor``) every 0.5 s, and the intervals in which the two training processes together
 use more than 1.6 cores are the training intervals. Written per run: the cores the training processes got,
-the cores every other process took in those intervals (grouped by process name), and the samples/s.
+the cores every other process took in those intervals (grouped by process name), and the samples/s. Per
+thread of the training processes (``/proc/<pid>/task/<tid>/schedstat``): the compute threads' time on a core,
+their time runnable but waiting on the run queue while other threads held the cores, and the processes' other
+threads (gloo's, Ray's core worker).
 
 With both cores training, any CPU another process takes is taken from a training process, and DDP's
 all-reduce makes the other rank wait for it. The sampler's own CPU is reported apart (``sampler_cores``).
@@ -45,17 +48,30 @@ BUSY_CORES = 1.6  # both training processes running: an interval counts as train
 SAMPLE_S = 0.5
 
 SAMPLER = """
-import json, sys, time
+import json, os, re, sys, time
 import psutil
+training = re.compile(sys.argv[3])
+def schedstat(pid):
+    threads = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            run_ns, wait_ns = f.read().split()[:2]
+        threads[tid] = [int(run_ns), int(wait_ns)]
+    return threads
 with open(sys.argv[1], "w") as out:
     while True:
-        snap = {}
+        snap, threads = {}, {}
         for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
             times = proc.info["cpu_times"]
             if times is not None:
                 name = " ".join(proc.info["cmdline"] or [])[:120]
                 snap[str(proc.info["pid"])] = [name, times.user + times.system]
-        out.write(json.dumps({"t": time.time(), "p": snap}) + "\\n")
+                if training.search(name):
+                    try:
+                        threads[str(proc.info["pid"])] = schedstat(proc.info["pid"])
+                    except OSError:
+                        pass
+        out.write(json.dumps({"t": time.time(), "p": snap, "threads": threads}) + "\\n")
         out.flush()
         time.sleep(float(sys.argv[2]))
 """
@@ -78,6 +94,7 @@ def _kind(name: str) -> str:
 def account(samples: list[dict[str, Any]], sampler_pid: int) -> dict[str, Any]:
     """CPU per process kind in the intervals where the training processes run on > ``BUSY_CORES`` cores."""
     busy_s, training, sampler = 0.0, 0.0, 0.0
+    compute_run, compute_wait, helpers = 0.0, 0.0, 0.0
     others: dict[str, float] = {}
     for before, after in itertools.pairwise(samples):
         dt = after["t"] - before["t"]
@@ -88,6 +105,14 @@ def account(samples: list[dict[str, Any]], sampler_pid: int) -> dict[str, Any]:
             continue
         busy_s += dt
         training += train
+        for pid, threads in after.get("threads", {}).items():
+            earlier = before.get("threads", {}).get(pid, {})
+            deltas = [(run - earlier[tid][0], wait - earlier[tid][1]) for tid, (run, wait) in threads.items()
+                      if tid in earlier]
+            if deltas:  # the busiest thread is the one that trains; the rest are gloo's and Ray's helpers
+                run, wait = max(deltas)
+                compute_run, compute_wait = compute_run + run / 1e9, compute_wait + wait / 1e9
+                helpers += sum(d[0] for d in deltas) / 1e9 - run / 1e9
         for pid, cpu in used.items():
             if cpu <= 0 or TRAINING_PROCESS.search(names[pid]):
                 continue
@@ -102,6 +127,11 @@ def account(samples: list[dict[str, Any]], sampler_pid: int) -> dict[str, Any]:
         "training_processes_cores": round(training / per, 3),
         "other_processes_cores": round(sum(others.values()) / per, 3),
         "sampler_cores": round(sampler / per, 3),
+        # per thread, from /proc/<pid>/task/<tid>/schedstat: the compute threads' time on a core, their time
+        # runnable but waiting for one (taken by other threads), and the training processes' other threads
+        "compute_threads_cores": round(compute_run / per, 3),
+        "compute_threads_runqueue_wait_cores": round(compute_wait / per, 3),
+        "helper_threads_cores": round(helpers / per, 3),
         "other_processes": {k: round(v / per, 4) for k, v in sorted(others.items(), key=lambda kv: -kv[1])},
     }
 
@@ -110,7 +140,7 @@ def profiled(run: Any) -> dict[str, Any]:
     """Run ``run()`` with the /proc sampler beside it; its result plus the CPU accounting."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         trace = Path(handle.name)
-    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(trace), str(SAMPLE_S)])
+    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(trace), str(SAMPLE_S), TRAINING_PROCESS.pattern])
     try:
         result = run()
     finally:
@@ -203,6 +233,8 @@ def main() -> None:
     figures: dict[str, Any] = {
         kind: {"other_processes_cores": median([r["other_processes_cores"] for r in found]),
                "training_processes_cores": median([r["training_processes_cores"] for r in found]),
+               "compute_threads_cores": median([r["compute_threads_cores"] for r in found]),
+               "compute_threads_runqueue_wait_cores": median([r["compute_threads_runqueue_wait_cores"] for r in found]),
                "samples_per_s": median([r["samples_per_s"] for r in found]),
                "unsampled_samples_per_s": median(unsampled[kind]), "unsampled_runs": unsampled[kind], "runs": found}
         for kind, found in runs.items()
@@ -214,7 +246,8 @@ def main() -> None:
     for kind in runs:
         found = figures[kind]
         print(f"{kind}: others {found['other_processes_cores']:.3f} cores, training "
-              f"{found['training_processes_cores']:.3f}, {found['samples_per_s']:.1f} samples/s sampled, "
+              f"{found['training_processes_cores']:.3f} (compute threads {found['compute_threads_cores']:.3f}, waiting "
+              f"{found['compute_threads_runqueue_wait_cores']:.3f}), {found['samples_per_s']:.1f} samples/s sampled, "
               f"{found['unsampled_samples_per_s']:.1f} without the sampler")
     print(f"an idle Ray actor: {idle['process_cores']:.4f} cores, its main thread {idle['main_thread_cores']:.4f} "
           f"waking {idle['main_thread_wakeups_per_s']:.0f} times a second")
