@@ -9,7 +9,9 @@ use more than 1.6 cores are the training intervals. Written per run: the cores t
 the cores every other process took in those intervals (grouped by process name), and the samples/s. Per
 thread of the training processes (``/proc/<pid>/task/<tid>/schedstat``): the compute threads' time on a core,
 their time runnable but waiting on the run queue while other threads held the cores, and the processes' other
-threads (gloo's, Ray's core worker).
+threads (gloo's, Ray's core worker). And a third Ray 2x1 run per round with Ray Train's four helper actors
+that hold no work while the workers train stopped (SIGSTOP, resumed after; ``HELPERS``): what their standing
+wakeups cost the rate. A measurement, not a way to run.
 
 With both cores training, any CPU another process takes is taken from a training process, and DDP's
 all-reduce makes the other rank wait for it. The sampler's own CPU is reported apart (``sampler_cores``).
@@ -29,6 +31,7 @@ whether or not it has work: the count of Ray's Python processes is what the othe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -153,6 +156,56 @@ def profiled(run: Any) -> dict[str, Any]:
 
 IDLE_ACTORS = 4
 IDLE_WINDOW_S = 30.0
+HELPERS = ("ray::_Autoscali", "ray::PlacementG", "ray::DatasetMan", "ray::Preemption")
+"""Ray Train's helper actors that hold no work while the workers train (/proc comm names, cut to 15 chars): Ray
+Data's autoscaling coordinator, the placement-group cleaner, the dataset manager, the preemption watcher."""
+
+
+def _comms() -> dict[int, str]:
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found[int(pid)] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+    return found
+
+
+def helpers_frozen(run: Any) -> dict[str, Any]:
+    """Run ``run()`` (Ray 2x1) with Ray Train's idle helper actors stopped (SIGSTOP) while the workers train,
+    and resumed (SIGCONT) after: what those processes' standing wakeups cost the training. A measurement
+    device, never a way to run: it stops once both workers and the preemption watcher are up, 10 s later."""
+    import signal
+    import threading
+    import time
+
+    stopped: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def freeze() -> None:
+        while not done.is_set():
+            comms = _comms()
+            if sum(c == "ray::RayTrainWo" for c in comms.values()) == 2 and "ray::Preemption" in comms.values():
+                break
+            time.sleep(1.0)
+        if done.wait(10.0):
+            return
+        for pid, comm in _comms().items():
+            if comm in HELPERS:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append((pid, comm))
+
+    watcher = threading.Thread(target=freeze, daemon=True)
+    watcher.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+        for pid, _ in stopped:
+            with contextlib.suppress(OSError):  # gone with Ray's shutdown
+                os.kill(pid, signal.SIGCONT)
+    return {"samples_per_s": result["samples_per_s"], "stopped": sorted(comm for _, comm in stopped)}
 
 
 def _thread_stats(pid: int) -> dict[str, tuple[float, int]]:
@@ -221,12 +274,15 @@ def main() -> None:
     rows, rounds = (256, 1) if args.quick else (SCALING_ROWS, args.rounds)
     runs: dict[str, list[dict[str, Any]]] = {"ray_2x1": [], "torchrun_2x1": []}
     unsampled: dict[str, list[float]] = {"ray_2x1": [], "torchrun_2x1": []}
+    frozen: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for round_no in range(rounds):
-            print(f"round {round_no + 1}/{rounds}: Ray 2x1, torchrun 2x1, each with the /proc sampler and without")
+            print(f"round {round_no + 1}/{rounds}: Ray 2x1, torchrun 2x1, each with the /proc sampler and without; "
+                  "Ray 2x1 with its idle helper actors stopped")
             runs["ray_2x1"].append(profiled(lambda: ray_run(2, tmp, limit=rows)))
             unsampled["ray_2x1"].append(ray_run(2, tmp, limit=rows)["samples_per_s"])
+            frozen.append(helpers_frozen(lambda: ray_run(2, tmp, limit=rows)))
             runs["torchrun_2x1"].append(profiled(lambda: torchrun_rate(2, rows, 2, tmp)))
             unsampled["torchrun_2x1"].append(torchrun_rate(2, rows, 2, tmp)["samples_per_s"])
     idle = idle_actors()
@@ -239,6 +295,11 @@ def main() -> None:
                "unsampled_samples_per_s": median(unsampled[kind]), "unsampled_runs": unsampled[kind], "runs": found}
         for kind, found in runs.items()
     }
+    figures["ray_2x1_helpers_stopped"] = {
+        "samples_per_s": median([r["samples_per_s"] for r in frozen]), "runs": frozen,
+        "vs_unsampled_ray_2x1": median([r["samples_per_s"] for r in frozen]) / median(unsampled["ray_2x1"]),
+        "vs_unsampled_torchrun_2x1": median([r["samples_per_s"] for r in frozen]) / median(unsampled["torchrun_2x1"]),
+    }
     figures["idle_ray_actor"] = idle
     path = write_results("finetune_profile", figures,
                          protocol={"rows": rows, "epochs": 2, "rounds": rounds, "quick": args.quick,
@@ -249,6 +310,9 @@ def main() -> None:
               f"{found['training_processes_cores']:.3f} (compute threads {found['compute_threads_cores']:.3f}, waiting "
               f"{found['compute_threads_runqueue_wait_cores']:.3f}), {found['samples_per_s']:.1f} samples/s sampled, "
               f"{found['unsampled_samples_per_s']:.1f} without the sampler")
+    stopped = figures["ray_2x1_helpers_stopped"]
+    print(f"ray_2x1 with its idle helper actors stopped: {stopped['samples_per_s']:.1f} samples/s "
+          f"({stopped['vs_unsampled_ray_2x1']:.3f} of Ray as is, {stopped['vs_unsampled_torchrun_2x1']:.3f} of torchrun)")
     print(f"an idle Ray actor: {idle['process_cores']:.4f} cores, its main thread {idle['main_thread_cores']:.4f} "
           f"waking {idle['main_thread_wakeups_per_s']:.0f} times a second")
     print(f"wrote {path}")
