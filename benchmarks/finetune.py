@@ -17,8 +17,8 @@ rounds interleave the runs so the machine's drift hits all alike.
 - ``memory_prediction_error``: max over workers of |measured peak RSS - predicted| / measured (Ray runs).
 - ``time_to_target_s``: training wall time until validation accuracy first reaches the target (2 workers).
 
-The memory model is first calibrated in the same run (1 worker at micro-batch 8 and 32; ``--no-calibrate``
-uses the stored constants; ``--calibrate`` only calibrates and prints). ``--quick`` is the reduced protocol
+The memory model is first calibrated in the same run (1 worker at micro-batch 8 and 32, on the scaling runs'
+rows and epochs; ``--no-calibrate`` uses the stored constants; ``--calibrate`` only calibrates and prints). ``--quick`` is the reduced protocol
 (256 rows, 1 round, no calibration) that proves the script end to end; the figures it writes are not claims.
 """
 
@@ -208,10 +208,13 @@ def calibrate(tmp: Path, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, A
     for precision in precisions:
         measured = {}
         for micro in (8, 32):
-            run = ray_run(1, tmp, micro_batch=micro, global_batch=micro, epochs=1, precision=precision, limit=160)
+            # the scaling runs' rows and epochs: peak RSS grows over a run's steps (the allocator keeps what
+            # batches of many lengths left), so a short run (160 rows, 1 epoch: 5 steps at 32) reads it low
+            run = ray_run(1, tmp, micro_batch=micro, global_batch=micro, precision=precision)
             measured[micro] = int(run["per_worker"][0]["peak_rss_bytes"])
         cal = fit_calibration(shape, measured, seq_len=MAX_LENGTH, precision=precision,  # type: ignore[arg-type]
-                              note=f"measured peak RSS {measured} (1 worker x 1 thread, seq_len {MAX_LENGTH})")
+                              note=f"measured peak RSS {measured} (1 worker x 1 thread, seq_len {MAX_LENGTH}, "
+                                   f"{SCALING_ROWS} rows x {EPOCHS} epochs)")
         print(f"{precision}: {cal}")
         training.CALIBRATION[precision] = cal
         found[precision] = {"activation_scale": cal.activation_scale,
