@@ -18,8 +18,9 @@ rounds interleave the runs so the machine's drift hits all alike.
 - ``time_to_target_s``: training wall time until validation accuracy first reaches the target (2 workers).
 
 The memory model is first calibrated in the same run (1 worker at micro-batch 8 and 32, on the scaling runs'
-rows and epochs; ``--no-calibrate`` uses the stored constants; ``--calibrate`` only calibrates and prints). ``--quick`` is the reduced protocol
-(256 rows, 1 round, no calibration) that proves the script end to end; the figures it writes are not claims.
+rows and epochs; ``--no-calibrate`` uses the stored constants; ``--calibrate`` only calibrates and prints).
+``--quick`` is the reduced protocol (256 rows, 1 round, no calibration) that proves the script end to end; the
+figures it writes are not claims.
 """
 
 from __future__ import annotations
