@@ -295,10 +295,11 @@ def main() -> None:
                "unsampled_samples_per_s": median(unsampled[kind]), "unsampled_runs": unsampled[kind], "runs": found}
         for kind, found in runs.items()
     }
+    frozen_rate = median([r["samples_per_s"] for r in frozen])
     figures["ray_2x1_helpers_stopped"] = {
-        "samples_per_s": median([r["samples_per_s"] for r in frozen]), "runs": frozen,
-        "vs_unsampled_ray_2x1": median([r["samples_per_s"] for r in frozen]) / median(unsampled["ray_2x1"]),
-        "vs_unsampled_torchrun_2x1": median([r["samples_per_s"] for r in frozen]) / median(unsampled["torchrun_2x1"]),
+        "samples_per_s": frozen_rate, "runs": frozen,
+        "vs_unsampled_ray_2x1": frozen_rate / median(unsampled["ray_2x1"]),
+        "vs_unsampled_torchrun_2x1": frozen_rate / median(unsampled["torchrun_2x1"]),
     }
     figures["idle_ray_actor"] = idle
     path = write_results("finetune_profile", figures,
